@@ -1,0 +1,203 @@
+"""The one door for status changes, from Python: thin wrappers of the stored procedures
+``set_job_status``, ``acknowledge_jobs``, ``cancel_jobs`` and ``retry_jobs``.
+
+Each call is all-or-nothing over its jobs. A refusal raises a typed
+:class:`joblife.errors.StatusError` (the enclosing transaction is then aborted: roll back).
+Jobs of the session whose status changed are refreshed, so that no stale object keeps an
+old status in memory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+from sqlalchemy.types import BigInteger, Text
+
+from joblife.errors import (
+    InvalidTransition,
+    JobNotFound,
+    StatusConflict,
+    StatusError,
+    StatusWriteRefused,
+    UnknownStatus,
+)
+from joblife.model.job import Job
+from joblife.model.status import JobStatus
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    """One job's status change as applied by the database."""
+
+    job_id: int
+    previous_status: JobStatus
+    status: JobStatus
+    changed_at: datetime
+
+
+_SET_JOB_STATUS = text(
+    "SELECT * FROM set_job_status(:ids, :new_status, :expected, :message, :details)"
+).bindparams(
+    bindparam("ids", type_=ARRAY(BigInteger)),
+    bindparam("expected", type_=ARRAY(Text)),
+    bindparam("details", type_=JSONB),
+)
+
+
+_OPERATOR_CALLS = {
+    name: text(f"SELECT * FROM {name}(:ids, :message)").bindparams(
+        bindparam("ids", type_=ARRAY(BigInteger))
+    )
+    for name in ("acknowledge_jobs", "cancel_jobs", "retry_jobs")
+}
+
+
+def translate_status_error(error: DBAPIError) -> StatusError | None:
+    """The typed error for a refusal raised by the status machine (SQLSTATE JL00x), or
+    None when ``error`` is something else."""
+    orig = error.orig
+    code = getattr(orig, "pgcode", None)
+    if not code or not code.startswith("JL"):
+        return None
+    diag = getattr(orig, "diag", None)
+    message = (getattr(diag, "message_primary", None) or str(orig)).strip()
+    hint = getattr(diag, "message_hint", None)
+    if hint:
+        message = f"{message} ({hint})"
+    try:
+        detail = json.loads(getattr(diag, "message_detail", None) or "{}")
+    except ValueError:
+        detail = {}
+    if code == "JL001":
+        return UnknownStatus(message, detail.get("status"))
+    if code == "JL002":
+        return InvalidTransition(message, detail.get("job_id"), detail.get("from"), detail["to"])
+    if code == "JL003":
+        return StatusConflict(
+            message,
+            detail["job_id"],
+            detail["actual"],
+            detail.get("expected") or [],
+            detail["requested"],
+        )
+    if code == "JL004":
+        return JobNotFound(message, detail.get("job_ids") or [])
+    return StatusWriteRefused(message)
+
+
+def _run(
+    executor: Session | Connection, statement: Any, params: dict[str, Any]
+) -> list[StatusChange]:
+    try:
+        rows = executor.execute(statement, params).all()
+    except DBAPIError as error:
+        typed = translate_status_error(error)
+        if typed is None:
+            raise
+        raise typed from error
+    changes = [
+        StatusChange(
+            row.job_id,
+            JobStatus.parse(row.previous_status),
+            JobStatus.parse(row.status),
+            row.changed_at,
+        )
+        for row in rows
+    ]
+    if isinstance(executor, Session):
+        _refresh_in_session(executor, changes)
+    return changes
+
+
+def _refresh_in_session(session: Session, changes: Sequence[StatusChange]) -> None:
+    """Expire what the procedures changed on jobs the session holds: the next read loads
+    the database's values, so no stale status survives in memory."""
+    changed = {change.job_id for change in changes}
+    for obj in list(session.identity_map.values()):
+        if isinstance(obj, Job) and obj.id in changed:
+            session.expire(obj, ["status_id", "status_changed_at", "max_attempts"])
+
+
+def _ids(job_ids: int | Iterable[int]) -> list[int]:
+    return [job_ids] if isinstance(job_ids, int) else [int(i) for i in job_ids]
+
+
+def _names(statuses: Iterable[JobStatus | str] | JobStatus | str | None) -> list[str] | None:
+    if statuses is None:
+        return None
+    if isinstance(statuses, JobStatus | str):
+        statuses = [statuses]
+    return [_name(s) for s in statuses]
+
+
+def _name(status: JobStatus | str) -> str:
+    # Names are passed through unchanged so that the database judges unknown ones.
+    return status.label if isinstance(status, JobStatus) else status
+
+
+def set_job_status(
+    executor: Session | Connection,
+    job_ids: int | Iterable[int],
+    new_status: JobStatus | str,
+    expected: Iterable[JobStatus | str] | JobStatus | str | None = None,
+    message: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> list[StatusChange]:
+    """Move the jobs to ``new_status`` through the one door, all or nothing.
+
+    ``expected``: the status(es) the jobs must be in now (compare-and-set); of concurrent
+    callers expecting the same status, exactly one succeeds and the others get
+    :class:`~joblife.errors.StatusConflict`. Raises :class:`~joblife.errors.InvalidTransition`,
+    :class:`~joblife.errors.JobNotFound` or :class:`~joblife.errors.UnknownStatus` otherwise.
+    Runs in the caller's transaction; the caller commits.
+    """
+    return _run(
+        executor,
+        _SET_JOB_STATUS,
+        {
+            "ids": _ids(job_ids),
+            "new_status": _name(new_status),
+            "expected": _names(expected),
+            "message": message,
+            "details": details,
+        },
+    )
+
+
+def acknowledge_jobs(
+    executor: Session | Connection, job_ids: int | Iterable[int], message: str | None = None
+) -> list[StatusChange]:
+    """internal_error | external_error → error_checked (an operator saw the error)."""
+    return _operator(executor, "acknowledge_jobs", job_ids, message)
+
+
+def cancel_jobs(
+    executor: Session | Connection, job_ids: int | Iterable[int], message: str | None = None
+) -> list[StatusChange]:
+    """Any job whose status allows it → cancelled."""
+    return _operator(executor, "cancel_jobs", job_ids, message)
+
+
+def retry_jobs(
+    executor: Session | Connection, job_ids: int | Iterable[int], message: str | None = None
+) -> list[StatusChange]:
+    """external_error | error_checked (and internal_error, acknowledged on the way) → ready;
+    a job out of attempts gets one more."""
+    return _operator(executor, "retry_jobs", job_ids, message)
+
+
+def _operator(
+    executor: Session | Connection,
+    function: str,
+    job_ids: int | Iterable[int],
+    message: str | None,
+) -> list[StatusChange]:
+    return _run(executor, _OPERATOR_CALLS[function], {"ids": _ids(job_ids), "message": message})

@@ -1,0 +1,37 @@
+"""The data model: jobs, their statuses, the JobTemplate contract, flavors and priorities."""
+
+from joblife.model.base import Base
+from joblife.model.flavors import WorkerFlavor, flavor_catalogue, get_flavor
+from joblife.model.job import Job, JobStatusChange, JobStatusRow, JobStatusTransition, Publication
+from joblife.model.priority import Priority
+from joblife.model.registry import (
+    JobTypeError,
+    get_job_type,
+    load_job_types,
+    register_job_type,
+    validate_job_type,
+)
+from joblife.model.status import ALLOWED_TRANSITIONS, JobStatus
+from joblife.model.template import JobsToCreate, JobTemplate
+
+__all__ = [
+    "ALLOWED_TRANSITIONS",
+    "Base",
+    "Job",
+    "JobStatus",
+    "JobStatusChange",
+    "JobStatusRow",
+    "JobStatusTransition",
+    "JobTemplate",
+    "JobTypeError",
+    "JobsToCreate",
+    "Priority",
+    "Publication",
+    "WorkerFlavor",
+    "flavor_catalogue",
+    "get_flavor",
+    "get_job_type",
+    "load_job_types",
+    "register_job_type",
+    "validate_job_type",
+]
