@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from joblife.config import Settings
-from joblife.model import JobStatus, JobTemplate, JobTypeError, Priority, get_flavor
+from joblife.model import Base, JobStatus, JobTemplate, JobTypeError, Priority, get_flavor
 from joblife.model import registry as registry_module
 from joblife.model.registry import get_job_type, load_job_types, register_job_type
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -18,6 +18,20 @@ from tests.support.example_type import ExampleJob
 from tests.support.factories import make_jobs
 
 _counter = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def _forget_ad_hoc_job_types():
+    """The classes these tests declare must not leak into the registry or into the
+    metadata other tests compare with the migrated schema."""
+    tables = set(Base.metadata.tables)
+    registered = dict(registry_module._registry)
+    yield
+    for name in set(Base.metadata.tables) - tables:
+        Base.metadata.remove(Base.metadata.tables[name])
+    registry_module._registry.clear()
+    registry_module._registry.update(registered)
+
 
 VALID = {
     "JOB_NAME": "valid",
@@ -91,7 +105,6 @@ def test_a_second_class_with_the_same_job_name_is_refused():
         second = _job_type(JOB_NAME="twin", __tablename__="twin_b_jobs")
     with pytest.raises(JobTypeError, match="already registered"):
         register_job_type(second)
-    registry_module._registry.pop("twin", None)
 
 
 def test_not_a_job_template_is_refused():

@@ -157,7 +157,7 @@ def test_twenty_threads_racing_on_one_job(
     targets = [S.QUEUED, S.CANCELLED, S.INTERNAL_ERROR, S.EXTERNAL_ERROR, S.STARTED] * 4
     barrier = threading.Barrier(len(targets), timeout=30)
     racers = create_joblife_engine(db_url, pool_size=len(targets), max_overflow=0)
-    outcomes: list[str] = []
+    outcomes: list[tuple[JobStatus, str]] = []
     lock = threading.Lock()
 
     def writer(target: JobStatus) -> None:
@@ -179,7 +179,7 @@ def test_twenty_threads_racing_on_one_job(
             except InvalidTransition:
                 result = "invalid"
             with lock:
-                outcomes.append(result)
+                outcomes.append((target, result))
 
     threads = [threading.Thread(target=writer, args=(t,)) for t in targets]
     for thread in threads:
@@ -187,7 +187,7 @@ def test_twenty_threads_racing_on_one_job(
     for thread in threads:
         thread.join(timeout=60)
     racers.dispose()
-    counts = Counter(outcomes)
+    counts = Counter(result for _, result in outcomes)
     assert sum(counts.values()) == 20
     history = _history(engine, job.id)
     # Every step of the history is legal and chained.
@@ -198,7 +198,12 @@ def test_twenty_threads_racing_on_one_job(
             assert previous == steps[index - 1][1], "history is not a chain"
     assert steps[-1][1] == _status(engine, job.id)
     if expect_current:
-        assert counts["won"] == 1 and counts["conflict"] == 19
+        # Only ready -> started is illegal from the status every writer expects.
+        assert all(t is S.STARTED for t, result in outcomes if result == "invalid")
+        # The one winner; each loser saw either the new status (conflict) or, if it got
+        # the lock first, a transition illegal from ready (ready -> started).
+        assert counts["won"] == 1
+        assert counts["conflict"] + counts["invalid"] == 19
         assert len(history) == len(PATH_TO[S.READY]) + 2
     else:
         assert counts["won"] >= 1
