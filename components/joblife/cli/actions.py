@@ -1,0 +1,91 @@
+"""``joblife jobs retry|cancel|check``: operator status changes through the one door.
+
+Each command is all or nothing: if any job refuses the change, nothing changes and the
+command exits with status 1 naming the job and the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Annotated
+
+import typer
+from sqlalchemy.orm import Session
+
+from joblife.cli.output import add_row, make_table, print_json, print_table
+from joblife.cli.queries import current_statuses
+from joblife.cli.state import get_state
+from joblife.db.status import StatusChange, acknowledge_jobs, cancel_jobs, retry_jobs
+
+Operation = Callable[[Session, Sequence[int], str | None], list[StatusChange]]
+
+IdsArgument = Annotated[list[int], typer.Argument(metavar="ID...", help="Job ids.")]
+MessageOption = Annotated[
+    str | None, typer.Option("--message", "-m", help="Why (kept in the status history).")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def apply(
+    ctx: typer.Context,
+    operation: Operation,
+    verb: str,
+    job_ids: Sequence[int],
+    message: str | None,
+    as_json: bool,
+) -> None:
+    """Run ``operation`` on the jobs in one transaction (committed on success) and print
+    what changed, from each job's status before the command to its status after."""
+    with get_state(ctx).session() as session:
+        before = current_statuses(session, job_ids)
+        changes = operation(session, list(job_ids), message)
+    rows = [
+        {
+            "job_id": change.job_id,
+            "previous_status": before.get(change.job_id, change.previous_status).label,
+            "status": change.status.label,
+            "changed_at": change.changed_at,
+        }
+        for change in changes
+    ]
+    if as_json:
+        print_json(rows)
+        return
+    table = make_table(["job", "from", "to", "at"], right=["job"])
+    for row in rows:
+        add_row(
+            table, [row["job_id"], row["previous_status"], f"→ {row['status']}", row["changed_at"]]
+        )
+    print_table(table)
+    typer.echo(f"{verb} {len(rows)} job{'s' if len(rows) != 1 else ''}")
+
+
+def retry(
+    ctx: typer.Context,
+    job_ids: IdsArgument,
+    message: MessageOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Send failed jobs back to ready (external_error, error_checked; internal_error is
+    acknowledged on the way). A job out of attempts gets one more."""
+    apply(ctx, retry_jobs, "retried", job_ids, message, as_json)
+
+
+def cancel(
+    ctx: typer.Context,
+    job_ids: IdsArgument,
+    message: MessageOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Cancel jobs (any status that allows it; running executions are stopped by the monitor)."""
+    apply(ctx, cancel_jobs, "cancelled", job_ids, message, as_json)
+
+
+def check(
+    ctx: typer.Context,
+    job_ids: IdsArgument,
+    message: MessageOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Acknowledge errors: internal_error | external_error → error_checked."""
+    apply(ctx, acknowledge_jobs, "checked", job_ids, message, as_json)

@@ -1,0 +1,106 @@
+"""Errors as an operator sees them: one line on stderr, exit status 1, no traceback
+unless ``--debug`` (which prints the traceback before that line).
+
+Usage errors (unknown option, missing argument) stay typer's: usage text, exit status 2.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+
+from joblife.cli.state import CliState
+from joblife.config import get_settings
+from joblife.errors import JoblifeError
+
+EXIT_ERROR = 1
+
+# Exceptions typer/click use for control flow and usage errors: never ours to report.
+# (ClickException is reached through BadParameter so that no click import is needed:
+# recent typer versions vendor click.)
+_FRAMEWORK_EXCEPTIONS: tuple[type[BaseException], ...] = (
+    typer.Exit,
+    typer.Abort,
+    *(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"),
+)
+
+# SQLSTATEs meaning the schema is missing or old: the database needs `joblife db upgrade`.
+_NOT_MIGRATED_CODES = {"42P01", "42883", "42703"}  # undefined table / function / column
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def _scrub(message: str) -> str:
+    """Remove the configured database password from ``message``, wherever it appears."""
+    try:
+        configured = get_settings().database_url
+    except Exception:
+        return message
+    if configured is None:
+        return message
+    from sqlalchemy.engine import make_url
+
+    try:
+        password = make_url(configured.get_secret_value()).password
+    except Exception:
+        password = None
+    return message.replace(password, "***") if password else message
+
+
+def describe_error(error: BaseException, state: CliState | None) -> str:
+    """The one-line description of ``error`` for an operator."""
+    from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+
+    where = state.display_url() if state is not None else None
+    at = f" at {where}" if where else ""
+    if isinstance(error, JoblifeError | ValueError):
+        return str(error) or type(error).__name__
+    if isinstance(error, OperationalError):
+        detail = _first_line(str(error.orig)) if error.orig is not None else _first_line(str(error))
+        if getattr(error.orig, "pgcode", None) is None:
+            return f"cannot reach the job database{at}: {detail}"
+        return f"job database{at}: {detail}"
+    if isinstance(error, DBAPIError):
+        code = getattr(error.orig, "pgcode", None)
+        detail = _first_line(str(error.orig))
+        if code in _NOT_MIGRATED_CODES:
+            return (
+                f"the job database{at} is not migrated to this joblife version ({detail}): "
+                "run `joblife db upgrade`"
+            )
+        return f"job database{at}: {detail}"
+    if isinstance(error, SQLAlchemyError):
+        return f"database: {_first_line(str(error))}"
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted"
+    return (
+        f"unexpected {type(error).__name__}: {_first_line(str(error))} "
+        "(run with --debug for the traceback)"
+    )
+
+
+def report_error(error: BaseException, state: CliState | None) -> None:
+    """Print ``error`` on stderr: its traceback first if --debug, then the one line."""
+    if state is not None and state.debug:
+        typer.echo("".join(traceback.format_exception(error)).rstrip(), err=True)
+    typer.echo(f"error: {_scrub(describe_error(error, state))}", err=True)
+
+
+class JoblifeGroup(TyperGroup):
+    """The root command group: turns any error of a command into one line and exit 1."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _FRAMEWORK_EXCEPTIONS:
+            raise
+        except (Exception, KeyboardInterrupt) as error:
+            state = ctx.obj if isinstance(ctx.obj, CliState) else None
+            report_error(error, state)
+            raise typer.Exit(130 if isinstance(error, KeyboardInterrupt) else EXIT_ERROR) from None

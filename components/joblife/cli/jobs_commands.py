@@ -1,0 +1,143 @@
+"""``joblife jobs list`` and ``joblife jobs show``: read the jobs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from joblife.cli.output import add_row, make_table, print_json, print_table
+from joblife.cli.parsing import parse_since, parse_statuses
+from joblife.cli.queries import get_job, get_type_fields, list_jobs, status_history
+from joblife.cli.state import get_state
+from joblife.errors import JobNotFound
+from joblife.model.registry import JobTypeError, load_job_types
+
+jobs_app = typer.Typer(
+    name="jobs",
+    help="List and inspect jobs; retry, cancel or acknowledge (check) them.",
+    no_args_is_help=True,
+)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+LIST_COLUMNS = {
+    "id": "id",
+    "job_type": "type",
+    "input_product_id": "input product",
+    "tile_id": "tile",
+    "status": "status",
+    "status_changed_at": "status since",
+    "time_in_status": "for",
+    "attempt": "attempt",
+    "priority": "priority",
+}
+
+
+@jobs_app.command("list")
+def list_command(
+    ctx: typer.Context,
+    job_type: Annotated[
+        str | None, typer.Option("--type", "-t", help="Only this job type.")
+    ] = None,
+    status: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--status", "-s", help="Only jobs in this status (repeatable, or comma-separated)."
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Only jobs whose status changed since then: a date/time (2026-11-01, "
+            "2026-11-01T08:00+00:00; local time without offset) or a duration (30m, 2h, 3d)."
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=0, help="At most this many jobs (0: all).")] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """Jobs from the jobs_overview view, the most recent status change first."""
+    statuses = parse_statuses(status)
+    since_time = parse_since(since) if since is not None else None
+    with get_state(ctx).session() as session:
+        rows = list_jobs(
+            session,
+            job_type=job_type,
+            statuses=statuses,
+            since=since_time,
+            limit=limit + 1 if limit else None,
+        )
+    truncated = bool(limit) and len(rows) > limit
+    rows = rows[:limit] if limit else rows
+    if as_json:
+        print_json(rows)
+        return
+    table = make_table(list(LIST_COLUMNS.values()), right=["id", "for", "attempt"])
+    for row in rows:
+        values = [row[key] for key in LIST_COLUMNS]
+        values[list(LIST_COLUMNS).index("attempt")] = f"{row['attempt']}/{row['max_attempts']}"
+        add_row(table, values)
+    print_table(table)
+    if not rows:
+        typer.echo("no matching jobs")
+    elif truncated:
+        typer.echo(
+            f"showing the first {limit} jobs; more match (raise --limit or narrow the filters)"
+        )
+    else:
+        typer.echo(f"{len(rows)} job{'s' if len(rows) != 1 else ''}")
+
+
+def _type_fields(session: Any, job: dict[str, Any]) -> dict[str, Any] | None:
+    """The job type's own columns, or None if the type is not registered here."""
+    try:
+        job_class = load_job_types().get(job["job_type"])
+    except JobTypeError as error:
+        typer.echo(f"warning: {error}; the job type's own columns are not shown", err=True)
+        return None
+    if job_class is None:
+        return None
+    return get_type_fields(session, job_class, job["id"])
+
+
+@jobs_app.command("show")
+def show(
+    ctx: typer.Context,
+    job_id: Annotated[int, typer.Argument(metavar="ID", help="The job's id.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Every field of a job and its full status timeline."""
+    with get_state(ctx).session() as session:
+        job = get_job(session, job_id)
+        if job is None:
+            raise JobNotFound(f"job {job_id} not found", [job_id])
+        type_fields = _type_fields(session, job)
+        timeline = status_history(session, job_id)
+    if as_json:
+        print_json({"job": job, "type_fields": type_fields, "timeline": timeline})
+        return
+    fields = make_table(["field", "value"], title=f"job {job_id}")
+    for key, value in job.items():
+        add_row(fields, [key, value])
+    if type_fields:
+        fields.rows[-1].end_section = True
+        for key, value in type_fields.items():
+            add_row(fields, [key, value])
+    print_table(fields)
+    if type_fields is None:
+        typer.echo(
+            f"(job type {job['job_type']!r} is not registered here: its own columns are not shown)"
+        )
+    history = make_table(["time", "change", "message", "details"], title="status timeline")
+    for change in timeline:
+        previous = change["previous_status"] or "(created)"
+        add_row(
+            history,
+            [
+                change["time"],
+                f"{previous} → {change['status']}",
+                change["message"],
+                change["details"] or None,
+            ],
+        )
+    print_table(history)
