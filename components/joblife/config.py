@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import platformdirs
 from pydantic import BaseModel, Field, PositiveInt, SecretStr
@@ -85,6 +85,45 @@ class Settings(BaseSettings):
     )
     log_level: str = "INFO"
 
+    # -- the life-cycle services (see docs/configuration.md) -------------------------------
+    batch_size: PositiveInt = Field(500, description="Jobs one service cycle handles at most.")
+    loop_interval: float = Field(5.0, gt=0, description="Seconds between idle service cycles.")
+    max_in_flight: PositiveInt = Field(1000, description="Cap on jobs queued...post_processing.")
+    max_in_flight_per_flavor: dict[str, int] = Field(default_factory=dict)
+    max_in_flight_per_type: dict[str, int] = Field(default_factory=dict)
+    discovery_lookback_hours: float = Field(
+        24.0, gt=0, description="First discovery window of a type with no job yet."
+    )
+    configure_recheck_seconds: float = Field(
+        60.0, gt=0, description="How often a job waiting for a dependency is re-checked."
+    )
+    heartbeat_interval_seconds: float = Field(10.0, gt=0)
+    heartbeat_timeout_seconds: float = Field(
+        120.0, gt=0, description="A running job without a heartbeat for this long has failed."
+    )
+    redispatch_grace_seconds: float = Field(
+        30.0, ge=0, description="Age of a queued job without reference before re-dispatch."
+    )
+    retry_backoff_seconds: float = Field(
+        30.0, ge=0, description="Wait before the first automatic retry; doubles each attempt."
+    )
+    retry_backoff_max_seconds: float = Field(3600.0, ge=0)
+    local_slots: dict[str, int] = Field(
+        default_factory=dict, description="Local executor: concurrent workers per flavor."
+    )
+    local_default_slots: PositiveInt = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        description="Local executor: concurrent workers of a flavor not in local_slots.",
+    )
+    local_start_method: Literal["fork", "exec"] = Field(
+        "fork",
+        description="Local executor: fork the worker from the orchestrator (fast) or exec "
+        "`joblife worker run` (a clean interpreter per job).",
+    )
+    test_products_dir: Path | None = Field(
+        default=None, description="Where the `test` job type discovers its products."
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -105,6 +144,16 @@ class Settings(BaseSettings):
     def embedded_database_dir(self) -> Path:
         """Data directory of the embedded PostgreSQL server."""
         return self.data_dir / "postgres"
+
+    @property
+    def local_executor_dir(self) -> Path:
+        """Where the local executor keeps the state of its executions."""
+        return self.data_dir / "local-executor"
+
+    @property
+    def test_products_path(self) -> Path:
+        """Where the ``test`` job type discovers its products."""
+        return self.test_products_dir or self.data_dir / "test-products"
 
 
 @lru_cache(maxsize=1)

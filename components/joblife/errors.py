@@ -70,3 +70,21 @@ class JobNotFound(StatusError):
 
 class StatusWriteRefused(StatusError):
     """A write of ``jobs.status`` or of the history outside the one door."""
+
+
+class JobFailure(JoblifeError):
+    """A job's processing failed. Raised by job-type hooks to say which kind of failure."""
+
+
+class InternalJobError(JobFailure):
+    """A bug or an invalid input: the job goes to ``internal_error`` and is not retried
+    automatically (worker exit code 0: do not relaunch)."""
+
+
+class ExternalJobError(JobFailure):
+    """A dependency failed (storage, network, a service): the job goes to
+    ``external_error`` and is retried with backoff (worker exit code 2: relaunch)."""
+
+
+class ExecutorError(JoblifeError):
+    """The executor could not dispatch, inspect or stop an execution."""

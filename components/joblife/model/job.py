@@ -98,6 +98,10 @@ class Job(Base):
     nomad_job_id: Mapped[str | None] = mapped_column(Text)
     heartbeat_at: Mapped[datetime | None] = mapped_column(TIMESTAMPTZ)
     exit_code: Mapped[int | None] = mapped_column(Integer)
+    # When a service should look at the job next (a configured job's dependency re-check).
+    due_at: Mapped[datetime | None] = mapped_column(TIMESTAMPTZ)
+    # What a configured job waits for (said in the error when the wait's deadline passes).
+    waiting_for: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(TIMESTAMPTZ, server_default=text("now()"))
 
     history: Mapped[list[JobStatusChange]] = relationship(
@@ -122,6 +126,8 @@ class Job(Base):
         ),
         # Cross-type scans by status (monitor, stale jobs) and time in status.
         Index("ix_jobs_status_changed", "status", "status_changed_at"),
+        # Configured jobs due for a dependency re-check.
+        Index("ix_jobs_status_due", "status", "due_at"),
     )
     __mapper_args__ = {"polymorphic_on": "job_type", "eager_defaults": True}
 

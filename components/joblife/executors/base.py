@@ -1,0 +1,75 @@
+"""The executor interface: how joblife starts, inspects and stops the execution of one
+processing attempt. The local executor runs workers as processes on this machine; the Nomad
+executor dispatches a child of the type's parameterized job."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionRequest:
+    """What an executor needs to start one attempt of a job."""
+
+    job_id: int
+    attempt: int
+    job_type: str
+    worker_flavor: str
+    nomad_job_name: str | None = None
+
+
+class ExecutionState(enum.Enum):
+    """What an executor knows of one execution."""
+
+    PENDING = "pending"  # accepted, not running yet (e.g. waiting for placement)
+    RUNNING = "running"
+    EXITED = "exited"  # ended; exit_code says how
+    LOST = "lost"  # gone without an exit status (killed, node lost, garbage-collected...)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionStatus:
+    """An execution's state; ``reason`` explains EXITED/LOST in words an operator reads."""
+
+    reference: str
+    state: ExecutionState
+    exit_code: int | None = None
+    reason: str | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.state in (ExecutionState.EXITED, ExecutionState.LOST)
+
+
+def execution_token(job_id: int, attempt: int) -> str:
+    """The idempotency token of a job's attempt: dispatching twice with it runs it once."""
+    return f"{job_id}-{attempt}"
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Runs ``joblife worker run JOB_ID`` for one attempt of a job, somewhere."""
+
+    name: str
+
+    def dispatch(self, request: ExecutionRequest, token: str) -> str:
+        """Start the attempt (idempotent per ``token``: a repeated token returns the existing
+        execution's reference and starts nothing); return its reference. Raises
+        :class:`joblife.errors.ExecutorError` with the reason when it cannot."""
+        ...
+
+    def status(self, references: Iterable[str]) -> dict[str, ExecutionStatus]:
+        """The state of each execution, keyed by reference (one call for many)."""
+        ...
+
+    def stop(self, reference: str) -> None:
+        """Stop the execution if it still runs (no error if it already ended)."""
+        ...
+
+    def capacity(self, flavor: str) -> int | None:
+        """How many executions of ``flavor`` may run at once here (None: no limit of the
+        executor's own; the dispatcher's caps still apply)."""
+        ...

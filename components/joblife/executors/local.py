@@ -1,0 +1,329 @@
+"""The local executor: each attempt runs as a worker process on this machine.
+
+Every execution is supervised by a small *waiter* process in a session of its own:
+
+    orchestrator ──fork──► intermediate (setsid, exits at once: no zombie, no tie to us)
+                              └──fork──► waiter ──fork──► worker (``joblife worker run``)
+                                          waits, then writes <token>.exit
+
+so an execution survives a restart of the orchestrator, and its exit status (even after a
+SIGKILL of the worker) is kept on disk. Any orchestrator on this machine sharing the state
+directory can inspect or stop it. An execution whose waiter vanished without writing an
+exit status is reported LOST, never forgotten.
+
+The worker is either forked from the orchestrator (``fork``, the default: no interpreter
+start-up, joblife already imported) or started as a fresh ``joblife worker run`` process
+(``exec``). Per-flavor slot limits bound how many run at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psutil
+
+from joblife.config import Settings
+from joblife.errors import ExecutorError
+from joblife.executors.base import ExecutionRequest, ExecutionState, ExecutionStatus
+
+log = logging.getLogger(__name__)
+
+REFERENCE_PREFIX = "local:"
+#: A claim without a record older than this: the dispatching process died mid-way.
+CLAIM_TIMEOUT_SECONDS = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Paths:
+    claim: Path
+    record: Path
+    exit: Path
+    log: Path
+
+
+class LocalExecutor:
+    """Runs workers as local processes; see the module docstring."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        slots: dict[str, int] | None = None,
+        default_slots: int = 1,
+        start_method: str = "fork",
+        stop_grace_seconds: float = 10.0,
+    ) -> None:
+        if start_method not in ("fork", "exec"):
+            raise ValueError(f"unknown start method {start_method!r} (fork or exec)")
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.slots = dict(slots or {})
+        self.default_slots = default_slots
+        self.start_method = start_method
+        self.stop_grace_seconds = stop_grace_seconds
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LocalExecutor:
+        return cls(
+            settings.local_executor_dir,
+            slots=settings.local_slots,
+            default_slots=settings.local_default_slots,
+            start_method=settings.local_start_method,
+        )
+
+    # -- the Executor interface -------------------------------------------------------------
+    def capacity(self, flavor: str) -> int | None:
+        return self.slots.get(flavor, self.default_slots)
+
+    def dispatch(self, request: ExecutionRequest, token: str) -> str:
+        reference = REFERENCE_PREFIX + token
+        paths = self._paths(token)
+        try:
+            fd = os.open(paths.claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return reference  # dispatched before with this token: start nothing
+        except OSError as exc:
+            raise ExecutorError(f"cannot write to {self.state_dir}: {exc}") from exc
+        os.close(fd)
+        try:
+            waiter_pid, worker_pid = self._start(request, paths)
+        except BaseException as exc:
+            paths.claim.unlink(missing_ok=True)  # nothing runs: the token may be used again
+            raise ExecutorError(
+                f"could not start the worker of job {request.job_id}: {exc}"
+            ) from exc
+        record = {
+            "token": token,
+            "job_id": request.job_id,
+            "attempt": request.attempt,
+            "flavor": request.worker_flavor,
+            "waiter_pid": waiter_pid,
+            "waiter_started": _create_time(waiter_pid),
+            "worker_pid": worker_pid,
+            "dispatched_at": datetime.now(UTC).isoformat(),
+        }
+        _write_atomically(paths.record, json.dumps(record))
+        return reference
+
+    def status(self, references: Iterable[str]) -> dict[str, ExecutionStatus]:
+        return {reference: self._status(reference) for reference in references}
+
+    def stop(self, reference: str) -> None:
+        token = self._token(reference)
+        paths = self._paths(token)
+        record = _read_json(paths.record)
+        if record is None or paths.exit.exists() or not self._waiter_alive(record):
+            return
+        try:
+            # The waiter ignores SIGTERM; the worker and what it started get it.
+            os.killpg(record["waiter_pid"], signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + self.stop_grace_seconds
+        while time.monotonic() < deadline:
+            if paths.exit.exists():
+                return
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(record["worker_pid"], signal.SIGKILL)
+
+    # -- inspection ----------------------------------------------------------------------
+    def _status(self, reference: str) -> ExecutionStatus:
+        try:
+            token = self._token(reference)
+        except ExecutorError as exc:
+            return ExecutionStatus(reference, ExecutionState.LOST, reason=str(exc))
+        paths = self._paths(token)
+        exit_text = _read_text(paths.exit)
+        if exit_text is not None:
+            code = int(exit_text)
+            return ExecutionStatus(reference, ExecutionState.EXITED, code, describe_exit(code))
+        record = _read_json(paths.record)
+        if record is None:
+            if paths.claim.exists() and time.time() - _mtime(paths.claim) < CLAIM_TIMEOUT_SECONDS:
+                return ExecutionStatus(reference, ExecutionState.PENDING)
+            return ExecutionStatus(
+                reference,
+                ExecutionState.LOST,
+                reason="no local execution record (the dispatch was interrupted, or the "
+                f"state directory {self.state_dir} was cleaned)",
+            )
+        if self._waiter_alive(record):
+            return ExecutionStatus(reference, ExecutionState.RUNNING)
+        # The waiter may have written the exit status between our two reads.
+        exit_text = _read_text(paths.exit)
+        if exit_text is not None:
+            code = int(exit_text)
+            return ExecutionStatus(reference, ExecutionState.EXITED, code, describe_exit(code))
+        return ExecutionStatus(
+            reference,
+            ExecutionState.LOST,
+            reason=f"the worker (pid {record['worker_pid']}) and its supervisor vanished "
+            "without an exit status (machine restarted or processes killed)",
+        )
+
+    def _waiter_alive(self, record: dict) -> bool:
+        try:
+            process = psutil.Process(record["waiter_pid"])
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return False
+            return abs(process.create_time() - record["waiter_started"]) < 1.0
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return False
+
+    def log_path(self, reference: str) -> Path:
+        """The worker's log file (stdout and stderr) of an execution."""
+        return self._paths(self._token(reference)).log
+
+    # -- starting ------------------------------------------------------------------------
+    def _paths(self, token: str) -> _Paths:
+        base = self.state_dir / token
+        return _Paths(
+            claim=base.with_suffix(".claim"),
+            record=base.with_suffix(".json"),
+            exit=base.with_suffix(".exit"),
+            log=base.with_suffix(".log"),
+        )
+
+    @staticmethod
+    def _token(reference: str) -> str:
+        if not reference.startswith(REFERENCE_PREFIX):
+            raise ExecutorError(f"{reference!r} is not a local execution reference")
+        return reference[len(REFERENCE_PREFIX) :]
+
+    def _start(self, request: ExecutionRequest, paths: _Paths) -> tuple[int, int]:
+        """Start waiter and worker; return their pids (learnt through a pipe)."""
+        read_end, write_end = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        intermediate = os.fork()
+        if intermediate == 0:  # pragma: no cover - runs in the child
+            os.close(read_end)
+            _intermediate(request, paths, write_end, self.start_method)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            data = pipe.read().decode()
+        os.waitpid(intermediate, 0)
+        pids = [int(x) for x in data.split()]
+        if len(pids) != 2:
+            raise ExecutorError(f"the worker supervisor did not start (got {data!r})")
+        return pids[0], pids[1]
+
+
+# -- the child processes (no return from these) -----------------------------------------------
+def _intermediate(request: ExecutionRequest, paths: _Paths, pipe: int, method: str) -> None:
+    """A session of its own, then the waiter; exits at once so nobody must reap it."""
+    try:
+        os.setsid()
+        waiter = os.fork()
+        if waiter == 0:
+            _waiter(request, paths, pipe, method)
+        os.write(pipe, f"{waiter} ".encode())
+    finally:
+        os._exit(0)
+
+
+def _waiter(request: ExecutionRequest, paths: _Paths, pipe: int, method: str) -> None:
+    code = 1
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        worker = os.fork()
+        if worker == 0:
+            os.close(pipe)
+            _worker(request, paths, method)
+        os.write(pipe, f"{worker}".encode())
+        os.close(pipe)
+        _, status = os.waitpid(worker, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code < 0:  # killed by a signal: report it as a shell would (128 + signal)
+            code = 128 - code
+        _write_atomically(paths.exit, str(code))
+    finally:
+        os._exit(0)
+
+
+def _worker(request: ExecutionRequest, paths: _Paths, method: str) -> None:
+    code = 1
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        log_fd = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        null_fd = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null_fd, 0)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        args = ["worker", "run", str(request.job_id), "--attempt", str(request.attempt)]
+        if method == "exec":
+            os.execv(sys.executable, [sys.executable, "-m", "joblife.cli.main", *args])
+        from joblife.worker.runner import run_worker_process
+
+        code = run_worker_process(request.job_id, request.attempt)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+# -- small helpers -----------------------------------------------------------------------------
+def describe_exit(code: int) -> str:
+    """An exit code in words (the seed's contract: 0 = do not relaunch, 2 = relaunch)."""
+    if code == 0:
+        return "worker exited 0"
+    if code == 2:
+        return "worker exited 2 (relaunch requested)"
+    if code > 128:
+        try:
+            name = signal.Signals(code - 128).name
+        except ValueError:
+            name = f"signal {code - 128}"
+        return f"worker killed by {name} (exit {code})"
+    return f"worker exited {code}"
+
+
+def _create_time(pid: int) -> float:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        return 0.0
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def _read_json(path: Path) -> dict | None:
+    text = _read_text(path)
+    return json.loads(text) if text else None
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0

@@ -1,0 +1,64 @@
+"""The worker's heartbeat: proof of life for the monitor, and the way a worker learns that
+its job was cancelled (or taken over) while it runs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+
+from sqlalchemy import Engine, text
+
+from joblife.model.status import IN_FLIGHT_STATUSES, JobStatus
+
+log = logging.getLogger(__name__)
+
+_BEAT = text(
+    "UPDATE jobs SET heartbeat_at = now() WHERE id = :id AND attempt = :attempt RETURNING status"
+)
+
+
+class Heartbeat:
+    """Stamps ``jobs.heartbeat_at`` every ``interval`` seconds from a daemon thread. If the
+    job is no longer this attempt's (cancelled, failed by the monitor, another attempt), the
+    worker process is terminated: nothing it would still do could be recorded."""
+
+    def __init__(self, engine: Engine, job_id: int, attempt: int, interval: float) -> None:
+        self.engine = engine
+        self.job_id = job_id
+        self.attempt = attempt
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def start(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop beating (the monitor then sees the worker as stale after its timeout)."""
+        self._stop.set()
+
+    def beat(self) -> JobStatus | None:
+        """One heartbeat; returns the job's status, None if it is no longer this attempt's."""
+        with self.engine.begin() as conn:
+            status = conn.execute(_BEAT, {"id": self.job_id, "attempt": self.attempt}).scalar()
+        return None if status is None else JobStatus(status)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                status = self.beat()
+            except Exception as exc:  # a database hiccup: try again at the next beat
+                log.warning("job %s: heartbeat failed: %s", self.job_id, exc)
+                continue
+            if status not in IN_FLIGHT_STATUSES:
+                log.warning(
+                    "job %s attempt %s is now %s: stopping this execution",
+                    self.job_id,
+                    self.attempt,
+                    status or "another attempt's",
+                )
+                os.kill(os.getpid(), signal.SIGTERM)
+                return

@@ -1,0 +1,247 @@
+"""``joblife worker run JOB_ID``: one attempt of one job, from ``queued`` to ``processed``.
+
+1. ``queued → started`` only if the job is queued for this very attempt; a duplicate or
+   outdated execution exits 0 and changes nothing.
+2. A heartbeat runs while the job does.
+3. ``pre_processing`` → ``job_pre_processing``, ``processing`` → ``job_processing`` (the
+   science return code), ``post_processing`` → ``job_post_processing``.
+4. ``processed`` with the publication messages written to the outbox in the same
+   transaction, or straight on to ``done`` when the job generated no product. The return
+   code and the step durations go into the status details.
+
+Failures: :class:`~joblife.errors.ExternalJobError` → ``external_error`` and exit 2 (relaunch);
+anything else → ``internal_error`` and exit 0 (do not relaunch). If the job stopped being
+this attempt's (cancelled, failed by the monitor), the worker stops and exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import traceback
+import uuid
+from typing import Any
+
+from sqlalchemy import Engine, select, update
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session
+
+from joblife.config import Settings, get_settings
+from joblife.db.engine import create_joblife_engine
+from joblife.db.status import set_job_status
+from joblife.errors import ExternalJobError, StatusConflict, StatusError
+from joblife.model import Job, JobStatus, JobTemplate, Publication, load_job_types
+from joblife.model.status import IN_FLIGHT_STATUSES
+from joblife.worker.context import WorkerContext
+from joblife.worker.heartbeat import Heartbeat
+
+log = logging.getLogger(__name__)
+
+EXIT_DO_NOT_RELAUNCH = 0
+EXIT_RELAUNCH = 2
+#: Namespace of the deterministic publication message ids.
+MESSAGE_NAMESPACE = uuid.UUID("6f1c3b9e-6a43-4d53-9c36-7f4a8d2b1e10")
+S = JobStatus
+
+
+def message_id(unique_id: uuid.UUID, product: str, attempt: int) -> str:
+    """The deterministic id of a product's publication message for one attempt."""
+    return str(uuid.uuid5(MESSAGE_NAMESPACE, f"{unique_id}/{product}/{attempt}"))
+
+
+def run_worker_process(job_id: int, attempt: int | None) -> int:
+    """Entry point of a worker process: configure logging, run, return the exit code."""
+    settings = get_settings()
+    logging.basicConfig(
+        level=settings.log_level,
+        format=f"%(asctime)s %(levelname)s job={job_id} attempt={attempt} %(name)s: %(message)s",
+        force=True,
+    )
+    return run_worker(job_id, attempt, settings)
+
+
+def run_worker(job_id: int, attempt: int | None = None, settings: Settings | None = None) -> int:
+    """Run one attempt of ``job_id`` (``attempt`` None: whatever attempt is queued)."""
+    settings = settings or get_settings()
+    engine = create_joblife_engine(settings=settings, pool_size=2, max_overflow=0)
+    try:
+        return _Attempt(engine, settings, job_id, attempt).run()
+    except OperationalError as exc:
+        # The database is unreachable: nothing can be recorded; the monitor will see this
+        # exit code with the job still in flight and fail it as external.
+        log.error("job %s: database unavailable: %s", job_id, exc)
+        return EXIT_RELAUNCH
+    finally:
+        engine.dispose()
+
+
+class _Attempt:
+    def __init__(
+        self, engine: Engine, settings: Settings, job_id: int, attempt: int | None
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.job_id = job_id
+        self.attempt = attempt
+        self.timings: dict[str, float] = {}
+
+    def run(self) -> int:
+        load_job_types(self.settings)
+        with Session(self.engine, expire_on_commit=False) as session:
+            if not self._claim(session):
+                return EXIT_DO_NOT_RELAUNCH
+            assert self.attempt is not None
+            heartbeat = Heartbeat(
+                self.engine, self.job_id, self.attempt, self.settings.heartbeat_interval_seconds
+            ).start()
+            try:
+                return self._steps(session, heartbeat)
+            finally:
+                heartbeat.stop()
+
+    def _claim(self, session: Session) -> bool:
+        """queued → started for this attempt, or nothing at all."""
+        row = session.execute(
+            select(Job.attempt, Job.status_id).where(Job.id == self.job_id).with_for_update()
+        ).one_or_none()
+        if row is None:
+            log.error("job %s does not exist: nothing to do", self.job_id)
+            return False
+        if self.attempt is None:
+            self.attempt = row.attempt
+        if row.attempt != self.attempt or row.status_id != S.QUEUED:
+            log.warning(
+                "job %s is %s at attempt %s, not queued for attempt %s: duplicate or "
+                "outdated execution, nothing done",
+                self.job_id,
+                JobStatus(row.status_id),
+                row.attempt,
+                self.attempt,
+            )
+            return False
+        set_job_status(
+            session,
+            self.job_id,
+            S.STARTED,
+            expected=S.QUEUED,
+            message=f"attempt {self.attempt} started",
+            details={"host": socket.gethostname(), "pid": os.getpid()},
+        )
+        session.execute(update(Job).where(Job.id == self.job_id).values(heartbeat_at=_now()))
+        session.commit()
+        return True
+
+    def _steps(self, session: Session, heartbeat: Heartbeat) -> int:
+        job: JobTemplate | None = None
+        try:
+            job = session.get(Job, self.job_id)  # type: ignore[assignment]
+            if not isinstance(job, JobTemplate):
+                raise RuntimeError(f"job {self.job_id} has no registered job type")
+            context = WorkerContext(
+                job_id=self.job_id,
+                attempt=self.attempt,  # type: ignore[arg-type]
+                settings=self.settings,
+                work_dir=self.settings.data_dir / "work" / str(job.unique_id),
+                heartbeat=heartbeat,
+            )
+            self._step(session, S.PRE_PROCESSING, S.STARTED)
+            self._timed("pre_processing", job.job_pre_processing, context)
+            self._step(session, S.PROCESSING, S.PRE_PROCESSING)
+            return_code = self._timed("processing", job.job_processing, context)
+            job.exit_code = return_code
+            self._step(session, S.POST_PROCESSING, S.PROCESSING, {"return_code": return_code})
+            self._timed("post_processing", job.job_post_processing, context, return_code)
+            self._finish(session, job, return_code)
+            return EXIT_DO_NOT_RELAUNCH
+        except StatusConflict as exc:
+            session.rollback()
+            log.warning("job %s changed under this worker (%s): stopping", self.job_id, exc)
+            return EXIT_DO_NOT_RELAUNCH
+        except ExternalJobError as exc:
+            self._fail(session, S.EXTERNAL_ERROR, exc)
+            return EXIT_RELAUNCH
+        except OperationalError:
+            raise
+        except Exception as exc:
+            self._fail(session, S.INTERNAL_ERROR, exc)
+            return EXIT_DO_NOT_RELAUNCH
+
+    def _step(
+        self,
+        session: Session,
+        status: JobStatus,
+        expected: JobStatus,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        set_job_status(session, self.job_id, status, expected=expected, details=details)
+        session.commit()
+
+    def _timed(self, name: str, function: Any, *args: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return function(*args)
+        finally:
+            self.timings[name] = round(time.perf_counter() - start, 6)
+
+    def _finish(self, session: Session, job: JobTemplate, return_code: int) -> None:
+        produced = job.generated_a_product()
+        details = {
+            "return_code": return_code,
+            "durations": self.timings,
+            "attempt": self.attempt,
+            "product": produced,
+        }
+        set_job_status(
+            session, self.job_id, S.PROCESSED, expected=S.POST_PROCESSING, details=details
+        )
+        if produced:
+            self._write_outbox(session, job)
+        else:
+            set_job_status(session, self.job_id, S.DONE, expected=S.PROCESSED, message="no product")
+        session.commit()
+
+    def _write_outbox(self, session: Session, job: JobTemplate) -> None:
+        products = type(job).OUTPUT_PRODUCTS_LIST or []
+        for index, body in enumerate(job.get_products_publication_jsons()):
+            product = str(body.get("product") or products[index])
+            session.add(
+                Publication(
+                    job_id=self.job_id,
+                    attempt=self.attempt,
+                    product=product,
+                    message_id=message_id(job.unique_id, product, self.attempt),  # type: ignore[arg-type]
+                    body=body,
+                )
+            )
+
+    def _fail(self, session: Session, status: JobStatus, error: BaseException) -> None:
+        session.rollback()
+        kind = "external" if status is S.EXTERNAL_ERROR else "internal"
+        message = f"{type(error).__name__}: {error}"
+        log.error("job %s: %s error: %s", self.job_id, kind, message)
+        details = {
+            "attempt": self.attempt,
+            "durations": self.timings,
+            "traceback": traceback.format_exception(error)[-5:],
+        }
+        try:
+            set_job_status(
+                session,
+                self.job_id,
+                status,
+                expected=IN_FLIGHT_STATUSES - {S.QUEUED},
+                message=message,
+                details=details,
+            )
+            session.commit()
+        except (StatusError, DBAPIError) as exc:
+            session.rollback()
+            log.error("job %s: could not record the %s error: %s", self.job_id, kind, exc)
+
+
+def _now() -> Any:
+    from sqlalchemy import func
+
+    return func.now()

@@ -1,0 +1,30 @@
+"""Life cycle: when a job is due for a service's attention, and what it waits for.
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-11-22
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0002"
+down_revision: str | Sequence[str] | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.add_column("jobs", sa.Column("due_at", sa.DateTime(timezone=True), nullable=True))
+    op.add_column("jobs", sa.Column("waiting_for", sa.Text(), nullable=True))
+    op.create_index("ix_jobs_status_due", "jobs", ["status", "due_at"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_jobs_status_due", table_name="jobs")
+    op.drop_column("jobs", "waiting_for")
+    op.drop_column("jobs", "due_at")
