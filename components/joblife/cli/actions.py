@@ -15,7 +15,9 @@ from sqlalchemy.orm import Session
 from joblife.cli.output import add_row, make_table, print_json, print_table
 from joblife.cli.queries import current_statuses
 from joblife.cli.state import get_state
-from joblife.db.status import StatusChange, acknowledge_jobs, cancel_jobs, retry_jobs
+from joblife.db.status import StatusChange, acknowledge_jobs, retry_jobs
+from joblife.executors import build_executor
+from joblife.lifecycle.cancellation import cancel_and_stop
 
 Operation = Callable[[Session, Sequence[int], str | None], list[StatusChange]]
 
@@ -77,8 +79,13 @@ def cancel(
     message: MessageOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Cancel jobs (any status that allows it; running executions are stopped by the monitor)."""
-    apply(ctx, cancel_jobs, "cancelled", job_ids, message, as_json)
+    """Cancel jobs (any status that allows it); a running execution is stopped first."""
+    executor = build_executor()
+
+    def operation(session: Session, ids: Sequence[int], text: str | None) -> list[StatusChange]:
+        return cancel_and_stop(session, executor, ids, text)
+
+    apply(ctx, operation, "cancelled", job_ids, message, as_json)
 
 
 def check(

@@ -12,8 +12,10 @@ from joblife.cli import actions
 from joblife.cli.db_commands import db_app
 from joblife.cli.errors import JoblifeGroup
 from joblife.cli.jobs_commands import jobs_app
+from joblife.cli.service_commands import configure, create, dispatch, monitor, run
 from joblife.cli.state import CliState
 from joblife.cli.status_command import status
+from joblife.cli.worker_commands import worker_app
 
 app = typer.Typer(
     name="joblife",
@@ -25,7 +27,10 @@ app = typer.Typer(
 )
 app.add_typer(db_app)
 app.add_typer(jobs_app)
+app.add_typer(worker_app)
 app.command("status")(status)
+for _service in (create, configure, dispatch, monitor, run):
+    app.command(_service.__name__)(_service)
 jobs_app.command("retry")(actions.retry)
 jobs_app.command("cancel")(actions.cancel)
 jobs_app.command("check")(actions.check)

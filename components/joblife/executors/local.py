@@ -216,10 +216,11 @@ class LocalExecutor:
         with os.fdopen(read_end, "rb") as pipe:
             data = pipe.read().decode()
         os.waitpid(intermediate, 0)
-        pids = [int(x) for x in data.split()]
-        if len(pids) != 2:
+        # Two writers (intermediate, waiter) in no fixed order: each line is tagged.
+        pids = dict(line.split("=", 1) for line in data.split() if "=" in line)
+        if set(pids) != {"waiter", "worker"}:
             raise ExecutorError(f"the worker supervisor did not start (got {data!r})")
-        return pids[0], pids[1]
+        return int(pids["waiter"]), int(pids["worker"])
 
 
 # -- the child processes (no return from these) -----------------------------------------------
@@ -230,7 +231,7 @@ def _intermediate(request: ExecutionRequest, paths: _Paths, pipe: int, method: s
         waiter = os.fork()
         if waiter == 0:
             _waiter(request, paths, pipe, method)
-        os.write(pipe, f"{waiter} ".encode())
+        os.write(pipe, f"waiter={waiter}\n".encode())
     finally:
         os._exit(0)
 
@@ -244,7 +245,7 @@ def _waiter(request: ExecutionRequest, paths: _Paths, pipe: int, method: str) ->
         if worker == 0:
             os.close(pipe)
             _worker(request, paths, method)
-        os.write(pipe, f"{worker}".encode())
+        os.write(pipe, f"worker={worker}\n".encode())
         os.close(pipe)
         _, status = os.waitpid(worker, 0)
         code = os.waitstatus_to_exitcode(status)

@@ -6,7 +6,7 @@ Its products are JSON files in the ``test_products_dir`` setting (default
 
     {"product_id": "T0001", "published_at": "2026-11-22T10:00:00+00:00",
      "behaviour": "succeed", "behaviour_attempts": null, "sleep_seconds": 0,
-     "depends_on_product": null, "tile_id": null, "cancel": false}
+     "depends_on_product": null, "tile_id": null, "cancel": false, "publish": false}
 
 Behaviours: ``succeed``, ``no_product``, ``fail_external``, ``fail_internal``, ``sleep``
 (then succeed), ``crash`` (SIGKILL itself), ``hang`` (stop heartbeating and block). They
@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Float, Integer, Text, select, text
+from sqlalchemy import Boolean, Float, Integer, Text, select, text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from joblife.config import get_settings
@@ -61,6 +61,7 @@ class TestJob(JobTemplate):
     behaviour_attempts: Mapped[int | None] = mapped_column(Integer)
     sleep_seconds: Mapped[float] = mapped_column(Float, server_default=text("0"), default=0.0)
     depends_on_product: Mapped[str | None] = mapped_column(Text)
+    publish: Mapped[bool] = mapped_column(Boolean, server_default=text("false"), default=False)
 
     # -- creation ------------------------------------------------------------------------
     @classmethod
@@ -85,6 +86,7 @@ class TestJob(JobTemplate):
                 behaviour_attempts=product.get("behaviour_attempts"),
                 sleep_seconds=float(product.get("sleep_seconds") or 0),
                 depends_on_product=product.get("depends_on_product"),
+                publish=bool(product.get("publish")),
             )
             (found.to_cancel if product.get("cancel") else found.to_create).append(job)
         return found
@@ -128,6 +130,10 @@ class TestJob(JobTemplate):
     def job_post_processing(self, context: Any, return_code: int) -> None:
         if self.generated_a_product():
             self.output_path = f"test://products/{self.input_product_id}"
+
+    def get_products_publication_jsons(self) -> list[dict[str, Any]]:
+        """Test products are announced only when ``publish`` is set on the job."""
+        return super().get_products_publication_jsons() if self.publish else []
 
     def generated_a_product(self) -> bool:
         return self.exit_code == 0 and not (self.behaviour == "no_product" and self._acting())

@@ -24,7 +24,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ClassVar, Self
 
 from sqlalchemy import BigInteger, ForeignKey, select
@@ -71,6 +71,8 @@ class JobTemplate(Job):
     """Name of the per-type stored procedure returning this type's jobs in given statuses."""
     MAX_ATTEMPTS: ClassVar[int] = 3
     """Attempts allowed before an external error is no longer retried automatically."""
+    DEPENDENCY_TIMEOUT: ClassVar[timedelta] = timedelta(hours=24)
+    """How long a job may wait in ``configured`` for a dependency before it fails."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # A concrete job type (it names its own table) gets its primary key, a foreign key
@@ -127,7 +129,8 @@ class JobTemplate(Job):
 
     def configure_single_job(self, session: Session) -> JobStatus:
         """Decide what comes next for this job: ``READY`` to run, ``CONFIGURED`` to wait for
-        a dependency (re-checked later), or ``CANCELLED``. Default: ``READY``."""
+        a dependency (re-checked later; set ``self.waiting_for`` to say what for, it is
+        quoted when ``DEPENDENCY_TIMEOUT`` passes), or ``CANCELLED``. Default: ``READY``."""
         return JobStatus.READY
 
     # -- reading from the database ---------------------------------------------------------

@@ -6,7 +6,8 @@
 3. ``pre_processing`` → ``job_pre_processing``, ``processing`` → ``job_processing`` (the
    science return code), ``post_processing`` → ``job_post_processing``.
 4. ``processed`` with the publication messages written to the outbox in the same
-   transaction, or straight on to ``done`` when the job generated no product. The return
+   transaction, or straight on to ``done`` when the job generated no product or has
+   nothing to publish. The return
    code and the step durations go into the status details.
 
 Failures: :class:`~joblife.errors.ExternalJobError` → ``external_error`` and exit 2 (relaunch);
@@ -196,15 +197,24 @@ class _Attempt:
         set_job_status(
             session, self.job_id, S.PROCESSED, expected=S.POST_PROCESSING, details=details
         )
-        if produced:
-            self._write_outbox(session, job)
+        messages = job.get_products_publication_jsons() if produced else []
+        if messages:
+            self._write_outbox(session, job, messages)  # the publication service takes over
         else:
-            set_job_status(session, self.job_id, S.DONE, expected=S.PROCESSED, message="no product")
+            set_job_status(
+                session,
+                self.job_id,
+                S.DONE,
+                expected=S.PROCESSED,
+                message="nothing to publish" if produced else "no product",
+            )
         session.commit()
 
-    def _write_outbox(self, session: Session, job: JobTemplate) -> None:
+    def _write_outbox(
+        self, session: Session, job: JobTemplate, messages: list[dict[str, Any]]
+    ) -> None:
         products = type(job).OUTPUT_PRODUCTS_LIST or []
-        for index, body in enumerate(job.get_products_publication_jsons()):
+        for index, body in enumerate(messages):
             product = str(body.get("product") or products[index])
             session.add(
                 Publication(

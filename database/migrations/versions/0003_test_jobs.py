@@ -27,6 +27,7 @@ def upgrade() -> None:
         sa.Column("behaviour_attempts", sa.Integer(), nullable=True),
         sa.Column("sleep_seconds", sa.Float(), server_default=sa.text("0"), nullable=False),
         sa.Column("depends_on_product", sa.Text(), nullable=True),
+        sa.Column("publish", sa.Boolean(), server_default=sa.text("false"), nullable=False),
         sa.ForeignKeyConstraint(
             ["id"], ["jobs.id"], name="fk_test_jobs_id_jobs", ondelete="CASCADE"
         ),

@@ -1,0 +1,97 @@
+"""``joblife create|configure|dispatch|monitor|run``: the life-cycle services."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Annotated, Any
+
+import typer
+
+from joblife.cli.output import print_json
+from joblife.cli.state import get_state
+from joblife.config import get_settings
+from joblife.executors import build_executor
+from joblife.lifecycle.common import ServiceContext
+from joblife.lifecycle.configuration import configure_jobs
+from joblife.lifecycle.creation import create_jobs
+from joblife.lifecycle.dispatch import dispatch_jobs
+from joblife.lifecycle.monitor import Monitor
+from joblife.lifecycle.orchestrator import SERVICES, Orchestrator
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _context(ctx: typer.Context) -> ServiceContext:
+    return ServiceContext(get_state(ctx).engine(), get_settings())
+
+
+def _show(result: Any, as_json: bool) -> None:
+    if as_json:
+        print_json(result)
+        return
+    for item in result if isinstance(result, list) else [result]:
+        typer.echo(", ".join(f"{k}={v}" for k, v in item.items() if v not in (None, {}, [])))
+
+
+def create(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Discover new input products of every job type and create their jobs (one cycle)."""
+    _show([r.as_dict() for r in create_jobs(_context(ctx))], as_json)
+
+
+def configure(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Configure initialized jobs and re-check those waiting for a dependency (one cycle)."""
+    _show([r.as_dict() for r in configure_jobs(_context(ctx))], as_json)
+
+
+def dispatch(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Start ready jobs through the executor, within the in-flight caps (one cycle)."""
+    _show(dispatch_jobs(_context(ctx), build_executor()).as_dict(), as_json)
+
+
+def monitor(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Reconcile running jobs with the executor and retry failed ones (one cycle)."""
+    _show(Monitor(_context(ctx), build_executor()).run_cycle().as_dict(), as_json)
+
+
+def run(
+    ctx: typer.Context,
+    once: Annotated[
+        bool, typer.Option("--once", help="One cycle of each service, then exit (cron).")
+    ] = False,
+    interval: Annotated[
+        float | None, typer.Option(help="Seconds between idle cycles (default: loop_interval).")
+    ] = None,
+    services: Annotated[
+        str, typer.Option(help=f"Comma-separated services to run (of {', '.join(SERVICES)}).")
+    ] = ",".join(SERVICES),
+    as_json: JsonOption = False,
+) -> None:
+    """Run the life-cycle services in this process until SIGTERM or SIGINT."""
+    logging.basicConfig(
+        level=get_settings().log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    stop = threading.Event()
+    orchestrator = Orchestrator(
+        _context(ctx),
+        build_executor(),
+        services=[s.strip() for s in services.split(",") if s.strip()],
+        stop_event=stop,
+    )
+    if once:
+        report = orchestrator.run_once()
+        _show(report.as_dict(), as_json)
+        if report.errors:
+            raise typer.Exit(1)
+        return
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        logging.getLogger("joblife").info(
+            "%s: stopping after the current service", signal.Signals(signum).name
+        )
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    orchestrator.run_forever(interval)

@@ -1,0 +1,206 @@
+"""Dispatch: start ready jobs through the executor, within the in-flight caps.
+
+A cycle, serialised between dispatchers by a transaction-level advisory lock:
+1. counts the jobs in flight (queued ... post_processing) per flavor and per type;
+2. claims ready jobs with ``FOR UPDATE SKIP LOCKED`` by priority then input publication
+   date, keeping within the caps (overall, per flavor — the executor's slots included —
+   and per type);
+3. marks them ``queued`` with ``attempt + 1`` and **commits**;
+4. only then calls the executor with the token ``<job id>-<attempt>`` and records the
+   reference. A crash between 3 and 4 leaves a queued job without a reference: the monitor
+   dispatches it again with the same token, and the executor runs it once.
+A failed dispatch becomes ``external_error`` with the reason; the others go on.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy import bindparam, select, text, update
+from sqlalchemy.orm import Session
+
+from joblife.db.status import set_job_status
+from joblife.errors import StatusError
+from joblife.executors.base import ExecutionRequest, Executor, execution_token
+from joblife.lifecycle.common import ServiceContext, job_logger
+from joblife.model import Job, JobStatus
+from joblife.model.status import IN_FLIGHT_STATUSES
+
+log = job_logger("dispatch")
+S = JobStatus
+#: pg_advisory_xact_lock key of the dispatch critical section ("joblife:dispatch").
+DISPATCH_LOCK_KEY = 0x6A6C_6469
+
+
+@dataclass
+class DispatchReport:
+    """What one dispatch cycle did."""
+
+    dispatched: int = 0
+    failed: int = 0
+    unknown_type: int = 0
+    capped: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    job_id: int
+    job_type: str
+    worker_flavor: str
+    attempt: int
+
+
+def dispatch_jobs(context: ServiceContext, executor: Executor) -> DispatchReport:
+    """One dispatch cycle."""
+    report = DispatchReport()
+    with context.session() as session:
+        claimed = _claim(session, context, executor, report)
+        session.commit()  # queued + attempt are durable before any execution starts
+        references = {}
+        for job in claimed:
+            reference = start_execution(
+                session, context, executor, job.job_id, job.attempt, job.job_type, job.worker_flavor
+            )
+            if reference is None:
+                report.failed += 1
+            else:
+                references[job.job_id] = (job.attempt, reference)
+        record_references(session, references)
+        session.commit()
+    report.dispatched = len(references)
+    return report
+
+
+def start_execution(
+    session: Session,
+    context: ServiceContext,
+    executor: Executor,
+    job_id: int,
+    attempt: int,
+    job_type: str,
+    worker_flavor: str,
+) -> str | None:
+    """Start one queued attempt through the executor; on failure the job becomes
+    external_error with the reason (committed) and None is returned."""
+    cls = context.job_types.get(job_type)
+    request = ExecutionRequest(
+        job_id=job_id,
+        attempt=attempt,
+        job_type=job_type,
+        worker_flavor=worker_flavor,
+        nomad_job_name=cls.NOMAD_JOB_NAME if cls else None,
+    )
+    try:
+        return executor.dispatch(request, execution_token(job_id, attempt))
+    except Exception as exc:
+        log.warning("job %s: dispatch failed: %s", job_id, exc)
+        try:
+            set_job_status(
+                session,
+                job_id,
+                S.EXTERNAL_ERROR,
+                expected=S.QUEUED,
+                message=f"dispatch failed: {exc}",
+                details={"attempt": attempt, "executor": executor.name},
+            )
+            session.commit()
+        except StatusError:
+            session.rollback()
+        return None
+
+
+def record_references(session: Session, references: dict[int, tuple[int, str]]) -> None:
+    """Record each started attempt's executor reference (only if still that attempt)."""
+    if not references:
+        return
+    jobs = Job.__table__
+    session.connection().execute(
+        update(jobs)
+        .where(jobs.c.id == bindparam("job_id"), jobs.c.attempt == bindparam("job_attempt"))
+        .values(nomad_job_id=bindparam("reference")),
+        [
+            {"job_id": job_id, "job_attempt": attempt, "reference": reference}
+            for job_id, (attempt, reference) in references.items()
+        ],
+    )
+
+
+def _claim(
+    session: Session, context: ServiceContext, executor: Executor, report: DispatchReport
+) -> list[_Claimed]:
+    settings = context.settings
+    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": DISPATCH_LOCK_KEY})
+    rows = session.execute(
+        select(Job.worker_flavor, Job.job_type).where(
+            Job.status_id.in_([int(s) for s in IN_FLIGHT_STATUSES])
+        )
+    ).all()
+    per_flavor = Counter(r.worker_flavor for r in rows)
+    per_type = Counter(r.job_type for r in rows)
+    room = settings.max_in_flight - len(rows)
+    if room <= 0:
+        report.capped["overall"] = len(rows)
+        return []
+    candidates = session.execute(
+        select(Job.id, Job.job_type, Job.worker_flavor, Job.attempt)
+        .where(Job.status_id == S.READY)
+        .order_by(Job.priority, Job.input_publication_date, Job.id)
+        .limit(min(settings.batch_size, room) * 4)
+        .with_for_update(skip_locked=True)
+    ).all()
+    chosen: list[Any] = []
+    unknown: list[int] = []
+    for row in candidates:
+        if len(chosen) >= min(room, settings.batch_size):
+            break
+        if row.job_type not in context.job_types:
+            unknown.append(row.id)
+            continue
+        flavor_cap = _cap(
+            settings.max_in_flight_per_flavor.get(row.worker_flavor),
+            executor.capacity(row.worker_flavor),
+        )
+        type_cap = settings.max_in_flight_per_type.get(row.job_type)
+        if flavor_cap is not None and per_flavor[row.worker_flavor] >= flavor_cap:
+            report.capped[f"flavor:{row.worker_flavor}"] = per_flavor[row.worker_flavor]
+            continue
+        if type_cap is not None and per_type[row.job_type] >= type_cap:
+            report.capped[f"type:{row.job_type}"] = per_type[row.job_type]
+            continue
+        per_flavor[row.worker_flavor] += 1
+        per_type[row.job_type] += 1
+        chosen.append(row)
+    if unknown:
+        report.unknown_type = len(unknown)
+        set_job_status(
+            session,
+            unknown,
+            S.INTERNAL_ERROR,
+            expected=S.READY,
+            message="the job type is not registered in this installation "
+            f"(known: {', '.join(sorted(context.job_types)) or 'none'})",
+        )
+    if not chosen:
+        return []
+    ids = [row.id for row in chosen]
+    set_job_status(session, ids, S.QUEUED, expected=S.READY, message="dispatch requested")
+    attempts = dict(
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(ids))
+            .values(attempt=Job.attempt + 1, nomad_job_id=None, exit_code=None, heartbeat_at=None)
+            .returning(Job.id, Job.attempt),
+            execution_options={"synchronize_session": False},
+        ).all()
+    )
+    return [_Claimed(r.id, r.job_type, r.worker_flavor, attempts[r.id]) for r in chosen]
+
+
+def _cap(configured: int | None, executor_slots: int | None) -> int | None:
+    caps = [c for c in (configured, executor_slots) if c is not None]
+    return min(caps) if caps else None

@@ -1,0 +1,125 @@
+"""The orchestrator: the life-cycle services in one process (``joblife run``).
+
+Each cycle runs creation, configuration, dispatch and the monitor once, each in its own
+error boundary: one service's failure (or one job's) never stops the others. A cycle that
+found work is followed at once by the next; an idle one waits ``loop_interval`` seconds.
+A database outage makes the loop back off (up to a minute), reconnect and resume. SIGTERM
+or SIGINT stops it after the current service.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from joblife.executors.base import Executor
+from joblife.lifecycle.common import ServiceContext, job_logger
+from joblife.lifecycle.configuration import configure_jobs
+from joblife.lifecycle.creation import create_jobs
+from joblife.lifecycle.dispatch import dispatch_jobs
+from joblife.lifecycle.monitor import Monitor
+
+log = job_logger("orchestrator")
+
+SERVICES = ("create", "configure", "dispatch", "monitor")
+MAX_BACKOFF_SECONDS = 60.0
+
+
+@dataclass
+class CycleReport:
+    """What one cycle of the orchestrator did, per service."""
+
+    results: dict[str, Any] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    busy: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"results": self.results, "errors": self.errors, "busy": self.busy}
+
+
+class Orchestrator:
+    """Runs the life-cycle services; see the module docstring."""
+
+    def __init__(
+        self,
+        context: ServiceContext,
+        executor: Executor,
+        services: Sequence[str] = SERVICES,
+        stop_event: threading.Event | None = None,
+    ) -> None:
+        unknown = set(services) - set(SERVICES)
+        if unknown:
+            raise ValueError(f"unknown services {sorted(unknown)} (known: {', '.join(SERVICES)})")
+        self.context = context
+        self.executor = executor
+        self.services = [s for s in SERVICES if s in services]
+        self.stop_event = stop_event or threading.Event()
+        self.monitor = Monitor(context, executor)
+        self._steps: dict[str, Callable[[], Any]] = {
+            "create": lambda: [r.as_dict() for r in create_jobs(context)],
+            "configure": lambda: [r.as_dict() for r in configure_jobs(context)],
+            "dispatch": lambda: dispatch_jobs(context, executor).as_dict(),
+            "monitor": lambda: self.monitor.run_cycle().as_dict(),
+        }
+
+    def run_once(self) -> CycleReport:
+        """One cycle of every service. A database outage is re-raised (the loop backs off);
+        any other error is recorded and the next service runs."""
+        report = CycleReport()
+        for name in self.services:
+            if self.stop_event.is_set():
+                break
+            try:
+                result = self._steps[name]()
+            except OperationalError:
+                raise
+            except Exception as exc:
+                log.exception("%s cycle failed", name)
+                report.errors[name] = f"{type(exc).__name__}: {exc}"
+                continue
+            report.results[name] = result
+            report.busy = report.busy or _did_work(name, result)
+        return report
+
+    def run_forever(self, interval: float | None = None) -> None:
+        """Cycle until the stop event is set."""
+        interval = interval if interval is not None else self.context.settings.loop_interval
+        backoff = 1.0
+        while not self.stop_event.is_set():
+            try:
+                report = self.run_once()
+            except (OperationalError, DBAPIError) as exc:
+                if not _is_connection_problem(exc):
+                    raise
+                log.warning(
+                    "database unavailable (%s): retrying in %.0f s", _first_line(exc), backoff
+                )
+                self.context.engine.dispose()
+                self.stop_event.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                continue
+            backoff = 1.0
+            if not report.busy:
+                self.stop_event.wait(interval)
+
+
+def _did_work(name: str, result: Any) -> bool:
+    if name == "create":
+        return any(r["inserted"] or r["cancelled"] for r in result)
+    if name == "configure":
+        return any(r["examined"] for r in result)
+    if name == "dispatch":
+        return bool(result["dispatched"] or result["failed"])
+    return bool(result["ended"] or result["stale"] or result["redispatched"] or result["retried"])
+
+
+def _is_connection_problem(exc: DBAPIError) -> bool:
+    return isinstance(exc, OperationalError) or exc.connection_invalidated
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
