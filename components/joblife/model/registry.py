@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import re
+from datetime import timedelta
 from importlib.metadata import entry_points
 
 from joblife.config import Settings, get_settings
@@ -75,6 +76,9 @@ def validate_job_type(cls: type, settings: Settings | None = None) -> None:
     max_attempts = getattr(cls, "MAX_ATTEMPTS", None)
     if not isinstance(max_attempts, int) or max_attempts < 1:
         fail("MAX_ATTEMPTS", f"must be a positive integer, got {max_attempts!r}")
+    timeout = getattr(cls, "DEPENDENCY_TIMEOUT", None)
+    if not isinstance(timeout, timedelta) or timeout < timedelta(0):
+        fail("DEPENDENCY_TIMEOUT", f"must be a non-negative timedelta, got {timeout!r}")
     identity = cls.__mapper__.polymorphic_identity
     if identity != cls.JOB_NAME:
         fail("JOB_NAME", f"is {cls.JOB_NAME!r} but the polymorphic identity is {identity!r}")
