@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol, TypeVar
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from joblife.config import Settings, get_settings
@@ -28,6 +31,40 @@ class ServiceContext:
     def session(self) -> Session:
         """A new session (objects stay readable after commit)."""
         return Session(self.engine, expire_on_commit=False)
+
+
+class TypeReport(Protocol):
+    """A per-job-type report of a service cycle."""
+
+    error: str | None
+
+
+R = TypeVar("R", bound=TypeReport)
+
+
+def for_each_job_type(
+    context: ServiceContext,
+    make_report: Callable[[str], R],
+    work: Callable[[Session, type[JobTemplate], R], None],
+    what: str,
+) -> list[R]:
+    """Run ``work`` for every registered job type, each in its own transaction (committed
+    on success). One type's failure is recorded in its report and the others go on; a
+    database outage is raised, for the caller to back off."""
+    reports = []
+    for job_type, cls in sorted(context.job_types.items()):
+        report = make_report(job_type)
+        try:
+            with context.session() as session:
+                work(session, cls, report)
+                session.commit()
+        except OperationalError:
+            raise
+        except Exception as exc:
+            logging.getLogger("joblife.lifecycle").exception("%s of %s jobs failed", what, job_type)
+            report.error = f"{type(exc).__name__}: {exc}"
+        reports.append(report)
+    return reports
 
 
 def utc_now() -> datetime:

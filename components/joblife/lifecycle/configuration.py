@@ -19,7 +19,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from joblife.db.status import set_job_status
-from joblife.lifecycle.common import ServiceContext, job_logger, utc_now
+from joblife.lifecycle.common import ServiceContext, for_each_job_type, job_logger, utc_now
 from joblife.model import Job, JobStatus, JobTemplate
 
 log = job_logger("configuration")
@@ -50,18 +50,12 @@ def configure_jobs(
 ) -> list[ConfigurationReport]:
     """One configuration cycle over every registered job type."""
     now = now or utc_now()
-    reports = []
-    for job_type, cls in sorted(context.job_types.items()):
-        report = ConfigurationReport(job_type)
-        try:
-            with context.session() as session:
-                _configure_type(session, cls, context, now, report)
-                session.commit()
-        except Exception as exc:
-            log.exception("configuration of %s jobs failed", job_type)
-            report.error = f"{type(exc).__name__}: {exc}"
-        reports.append(report)
-    return reports
+    return for_each_job_type(
+        context,
+        ConfigurationReport,
+        lambda session, cls, report: _configure_type(session, cls, context, now, report),
+        "configuration",
+    )
 
 
 def _configure_type(

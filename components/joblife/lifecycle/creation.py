@@ -21,7 +21,7 @@ from sqlalchemy import inspect
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from joblife.lifecycle.common import ServiceContext, job_logger, utc_now
+from joblife.lifecycle.common import ServiceContext, for_each_job_type, job_logger, utc_now
 from joblife.model import Job, JobStatus, JobTemplate, Priority
 
 log = job_logger("creation")
@@ -54,18 +54,12 @@ def create_jobs(context: ServiceContext, now: datetime | None = None) -> list[Cr
     """One creation cycle over every registered job type; one type's failure is reported
     and the others go on."""
     now = now or utc_now()
-    reports = []
-    for job_type, cls in sorted(context.job_types.items()):
-        report = CreationReport(job_type)
-        try:
-            with context.session() as session:
-                _create_for_type(session, cls, now, context, report)
-                session.commit()
-        except Exception as exc:
-            log.exception("creation of %s jobs failed", job_type)
-            report.error = f"{type(exc).__name__}: {exc}"
-        reports.append(report)
-    return reports
+    return for_each_job_type(
+        context,
+        CreationReport,
+        lambda session, cls, report: _create_for_type(session, cls, now, context, report),
+        "creation",
+    )
 
 
 def _create_for_type(

@@ -7,10 +7,38 @@ that both agree. Ids and names are those of the system joblife replaces.
 
 from __future__ import annotations
 
+import re
 from enum import IntEnum
+from typing import Self
 
 
-class JobStatus(IntEnum):
+class NamedIntEnum(IntEnum):
+    """An IntEnum shown and parsed by its lower-case name (as stored in lookup tables)."""
+
+    def __str__(self) -> str:
+        return self.name.lower()
+
+    @property
+    def label(self) -> str:
+        """The lower-case name."""
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, value: Self | str | int) -> Self:
+        """Accept a member, its name (any case) or its value; ValueError names the choices."""
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, int):
+            return cls(value)
+        try:
+            return cls[value.strip().upper()]
+        except KeyError:
+            names = ", ".join(member.label for member in cls)
+            kind = re.sub(r"(?<!^)(?=[A-Z])", " ", cls.__name__).lower()  # JobStatus: job status
+            raise ValueError(f"unknown {kind} {value!r} (known: {names})") from None
+
+
+class JobStatus(NamedIntEnum):
     """A job status; the value is the id in ``job_statuses``, ``str()`` is its name."""
 
     INITIALIZED = 1
@@ -29,27 +57,6 @@ class JobStatus(IntEnum):
     EXTERNAL_ERROR = 14  # a dependency failed: retried with backoff
     ERROR_CHECKED = 15  # an operator acknowledged the error
     CANCELLED = 16
-
-    def __str__(self) -> str:
-        return self.name.lower()
-
-    @property
-    def label(self) -> str:
-        """The status name as stored in ``job_statuses.name``."""
-        return self.name.lower()
-
-    @classmethod
-    def parse(cls, value: JobStatus | str | int) -> JobStatus:
-        """Accept a status, its name (any case) or its id; raise ValueError naming the choices."""
-        if isinstance(value, JobStatus):
-            return value
-        if isinstance(value, int):
-            return cls(value)
-        try:
-            return cls[value.strip().upper()]
-        except KeyError:
-            names = ", ".join(s.label for s in cls)
-            raise ValueError(f"unknown job status {value!r} (known: {names})") from None
 
 
 S = JobStatus
