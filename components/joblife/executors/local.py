@@ -127,7 +127,8 @@ class LocalExecutor:
         if record is None or paths.exit.exists() or not self._waiter_alive(record):
             return
         try:
-            # The waiter ignores SIGTERM; the worker and what it started get it.
+            # The waiter leads the group and ignores SIGTERM; the worker and what it
+            # started get it.
             os.killpg(record["waiter_pid"], signal.SIGTERM)
         except ProcessLookupError:
             return
@@ -225,9 +226,8 @@ class LocalExecutor:
 
 # -- the child processes (no return from these) -----------------------------------------------
 def _intermediate(request: ExecutionRequest, paths: _Paths, pipe: int, method: str) -> None:
-    """A session of its own, then the waiter; exits at once so nobody must reap it."""
+    """Forks the waiter and exits at once, so that nobody must reap the waiter."""
     try:
-        os.setsid()
         waiter = os.fork()
         if waiter == 0:
             _waiter(request, paths, pipe, method)
@@ -241,6 +241,9 @@ def _waiter(request: ExecutionRequest, paths: _Paths, pipe: int, method: str) ->
     try:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # A session (and process group) of its own, led by the waiter: stop() signals the
+        # group, and the orchestrator's terminal or group signals never reach it.
+        os.setsid()
         worker = os.fork()
         if worker == 0:
             os.close(pipe)

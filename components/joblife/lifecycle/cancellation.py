@@ -16,8 +16,11 @@ from joblife.model.status import IN_FLIGHT_STATUSES
 def cancel_and_stop(
     session: Session, executor: Executor, job_ids: Sequence[int], message: str | None = None
 ) -> list[StatusChange]:
-    """Stop the running executions of ``job_ids`` through the executor, then cancel the jobs
-    (all or nothing). Runs in the caller's transaction; the caller commits."""
+    """Cancel the jobs (all or nothing, through the one door), then stop their running
+    executions through the executor. Runs in the caller's transaction; the caller commits.
+
+    Cancelling first means a refused cancel stops nothing; the row locks it takes keep a
+    worker from recording anything more before the commit."""
     references = session.scalars(
         select(Job.nomad_job_id).where(
             Job.id.in_(list(job_ids)),
@@ -25,9 +28,9 @@ def cancel_and_stop(
             Job.nomad_job_id.is_not(None),
         )
     ).all()
+    changes = cancel_jobs(session, job_ids, message)
     for reference in references:
         executor.stop(reference)
-    changes = cancel_jobs(session, job_ids, message)
     session.execute(
         update(Job).where(Job.id.in_(list(job_ids))).values(due_at=None),
         execution_options={"synchronize_session": False},

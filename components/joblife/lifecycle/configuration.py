@@ -114,6 +114,7 @@ def _configure_type(
                     job.due_at = recheck_at
                 else:
                     job.due_at = None
+                    job.waiting_for = None
                 decided[outcome].append(job.id)
         except Exception as exc:
             failed[job.id] = f"configure_single_job failed: {exc!r}"

@@ -146,44 +146,59 @@ def _claim(
     if room <= 0:
         report.capped["overall"] = len(rows)
         return []
-    candidates = session.execute(
-        select(Job.id, Job.job_type, Job.worker_flavor, Job.attempt)
-        .where(Job.status_id == S.READY)
-        .order_by(Job.priority, Job.input_publication_date, Job.id)
-        .limit(min(settings.batch_size, room) * 4)
-        .with_for_update(skip_locked=True)
-    ).all()
     chosen: list[Any] = []
-    unknown: list[int] = []
-    for row in candidates:
-        if len(chosen) >= min(room, settings.batch_size):
-            break
-        if row.job_type not in context.job_types:
-            unknown.append(row.id)
-            continue
-        flavor_cap = _cap(
-            settings.max_in_flight_per_flavor.get(row.worker_flavor),
-            executor.capacity(row.worker_flavor),
+    unknown: dict[str, list[int]] = {}
+    capped_types = {t for t, n in per_type.items() if n >= _type_cap(settings, t)}
+    capped_flavors = {f for f, n in per_flavor.items() if n >= _flavor_cap(settings, executor, f)}
+    seen: list[int] = []
+    wanted = min(room, settings.batch_size)
+    # Pages skip what is already capped, so capped types or flavors early in the order
+    # never starve the jobs behind them; a few pages bound the cost of a cycle.
+    for _page in range(4):
+        query = (
+            select(Job.id, Job.job_type, Job.worker_flavor, Job.attempt)
+            .where(Job.status_id == S.READY)
+            .order_by(Job.priority, Job.input_publication_date, Job.id)
+            .limit(wanted * 4)
+            .with_for_update(skip_locked=True)
         )
-        type_cap = settings.max_in_flight_per_type.get(row.job_type)
-        if flavor_cap is not None and per_flavor[row.worker_flavor] >= flavor_cap:
-            report.capped[f"flavor:{row.worker_flavor}"] = per_flavor[row.worker_flavor]
-            continue
-        if type_cap is not None and per_type[row.job_type] >= type_cap:
-            report.capped[f"type:{row.job_type}"] = per_type[row.job_type]
-            continue
-        per_flavor[row.worker_flavor] += 1
-        per_type[row.job_type] += 1
-        chosen.append(row)
-    if unknown:
-        report.unknown_type = len(unknown)
+        if capped_types:
+            query = query.where(Job.job_type.not_in(capped_types))
+        if capped_flavors:
+            query = query.where(Job.worker_flavor.not_in(capped_flavors))
+        if seen:
+            query = query.where(Job.id.not_in(seen))
+        candidates = session.execute(query).all()
+        for row in candidates:
+            seen.append(row.id)
+            if len(chosen) >= wanted:
+                break
+            if row.job_type not in context.job_types:
+                unknown.setdefault(row.job_type, []).append(row.id)
+                continue
+            if row.job_type in capped_types or row.worker_flavor in capped_flavors:
+                continue
+            per_flavor[row.worker_flavor] += 1
+            per_type[row.job_type] += 1
+            chosen.append(row)
+            if per_type[row.job_type] >= _type_cap(settings, row.job_type):
+                capped_types.add(row.job_type)
+            if per_flavor[row.worker_flavor] >= _flavor_cap(settings, executor, row.worker_flavor):
+                capped_flavors.add(row.worker_flavor)
+        if len(chosen) >= wanted or len(candidates) < wanted * 4:
+            break
+    report.capped.update({f"type:{t}": per_type[t] for t in capped_types})
+    report.capped.update({f"flavor:{f}": per_flavor[f] for f in capped_flavors})
+    known = ", ".join(sorted(context.job_types)) or "none"
+    for job_type, ids in unknown.items():
+        report.unknown_type += len(ids)
         set_job_status(
             session,
-            unknown,
+            ids,
             S.INTERNAL_ERROR,
             expected=S.READY,
-            message="the job type is not registered in this installation "
-            f"(known: {', '.join(sorted(context.job_types)) or 'none'})",
+            message=f"job type {job_type!r} is not registered in this installation "
+            f"(known: {known})",
         )
     if not chosen:
         return []
@@ -201,6 +216,15 @@ def _claim(
     return [_Claimed(r.id, r.job_type, r.worker_flavor, attempts[r.id]) for r in chosen]
 
 
-def _cap(configured: int | None, executor_slots: int | None) -> int | None:
-    caps = [c for c in (configured, executor_slots) if c is not None]
-    return min(caps) if caps else None
+def _type_cap(settings: Any, job_type: str) -> float:
+    cap = settings.max_in_flight_per_type.get(job_type)
+    return float("inf") if cap is None else cap
+
+
+def _flavor_cap(settings: Any, executor: Executor, flavor: str) -> float:
+    caps = [
+        c
+        for c in (settings.max_in_flight_per_flavor.get(flavor), executor.capacity(flavor))
+        if c is not None
+    ]
+    return min(caps) if caps else float("inf")

@@ -37,8 +37,11 @@ class Heartbeat:
         return self
 
     def stop(self) -> None:
-        """Stop beating (the monitor then sees the worker as stale after its timeout)."""
+        """Stop beating (the monitor then sees the worker as stale after its timeout). Waits
+        for a beat under way, so that none reacts to a status the worker itself just set."""
         self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join()
 
     def beat(self) -> JobStatus | None:
         """One heartbeat; returns the job's status, None if it is no longer this attempt's."""
@@ -53,7 +56,7 @@ class Heartbeat:
             except Exception as exc:  # a database hiccup: try again at the next beat
                 log.warning("job %s: heartbeat failed: %s", self.job_id, exc)
                 continue
-            if status not in IN_FLIGHT_STATUSES:
+            if status not in IN_FLIGHT_STATUSES and not self._stop.is_set():
                 log.warning(
                     "job %s attempt %s is now %s: stopping this execution",
                     self.job_id,

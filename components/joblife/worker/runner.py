@@ -154,6 +154,7 @@ class _Attempt:
             job.exit_code = return_code
             self._step(session, S.POST_PROCESSING, S.PROCESSING, {"return_code": return_code})
             self._timed("post_processing", job.job_post_processing, context, return_code)
+            heartbeat.stop()  # the final status is this worker's own: no beat may react
             self._finish(session, job, return_code)
             return EXIT_DO_NOT_RELAUNCH
         except StatusConflict as exc:
@@ -161,11 +162,13 @@ class _Attempt:
             log.warning("job %s changed under this worker (%s): stopping", self.job_id, exc)
             return EXIT_DO_NOT_RELAUNCH
         except ExternalJobError as exc:
+            heartbeat.stop()
             self._fail(session, S.EXTERNAL_ERROR, exc)
             return EXIT_RELAUNCH
         except OperationalError:
             raise
         except Exception as exc:
+            heartbeat.stop()
             self._fail(session, S.INTERNAL_ERROR, exc)
             return EXIT_DO_NOT_RELAUNCH
 
