@@ -33,6 +33,14 @@ from joblife.model.status import JobStatus
 
 TIMESTAMPTZ = DateTime(timezone=True)
 
+# Status columns hold an id of job_statuses (1-16), enforced by CHECK constraints.
+STATUS_IDS_CHECK = "{column} BETWEEN 1 AND 16"
+# Partial indexes on jobs: the predicates the migrations use, word for word. A query uses
+# such an index only when its own condition implies the predicate, so state the status as
+# a constant (status = 2, status IN (4, 5)), not as a server-side parameter.
+STATUS_CHANGED_INDEX_WHERE = "status NOT IN (1, 3)"
+CONFIGURED_DUE_INDEX_WHERE = "status = 2"
+
 
 class JobStatusRow(Base):
     """``job_statuses``: the 16 statuses (ids 1-16), seeded by the first migration."""
@@ -84,11 +92,11 @@ class Job(Base):
     )
     # '' (not NULL) for the operational context, so the natural key stays unique.
     reprocessing_context: Mapped[str] = mapped_column(Text, server_default=text("''"), default="")
-    # Written only by set_job_status(); a trigger refuses any other write.
+    # Written only by set_job_status(); a trigger refuses any other write. A CHECK, not a
+    # foreign key to job_statuses (see __table_args__).
     status_id: Mapped[int] = mapped_column(
         "status",
         SmallInteger,
-        ForeignKey("job_statuses.id"),
         server_default=text(str(int(JobStatus.INITIALIZED))),
     )
     status_changed_at: Mapped[datetime] = mapped_column(TIMESTAMPTZ, server_default=text("now()"))
@@ -115,6 +123,10 @@ class Job(Base):
         UniqueConstraint("job_type", "input_product_id", "reprocessing_context"),
         CheckConstraint("attempt >= 0 AND max_attempts >= 0", name="attempts_not_negative"),
         CheckConstraint("priority BETWEEN 1 AND 3", name="priority_level"),
+        # The status ids of job_statuses. A CHECK rather than a foreign key: the door only
+        # writes statuses it found in job_status_transitions (whose foreign keys do point
+        # at job_statuses), and a foreign key would cost a lookup on every status change.
+        CheckConstraint(STATUS_IDS_CHECK.format(column="status"), name="status_known"),
         # Work selection: a type's jobs in a status, by priority then age.
         Index(
             "ix_jobs_selection",
@@ -124,10 +136,22 @@ class Job(Base):
             "input_publication_date",
             "id",
         ),
-        # Cross-type scans by status (monitor, stale jobs) and time in status.
-        Index("ix_jobs_status_changed", "status", "status_changed_at"),
-        # Configured jobs due for a dependency re-check.
-        Index("ix_jobs_status_due", "status", "due_at"),
+        # Cross-type scans by status and time in status (monitor, stale jobs, clean-up).
+        # Partial: initialized and ready jobs are the work queues, found by type in work
+        # order through ix_jobs_selection; a change into them then costs one index entry less.
+        Index(
+            "ix_jobs_status_changed",
+            "status",
+            "status_changed_at",
+            postgresql_where=text(STATUS_CHANGED_INDEX_WHERE),
+        ),
+        # Configured jobs due for a dependency re-check (only they are re-checked by
+        # due_at); no entry at all for the other statuses.
+        Index(
+            "ix_jobs_configured_due",
+            "due_at",
+            postgresql_where=text(CONFIGURED_DUE_INDEX_WHERE),
+        ),
     )
     __mapper_args__ = {"polymorphic_on": "job_type", "eager_defaults": True}
 
@@ -151,15 +175,22 @@ class JobStatusChange(Base):
     job_id: Mapped[int] = mapped_column(
         BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"), index=False
     )
-    previous_status: Mapped[int | None] = mapped_column(SmallInteger, ForeignKey("job_statuses.id"))
-    status: Mapped[int] = mapped_column(SmallInteger, ForeignKey("job_statuses.id"))
+    # Status ids, checked like jobs.status (CHECK constraints, no foreign keys).
+    previous_status: Mapped[int | None] = mapped_column(SmallInteger)
+    status: Mapped[int] = mapped_column(SmallInteger)
     time: Mapped[datetime] = mapped_column(TIMESTAMPTZ, server_default=text("now()"))
     message: Mapped[str | None] = mapped_column(Text)
     details: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
 
     job: Mapped[Job] = relationship(back_populates="history", viewonly=True)
 
-    __table_args__ = (Index("ix_job_status_changes_job_id_id", "job_id", "id"),)
+    __table_args__ = (
+        CheckConstraint(STATUS_IDS_CHECK.format(column="status"), name="status_known"),
+        CheckConstraint(
+            STATUS_IDS_CHECK.format(column="previous_status"), name="previous_status_known"
+        ),
+        Index("ix_job_status_changes_job_id_id", "job_id", "id"),
+    )
 
 
 class Publication(Base):

@@ -167,12 +167,13 @@ def upgrade() -> None:
         sa.Column("exit_code", sa.Integer(), nullable=True),
         sa.Column("created_at", TIMESTAMPTZ, server_default=sa.text("now()"), nullable=False),
         sa.CheckConstraint(
-            "attempt >= 0 AND max_attempts >= 0", name="ck_jobs_attempts_not_negative"
+            "attempt >= 0 AND max_attempts >= 0", name=op.f("ck_jobs_attempts_not_negative")
         ),
-        sa.CheckConstraint("priority BETWEEN 1 AND 3", name="ck_jobs_priority_level"),
-        sa.ForeignKeyConstraint(
-            ["status"], ["job_statuses.id"], name="fk_jobs_status_job_statuses"
-        ),
+        sa.CheckConstraint("priority BETWEEN 1 AND 3", name=op.f("ck_jobs_priority_level")),
+        # Status ids are checked, not foreign keys: a foreign key costs a lookup of
+        # job_statuses on every status change, and the door only writes statuses found in
+        # job_status_transitions (whose foreign keys point at job_statuses).
+        sa.CheckConstraint("status BETWEEN 1 AND 16", name=op.f("ck_jobs_status_known")),
         sa.PrimaryKeyConstraint("id", name="pk_jobs"),
         sa.UniqueConstraint(
             "job_type",
@@ -187,7 +188,13 @@ def upgrade() -> None:
         "jobs",
         ["job_type", "status", "priority", "input_publication_date", "id"],
     )
-    op.create_index("ix_jobs_status_changed", "jobs", ["status", "status_changed_at"])
+    # Partial: initialized and ready jobs are found by type in work order (ix_jobs_selection).
+    op.create_index(
+        "ix_jobs_status_changed",
+        "jobs",
+        ["status", "status_changed_at"],
+        postgresql_where=sa.text("status NOT IN (1, 3)"),
+    )
 
     op.create_table(
         "job_status_changes",
@@ -206,13 +213,12 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["job_id"], ["jobs.id"], name="fk_job_status_changes_job_id_jobs", ondelete="CASCADE"
         ),
-        sa.ForeignKeyConstraint(
-            ["previous_status"],
-            ["job_statuses.id"],
-            name="fk_job_status_changes_previous_status_job_statuses",
+        sa.CheckConstraint(
+            "status BETWEEN 1 AND 16", name=op.f("ck_job_status_changes_status_known")
         ),
-        sa.ForeignKeyConstraint(
-            ["status"], ["job_statuses.id"], name="fk_job_status_changes_status_job_statuses"
+        sa.CheckConstraint(
+            "previous_status BETWEEN 1 AND 16",
+            name=op.f("ck_job_status_changes_previous_status_known"),
         ),
         sa.PrimaryKeyConstraint("id", name="pk_job_status_changes"),
     )

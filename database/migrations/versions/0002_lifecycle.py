@@ -21,10 +21,13 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.add_column("jobs", sa.Column("due_at", sa.DateTime(timezone=True), nullable=True))
     op.add_column("jobs", sa.Column("waiting_for", sa.Text(), nullable=True))
-    op.create_index("ix_jobs_status_due", "jobs", ["status", "due_at"])
+    # Only configured jobs are re-checked by due_at: no index entry for the other statuses.
+    op.create_index(
+        "ix_jobs_configured_due", "jobs", ["due_at"], postgresql_where=sa.text("status = 2")
+    )
 
 
 def downgrade() -> None:
-    op.drop_index("ix_jobs_status_due", table_name="jobs")
+    op.drop_index("ix_jobs_configured_due", table_name="jobs")
     op.drop_column("jobs", "waiting_for")
     op.drop_column("jobs", "due_at")
