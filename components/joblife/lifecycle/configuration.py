@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from joblife.db.status import set_job_status
@@ -65,20 +65,18 @@ def _configure_type(
     now: datetime,
     report: ConfigurationReport,
 ) -> None:
-    jobs = list(
-        session.scalars(
-            select(cls)
-            .where(
-                or_(
-                    cls.status_id == S.INITIALIZED,
-                    (cls.status_id == S.CONFIGURED) & (cls.due_at <= now),
-                )
-            )
-            .order_by(cls.priority, cls.input_publication_date, cls.id)
-            .limit(context.settings.batch_size)
-            .with_for_update(skip_locked=True, of=Job.__table__)
-        )
+    # Two claims, each an ordered index scan that stops at the limit (one OR-ed query
+    # would sort every initialized job of the type).
+    batch = context.settings.batch_size
+    claim = (
+        select(cls)
+        .order_by(cls.priority, cls.input_publication_date, cls.id)
+        .with_for_update(skip_locked=True, of=Job.__table__)
     )
+    jobs = list(session.scalars(claim.where(cls.status_id == S.INITIALIZED).limit(batch)))
+    if len(jobs) < batch:
+        due = claim.where(cls.status_id == S.CONFIGURED, cls.due_at <= now)
+        jobs += session.scalars(due.limit(batch - len(jobs)))
     report.examined = len(jobs)
     if not jobs:
         return
