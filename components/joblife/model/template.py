@@ -102,7 +102,8 @@ class JobTemplate(Job):
         the database, so that every replica and every restart resumes from the same place."""
         stmt = (
             select(cls)
-            .order_by(cls.input_publication_date.desc().nulls_last(), cls.id.desc())
+            .where(Job.job_type == cls.JOB_NAME)
+            .order_by(Job.input_publication_date.desc().nulls_last(), Job.id.desc())
             .limit(1)
         )
         job = session.scalars(stmt).first()

@@ -87,6 +87,7 @@ class _Attempt:
         self.job_id = job_id
         self.attempt = attempt
         self.timings: dict[str, float] = {}
+        self.job: JobTemplate | None = None
 
     def run(self) -> int:
         load_job_types(self.settings)
@@ -140,6 +141,7 @@ class _Attempt:
             job = session.get(Job, self.job_id)  # type: ignore[assignment]
             if not isinstance(job, JobTemplate):
                 raise RuntimeError(f"job {self.job_id} has no registered job type")
+            self.job = job
             context = WorkerContext(
                 job_id=self.job_id,
                 attempt=self.attempt,  # type: ignore[arg-type]
@@ -180,6 +182,10 @@ class _Attempt:
         details: dict[str, Any] | None = None,
     ) -> None:
         set_job_status(session, self.job_id, status, expected=expected, details=details)
+        session.commit()
+        # Load every column (the type's own included) and end the transaction: a hook
+        # reading an attribute must not open a transaction that stays idle while it runs.
+        session.refresh(self.job)
         session.commit()
 
     def _timed(self, name: str, function: Any, *args: Any) -> Any:
