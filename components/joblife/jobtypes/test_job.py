@@ -152,8 +152,23 @@ def write_test_product(
     return path
 
 
+#: Parsed product files by path, with the modification time they were parsed at: a
+#: discovery cycle re-reads only the files that changed.
+_parsed: dict[Path, tuple[int, dict[str, Any]]] = {}
+
+
 def read_test_products(directory: Path) -> list[dict[str, Any]]:
     """Every test product in ``directory`` (none if it does not exist)."""
     if not directory.is_dir():
         return []
-    return [json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))]
+    products = []
+    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+        if not entry.name.endswith(".json"):
+            continue
+        path, mtime = Path(entry.path), entry.stat().st_mtime_ns
+        cached = _parsed.get(path)
+        if cached is None or cached[0] != mtime:
+            cached = (mtime, json.loads(path.read_text()))
+            _parsed[path] = cached
+        products.append(cached[1])
+    return products
