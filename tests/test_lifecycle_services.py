@@ -15,6 +15,7 @@ import json
 import os
 import re
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ from joblife.lifecycle import dispatch as dispatch_module
 from joblife.lifecycle.cancellation import cancel_and_stop
 from joblife.lifecycle.common import ServiceContext, utc_now
 from joblife.lifecycle.creation import create_jobs
+from joblife.lifecycle.orchestrator import Orchestrator
 from joblife.model import JobStatus, Publication, load_job_types
 from joblife.worker.heartbeat import Heartbeat
 from joblife.worker.runner import EXIT_DO_NOT_RELAUNCH, EXIT_RELAUNCH, run_worker
@@ -1067,3 +1069,24 @@ def test_worker_holds_no_transaction_while_a_hook_runs(lc: Lifecycle, engine: En
         ).scalar()
     assert idle == 0
     wait_for(lambda: lc.status(job_id) is S.DONE, timeout=20, message="done")
+
+
+def test_orchestrator_held_by_slots_wakes_when_an_execution_ends(
+    make_lifecycle: Callable[..., Lifecycle],
+):
+    """With one slot and a 30 s idle interval, three jobs still finish in seconds: the loop
+    wakes when an execution ends instead of sleeping the interval."""
+    lc = make_lifecycle(slots=1, loop_interval=30.0)
+    ids = lc.add_jobs({}, {}, {})
+    stop = threading.Event()
+    orchestrator = Orchestrator(lc.context, lc.executor, stop_event=stop)
+    thread = threading.Thread(target=orchestrator.run_forever, daemon=True)
+    started = time.monotonic()
+    thread.start()
+    try:
+        wait_for(lambda: all(lc.status(i) is S.DONE for i in ids), timeout=20, message="done")
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert time.monotonic() - started < 20
+    assert not thread.is_alive()

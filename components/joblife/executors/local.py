@@ -24,6 +24,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -139,6 +140,17 @@ class LocalExecutor:
             time.sleep(0.05)
         with contextlib.suppress(ProcessLookupError):
             os.kill(record["worker_pid"], signal.SIGKILL)
+
+    def wait_for_change(self, timeout: float, stop: threading.Event) -> None:
+        """Return when an execution changed state here (a file of the state directory
+        appeared or was replaced: a dispatch or an exit), after ``timeout`` seconds, or
+        when ``stop`` is set, whichever comes first."""
+        deadline = time.monotonic() + timeout
+        start = self.state_dir.stat().st_mtime_ns
+        while not stop.is_set() and time.monotonic() < deadline:
+            if self.state_dir.stat().st_mtime_ns != start:
+                return
+            stop.wait(0.05)
 
     # -- inspection ----------------------------------------------------------------------
     def _status(self, reference: str) -> ExecutionStatus:

@@ -2,7 +2,9 @@
 
 Each cycle runs creation, configuration, dispatch and the monitor once, each in its own
 error boundary: one service's failure (or one job's) never stops the others. A cycle that
-found work is followed at once by the next; an idle one waits ``loop_interval`` seconds.
+found work is followed at once by the next; an idle one waits ``loop_interval`` seconds,
+or, when only the in-flight caps held dispatch back, until the executor reports that an
+execution ended.
 A database outage makes the loop back off (up to a minute), reconnect and resume. SIGTERM
 or SIGINT stops it after the current service.
 """
@@ -104,7 +106,18 @@ class Orchestrator:
                 continue
             backoff = 1.0
             if not report.busy:
-                self.stop_event.wait(interval)
+                self._idle(report, interval)
+
+    def _idle(self, report: CycleReport, interval: float) -> None:
+        """Wait for the next cycle. When dispatch is held back only by the caps, a slot
+        may free up any moment: wake as soon as the executor reports a change (an
+        execution ended), if it can tell."""
+        wait_for_change = getattr(self.executor, "wait_for_change", None)
+        dispatch = report.results.get("dispatch") or {}
+        if dispatch.get("capped") and wait_for_change is not None:
+            wait_for_change(interval, self.stop_event)
+        else:
+            self.stop_event.wait(interval)
 
 
 def _did_work(name: str, result: Any) -> bool:
