@@ -49,7 +49,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -58,7 +57,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg2
+from benchkit import (
+    add_database_url_argument,
+    bench_database,
+    print_table,
+    sqlalchemy_url,
+)
 from joblife.config import Settings, get_settings
 from joblife.db.engine import create_joblife_engine
 from joblife.db.migrate import upgrade
@@ -73,45 +77,10 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session
 
-DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 S = JobStatus
 
 
 # --- database and environment --------------------------------------------------------------
-
-
-def libpq_url(url: URL) -> str:
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def sqlalchemy_url(url: URL) -> str:
-    return url.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
-
-
-def run_admin(admin_url: URL, sql: str) -> None:
-    conn = psycopg2.connect(libpq_url(admin_url), application_name="joblife-bench")
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(sql)
-    finally:
-        conn.close()
-
-
-@contextmanager
-def bench_database(admin_url: URL, keep: bool) -> Iterator[URL]:
-    """A fresh database on the admin URL's server, dropped on exit (unless ``keep``)."""
-    name = f"joblife_bench_{uuid.uuid4().hex[:12]}"
-    run_admin(admin_url, f'CREATE DATABASE "{name}"')
-    print(f"database: {name} (created)")
-    try:
-        yield admin_url.set(database=name)
-    finally:
-        if keep:
-            print(f"database: {name} kept (--keep)")
-        else:
-            run_admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            print(f"database: {name} dropped")
 
 
 def configure_environment(url: URL, data_dir: Path, args: argparse.Namespace) -> Settings:
@@ -593,27 +562,12 @@ def report_rows(fork: LifecycleRun, exec_: LifecycleRun, creation: CreationRun) 
     ]
 
 
-def print_table(rows: Sequence[tuple[str, str, str, str]]) -> None:
-    header = ("figure", "measured", "target", "result")
-    widths = [max(len(row[c]) for row in [header, *rows]) for c in range(4)]
-    line = "  ".join(f"{{:<{w}}}" for w in widths)
-    print(line.format(*header))
-    print(line.format(*("-" * w for w in widths)))
-    for row in rows:
-        print(line.format(*row).rstrip())
-
-
 # --- main ------------------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("JOBLIFE_BENCH_DATABASE_URL", DEFAULT_ADMIN_URL),
-        help="admin URL of a PostgreSQL server (env JOBLIFE_BENCH_DATABASE_URL; "
-        f"default {DEFAULT_ADMIN_URL}); a scratch database is created and dropped there",
-    )
+    add_database_url_argument(parser)
     parser.add_argument("--jobs", type=int, default=1_000, help="no-op jobs run with fork")
     parser.add_argument("--exec-jobs", type=int, default=50, help="no-op jobs run with exec")
     parser.add_argument("--products", type=int, default=100_000, help="jobs created at once")

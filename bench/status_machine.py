@@ -40,24 +40,27 @@ grows to about 1.7 million rows):
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import sys
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import psycopg2
 import psycopg2.errors
+from benchkit import (
+    add_database_url_argument,
+    bench_database,
+    connect,
+    print_table,
+)
 from joblife.db.engine import create_joblife_engine
 from joblife.db.migrate import upgrade
 from psycopg2.extensions import connection as PgConnection
 from sqlalchemy.engine import URL, make_url
 
-DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 JOB_TYPES = 10
 SEED = 20261122
 SELECT_LIMIT = 1000
@@ -207,42 +210,6 @@ class Plan:
 
 
 # --- database lifecycle -------------------------------------------------------------------
-
-
-def libpq_url(url: URL) -> str:
-    """The URL in the form libpq (psycopg2) accepts."""
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def connect(url: URL, autocommit: bool = False) -> PgConnection:
-    conn = psycopg2.connect(libpq_url(url), application_name="joblife-bench")
-    conn.autocommit = autocommit
-    return conn
-
-
-def run_admin(admin_url: URL, sql: str) -> None:
-    conn = connect(admin_url, autocommit=True)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-    finally:
-        conn.close()
-
-
-@contextmanager
-def bench_database(admin_url: URL, keep: bool) -> Iterator[URL]:
-    """A fresh database on the admin URL's server, dropped on exit (unless ``keep``)."""
-    name = f"joblife_bench_{uuid.uuid4().hex[:12]}"
-    run_admin(admin_url, f'CREATE DATABASE "{name}"')
-    print(f"database: {name} (created)")
-    try:
-        yield admin_url.set(database=name)
-    finally:
-        if keep:
-            print(f"database: {name} kept (--keep)")
-        else:
-            run_admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            print(f"database: {name} dropped")
 
 
 def migrate(url: URL) -> None:
@@ -702,27 +669,12 @@ def report_rows(r: Results) -> list[tuple[str, str, str, str]]:
     ]
 
 
-def print_table(rows: Sequence[tuple[str, str, str, str]]) -> None:
-    header = ("figure [phase, history rows]", "measured", "target", "result")
-    widths = [max(len(row[c]) for row in [header, *rows]) for c in range(4)]
-    line = "  ".join(f"{{:<{w}}}" for w in widths)
-    print(line.format(*header))
-    print(line.format(*("-" * w for w in widths)))
-    for row in rows:
-        print(line.format(*row).rstrip())
-
-
 # --- main ---------------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("JOBLIFE_BENCH_DATABASE_URL", DEFAULT_ADMIN_URL),
-        help="admin URL of a PostgreSQL server (env JOBLIFE_BENCH_DATABASE_URL; "
-        f"default {DEFAULT_ADMIN_URL}); a scratch database is created and dropped there",
-    )
+    add_database_url_argument(parser)
     parser.add_argument("--jobs", type=int, default=1_000_000, help="jobs to load")
     parser.add_argument(
         "--singles", type=int, default=2_000, help="single changes timed, in each phase"
@@ -750,7 +702,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if results.history_a < 1_000_000:
         print("note: fewer than 1,000,000 history rows; the targets are stated at 1 million")
-    print_table(report_rows(results))
+    print_table(report_rows(results), "figure [phase, history rows]")
     print(
         f"\nsetup (load, copy, status mix, vacuum): {sum(results.setup_s.values()):.0f} s; "
         f"total run time: {time.perf_counter() - began:.0f} s"

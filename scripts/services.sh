@@ -26,6 +26,6 @@ if ! amqp_ready && command -v rabbitmq-server >/dev/null 2>&1; then
   rabbitmq-server -detached >&2 || true
   for _ in $(seq 1 60); do amqp_ready && break; sleep 1; done
 fi
-if amqp_ready; then
-  echo "export JOBLIFE_TEST_AMQP_URL=\${JOBLIFE_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2F}"
+if ! amqp_ready && command -v rabbitmq-server >/dev/null 2>&1; then
+  log "RabbitMQ did not come up on 127.0.0.1:5672"
 fi

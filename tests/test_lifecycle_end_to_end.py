@@ -44,21 +44,13 @@ from joblife.model import JobStatus
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
+from tests.support.lifecycle import TO_DONE
+
 REPO = Path(__file__).resolve().parent.parent
 JOBLIFE = [sys.executable, "-m", "joblife.cli.main"]
 S = JobStatus
 #: The path of a job that succeeded at its first attempt.
-HAPPY_PATH = [
-    S.INITIALIZED,
-    S.READY,
-    S.QUEUED,
-    S.STARTED,
-    S.PRE_PROCESSING,
-    S.PROCESSING,
-    S.POST_PROCESSING,
-    S.PROCESSED,
-    S.DONE,
-]
+HAPPY_PATH = [S.INITIALIZED, S.READY, *TO_DONE]
 SLOTS = 4  # local executor slots per flavor (the default is the CPU count: 2 here)
 
 

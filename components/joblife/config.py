@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import platformdirs
 from pydantic import BaseModel, Field, PositiveInt, SecretStr
@@ -160,8 +160,3 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read once. Tests call ``get_settings.cache_clear()``."""
     return Settings()
-
-
-def settings_summary(settings: Settings) -> dict[str, Any]:
-    """The settings as a dict fit for display: secrets masked by pydantic's SecretStr."""
-    return settings.model_dump(mode="json")

@@ -196,10 +196,6 @@ class LocalExecutor:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             return False
 
-    def log_path(self, reference: str) -> Path:
-        """The worker's log file (stdout and stderr) of an execution."""
-        return self._paths(self._token(reference)).log
-
     # -- starting ------------------------------------------------------------------------
     def _paths(self, token: str) -> _Paths:
         base = self.state_dir / token

@@ -1,0 +1,78 @@
+"""What the benchmark scripts share: a scratch database on an admin URL, and the table of
+figures they print. Imported by the scripts in this folder (run as ``python bench/X.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import psycopg2
+from psycopg2.extensions import connection as PgConnection
+from sqlalchemy.engine import URL
+
+DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def add_database_url_argument(parser: argparse.ArgumentParser) -> None:
+    """``--database-url``: the admin URL of the server the benchmark runs on."""
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("JOBLIFE_BENCH_DATABASE_URL", DEFAULT_ADMIN_URL),
+        help="admin URL of a PostgreSQL server (env JOBLIFE_BENCH_DATABASE_URL; "
+        f"default {DEFAULT_ADMIN_URL}); a scratch database is created and dropped there",
+    )
+
+
+def libpq_url(url: URL) -> str:
+    """The URL in the form libpq (psycopg2) accepts."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def sqlalchemy_url(url: URL) -> str:
+    """The URL with joblife's driver."""
+    return url.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+
+
+def connect(url: URL, autocommit: bool = False) -> PgConnection:
+    conn = psycopg2.connect(libpq_url(url), application_name="joblife-bench")
+    conn.autocommit = autocommit
+    return conn
+
+
+def run_admin(admin_url: URL, sql: str) -> None:
+    conn = connect(admin_url, autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+    finally:
+        conn.close()
+
+
+@contextmanager
+def bench_database(admin_url: URL, keep: bool) -> Iterator[URL]:
+    """A fresh database on the admin URL's server, dropped on exit (unless ``keep``)."""
+    name = f"joblife_bench_{uuid.uuid4().hex[:12]}"
+    run_admin(admin_url, f'CREATE DATABASE "{name}"')
+    print(f"database: {name} (created)")
+    try:
+        yield admin_url.set(database=name)
+    finally:
+        if keep:
+            print(f"database: {name} kept (--keep)")
+        else:
+            run_admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            print(f"database: {name} dropped")
+
+
+def print_table(rows: Sequence[tuple[str, str, str, str]], figure: str = "figure") -> None:
+    """Print (figure, measured, target, result) rows as an aligned table."""
+    header = (figure, "measured", "target", "result")
+    widths = [max(len(row[c]) for row in [header, *rows]) for c in range(4)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
+    print(line.format(*header))
+    print(line.format(*("-" * w for w in widths)))
+    for row in rows:
+        print(line.format(*row).rstrip())
