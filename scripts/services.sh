@@ -29,3 +29,6 @@ fi
 if ! amqp_ready && command -v rabbitmq-server >/dev/null 2>&1; then
   log "RabbitMQ did not come up on 127.0.0.1:5672"
 fi
+if amqp_ready; then
+  echo "export JOBLIFE_TEST_AMQP_URL=\${JOBLIFE_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2F}"
+fi

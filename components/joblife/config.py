@@ -124,6 +124,14 @@ class Settings(BaseSettings):
         default=None, description="Where the `test` job type discovers its products."
     )
 
+    # -- the worker runtime: storage, runners (issue 5) --------------------------------------
+
+    # -- publication over RabbitMQ (issue 6) ------------------------------------------------
+
+    # -- Nomad executor (issue 4) -----------------------------------------------------------
+
+    # -- operations: metrics, logging (issue 8) ---------------------------------------------
+
     @classmethod
     def settings_customise_sources(
         cls,
