@@ -29,6 +29,14 @@ from joblife.db.engine import create_joblife_engine  # noqa: E402
 
 from tests.support.services import postgres_server  # noqa: E402
 
+# Fixtures of the other services, one module each.
+pytest_plugins = [
+    "tests.support.amqp",
+    "tests.support.containers",
+    "tests.support.s3",
+    "tests.support.nomad",
+]
+
 
 def _with_database(url: str, name: str) -> str:
     parsed = make_url(url).set(database=name)

@@ -1,0 +1,1 @@
+"""Pytest fixtures for the containers service used by the tests (registered in conftest.py)."""
