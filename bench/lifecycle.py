@@ -23,12 +23,12 @@ and the test products live in a temporary directory, removed at the end too.
      (``clock_timestamp()`` on the same machine), median and p90 over every job.
 
 2. The same for ``--exec-jobs`` (default 50) jobs with ``local_start_method=exec``: every
-   worker a fresh ``python -m joblife.cli.main worker run`` interpreter.
+   worker a fresh ``python -m joblife.worker`` interpreter (the CLI-less entry point).
 
 3. **Creation**: ``insert_jobs(session, TestJob, jobs, JobStatus.INITIALIZED)`` and the
    commit for ``--products`` (default 100,000) ``TestJob`` objects built beforehand (the
-   building is timed separately); then one job per transaction (``insert_jobs`` with one
-   job, commit) for ``--per-transaction`` (default 2,000) other jobs, whose rate is
+   building is timed separately); then one job per transaction (``session.add(job)``,
+   commit: the naive way) for ``--per-transaction`` (default 2,000) other jobs, whose rate is
    extrapolated to ``--products`` jobs for the ratio. Both write the creation history row
    through the database trigger, in the same transaction. Last, the discovery cursor
    (``TestJob.get_last_inserted_job``) is timed with all those jobs in the table.
@@ -405,8 +405,8 @@ def measure_creation(engine: Engine, products: int, per_tx: int) -> CreationRun:
     checkpoint(engine)
     with Session(engine) as session:
         began = time.perf_counter()
-        for job in singles:
-            insert_jobs(session, TestJob, [job], S.INITIALIZED)
+        for job in singles:  # the naive way: one ORM insert and one commit per job
+            session.add(job)
             session.commit()
         result.per_tx_s = time.perf_counter() - began
     result.per_tx_jobs = per_tx

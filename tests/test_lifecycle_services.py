@@ -1090,3 +1090,18 @@ def test_orchestrator_held_by_slots_wakes_when_an_execution_ends(
         thread.join(timeout=30)
     assert time.monotonic() - started < 20
     assert not thread.is_alive()
+
+
+def test_dispatch_skips_a_ready_job_locked_by_another_transaction(lc: Lifecycle, engine: Engine):
+    ids = lc.add_jobs({}, {}, {})
+    with engine.connect() as other:  # e.g. an operator's cancel, not committed yet
+        other.execute(text("SELECT 1 FROM jobs WHERE id = :id FOR UPDATE"), {"id": ids[1]})
+        executor = RecordingExecutor()
+        report = lc.dispatch(executor)
+        assert report.dispatched == 2
+        assert executor.job_ids == [ids[0], ids[2]]
+        other.rollback()
+    assert lc.job(ids[1]).status is S.READY
+    assert lc.job(ids[1]).attempt == 0
+    report = lc.dispatch(executor)  # the next cycle takes it
+    assert report.dispatched == 1 and executor.job_ids[-1] == ids[1]

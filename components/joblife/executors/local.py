@@ -12,7 +12,7 @@ directory can inspect or stop it. An execution whose waiter vanished without wri
 exit status is reported LOST, never forgotten.
 
 The worker is either forked from the orchestrator (``fork``, the default: no interpreter
-start-up, joblife already imported) or started as a fresh ``joblife worker run`` process
+start-up, joblife already imported) or started as a fresh ``python -m joblife.worker`` process
 (``exec``). Per-flavor slot limits bound how many run at once.
 """
 
@@ -277,9 +277,9 @@ def _worker(request: ExecutionRequest, paths: _Paths, method: str) -> None:
         os.dup2(null_fd, 0)
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
-        args = ["worker", "run", str(request.job_id), "--attempt", str(request.attempt)]
-        if method == "exec":
-            os.execv(sys.executable, [sys.executable, "-m", "joblife.cli.main", *args])
+        if method == "exec":  # the worker's own entry point: no CLI to import
+            args = [str(request.job_id), "--attempt", str(request.attempt)]
+            os.execv(sys.executable, [sys.executable, "-m", "joblife.worker", *args])
         from joblife.worker.runner import run_worker_process
 
         code = run_worker_process(request.job_id, request.attempt)

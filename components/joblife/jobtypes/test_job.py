@@ -68,7 +68,7 @@ class TestJob(JobTemplate):
     def get_jobs_to_create(cls, start: datetime, end: datetime) -> JobsToCreate:
         found = JobsToCreate()
         for product in read_test_products(get_settings().test_products_path):
-            published = datetime.fromisoformat(product["published_at"])
+            published = product["published_at"]
             if not start <= published < end:
                 continue
             behaviour = product.get("behaviour", "succeed")
@@ -155,12 +155,26 @@ def write_test_product(
 #: Parsed product files by path, with the modification time they were parsed at: a
 #: discovery cycle re-reads only the files that changed.
 _parsed: dict[Path, tuple[int, dict[str, Any]]] = {}
+#: The products of a directory, with the directory's modification time when it was listed.
+_listed: dict[Path, tuple[int, list[dict[str, Any]]]] = {}
+#: A directory changed less than this long ago is listed again at every call: file-system
+#: timestamps are coarse, so two changes in one tick would otherwise look like one.
+_SETTLED_NS = 2_000_000_000
 
 
 def read_test_products(directory: Path) -> list[dict[str, Any]]:
-    """Every test product in ``directory`` (none if it does not exist)."""
-    if not directory.is_dir():
+    """Every test product in ``directory`` (none if it does not exist).
+
+    Products are added or replaced by renaming a file into the directory (as
+    :func:`write_test_product` does), which changes the directory's modification time: an
+    unchanged, settled directory is not listed again."""
+    try:
+        modified = directory.stat().st_mtime_ns
+    except FileNotFoundError:
         return []
+    listed = _listed.get(directory)
+    if listed is not None and listed[0] == modified:
+        return listed[1]
     products = []
     for entry in sorted(os.scandir(directory), key=lambda e: e.name):
         if not entry.name.endswith(".json"):
@@ -168,7 +182,11 @@ def read_test_products(directory: Path) -> list[dict[str, Any]]:
         path, mtime = Path(entry.path), entry.stat().st_mtime_ns
         cached = _parsed.get(path)
         if cached is None or cached[0] != mtime:
-            cached = (mtime, json.loads(path.read_text()))
+            record = json.loads(path.read_text())
+            record["published_at"] = datetime.fromisoformat(record["published_at"])
+            cached = (mtime, record)
             _parsed[path] = cached
         products.append(cached[1])
+    if time.time_ns() - modified > _SETTLED_NS:
+        _listed[directory] = (modified, products)
     return products

@@ -2,9 +2,10 @@
 
 A cycle, serialised between dispatchers by a transaction-level advisory lock:
 1. counts the jobs in flight (queued ... post_processing) per flavor and per type;
-2. claims ready jobs with ``FOR UPDATE SKIP LOCKED`` by priority then input publication
-   date, keeping within the caps (overall, per flavor — the executor's slots included —
-   and per type);
+2. reads ready jobs by priority then input publication date (in index order, a page at a
+   time), keeping within the caps (overall, per flavor — the executor's slots included —
+   and per type), then locks only the chosen ones with ``FOR UPDATE SKIP LOCKED`` (a job
+   an operator is changing right now is left for the next cycle);
 3. marks them ``queued`` with ``attempt + 1`` and **commits**;
 4. only then calls the executor with the token ``<job id>-<attempt>`` and records the
    reference. A crash between 3 and 4 leaves a queued job without a reference: the monitor
@@ -18,7 +19,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, select, text, update
+from sqlalchemy import BigInteger, all_, bindparam, func, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from joblife.db.status import set_job_status
@@ -26,6 +28,7 @@ from joblife.errors import StatusError
 from joblife.executors.base import ExecutionRequest, Executor, execution_token
 from joblife.lifecycle.common import ServiceContext, job_logger
 from joblife.model import Job, JobStatus
+from joblife.model.job import READY_INDEX_WHERE
 from joblife.model.status import IN_FLIGHT_STATUSES
 
 log = job_logger("dispatch")
@@ -135,16 +138,19 @@ def _claim(
 ) -> list[_Claimed]:
     settings = context.settings
     session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": DISPATCH_LOCK_KEY})
-    rows = session.execute(
-        select(Job.worker_flavor, Job.job_type).where(
-            Job.status_id.in_([int(s) for s in IN_FLIGHT_STATUSES])
-        )
+    in_flight = session.execute(
+        select(Job.worker_flavor, Job.job_type, func.count())
+        .where(Job.status_id.in_([int(s) for s in IN_FLIGHT_STATUSES]))
+        .group_by(Job.worker_flavor, Job.job_type)
     ).all()
-    per_flavor = Counter(r.worker_flavor for r in rows)
-    per_type = Counter(r.job_type for r in rows)
-    room = settings.max_in_flight - len(rows)
+    per_flavor: Counter[str] = Counter()
+    per_type: Counter[str] = Counter()
+    for flavor, job_type, count in in_flight:
+        per_flavor[flavor] += count
+        per_type[job_type] += count
+    room = settings.max_in_flight - per_type.total()
     if room <= 0:
-        report.capped["overall"] = len(rows)
+        report.capped["overall"] = per_type.total()
         return []
     chosen: list[Any] = []
     unknown: dict[str, list[int]] = {}
@@ -158,20 +164,21 @@ def _claim(
     wanted = min(room, settings.batch_size)
     # Pages skip what is already capped, so capped types or flavors early in the order
     # never starve the jobs behind them; a few pages bound the cost of a cycle.
+    # No row lock while reading: dispatchers are serialised by the advisory lock, and only
+    # the chosen jobs are locked below.
     for _page in range(4):
         query = (
             select(Job.id, Job.job_type, Job.worker_flavor, Job.attempt)
-            .where(Job.status_id == S.READY)
+            .where(text(READY_INDEX_WHERE))  # word for word: the partial index's predicate
             .order_by(Job.priority, Job.input_publication_date, Job.id)
-            .limit(wanted * 4)
-            .with_for_update(skip_locked=True)
+            .limit(wanted * 2)
         )
         if capped_types:
             query = query.where(Job.job_type.not_in(capped_types))
         if capped_flavors:
             query = query.where(Job.worker_flavor.not_in(capped_flavors))
         if seen:
-            query = query.where(Job.id.not_in(seen))
+            query = query.where(Job.id != all_(bindparam("seen", seen, type_=ARRAY(BigInteger))))
         candidates = session.execute(query).all()
         for row in candidates:
             seen.append(row.id)
@@ -193,7 +200,7 @@ def _claim(
                 capped_types.add(row.job_type)
             if per_flavor[row.worker_flavor] >= _flavor_cap(settings, executor, row.worker_flavor):
                 capped_flavors.add(row.worker_flavor)
-        if len(chosen) >= wanted or len(candidates) < wanted * 4:
+        if len(chosen) >= wanted or len(candidates) < wanted * 2:
             break
     report.capped.update({f"type:{t}": per_type[t] for t in capped_types})
     report.capped.update({f"flavor:{f}": per_flavor[f] for f in capped_flavors})
@@ -208,6 +215,7 @@ def _claim(
             message=f"job type {job_type!r} is not registered in this installation "
             f"(known: {known})",
         )
+    chosen = _lock_still_ready(session, chosen)
     if not chosen:
         return []
     ids = [row.id for row in chosen]
@@ -222,6 +230,22 @@ def _claim(
         ).all()
     )
     return [_Claimed(r.id, r.job_type, r.worker_flavor, attempts[r.id]) for r in chosen]
+
+
+def _lock_still_ready(session: Session, chosen: list[Any]) -> list[Any]:
+    """The chosen jobs that are still ready, locked; one locked by another transaction
+    (an operator's cancel...) or changed since it was read is skipped."""
+    if not chosen:
+        return []
+    locked = set(
+        session.scalars(
+            select(Job.id)
+            .where(Job.id.in_([row.id for row in chosen]), Job.status_id == S.READY)
+            .order_by(Job.id)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    return [row for row in chosen if row.id in locked]
 
 
 def _type_cap(settings: Any, job_type: str) -> float:

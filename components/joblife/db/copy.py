@@ -1,0 +1,82 @@
+"""Bulk loading through PostgreSQL's ``COPY ... FROM STDIN`` (text format).
+
+``COPY`` is several times faster than multi-row ``INSERT`` for large batches: no SQL to
+parse per row and no parameter binding. joblife stages rows in a temporary table with
+:func:`copy_rows` and moves them into the real tables with one ``INSERT ... SELECT``,
+which keeps ``ON CONFLICT`` and the tables' triggers working as for any insert.
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+import json
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+# Text-format COPY: columns separated by tabs, rows by newlines, NULL as \N; a backslash,
+# tab, newline or carriage return inside a value is escaped with a backslash.
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+NULL = "\\N"
+
+
+def _escaped(value: str) -> str:
+    return value.translate(_ESCAPES)
+
+
+def _json(value: dict[str, Any] | list[Any]) -> str:
+    return _escaped(json.dumps(value))
+
+
+# The common types, looked up by exact type: one dictionary probe per value instead of a
+# chain of isinstance tests (a 100,000-job batch formats about two million values).
+_FORMAT_BY_TYPE: dict[type, Callable[[Any], str]] = {
+    str: _escaped,
+    int: int.__repr__,
+    float: float.__repr__,
+    bool: lambda value: "t" if value else "f",
+    datetime: datetime.isoformat,
+    date: date.isoformat,
+    uuid.UUID: uuid.UUID.__str__,
+    dict: _json,
+    list: _json,
+}
+
+
+def copy_value(value: Any) -> str:
+    """``value`` as a field of text-format COPY (``\\N`` for None)."""
+    if value is None:
+        return NULL
+    format_value = _FORMAT_BY_TYPE.get(type(value))
+    if format_value is not None:
+        return format_value(value)
+    if isinstance(value, enum.Enum):
+        return copy_value(value.value)
+    for kind, format_value in _FORMAT_BY_TYPE.items():  # subclasses
+        if isinstance(value, kind):
+            return format_value(value)
+    return _escaped(str(value))
+
+
+def copy_text(rows: Iterable[Sequence[Any]]) -> str:
+    """The text-format COPY payload of ``rows``."""
+    return "".join(["\t".join(map(copy_value, row)) + "\n" for row in rows])
+
+
+def copy_rows(
+    session: Session, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> None:
+    """``COPY`` ``rows`` (tuples in ``columns`` order) into ``table``, in the session's
+    transaction. ``table`` and ``columns`` are identifiers chosen by the caller, never user
+    input."""
+    cursor = session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.copy_expert(
+            f"COPY {table} ({', '.join(columns)}) FROM STDIN", io.StringIO(copy_text(rows))
+        )
+    finally:
+        cursor.close()
