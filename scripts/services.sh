@@ -32,3 +32,7 @@ fi
 if amqp_ready; then
   echo "export JOBLIFE_TEST_AMQP_URL=\${JOBLIFE_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2F}"
 fi
+
+# A container engine with the Docker API (podman here and in CI), for the docker runner's
+# tests: installed and started by its own script, which prints DOCKER_HOST.
+bash "$(dirname "$0")/container-engine.sh"

@@ -125,12 +125,180 @@ class Settings(BaseSettings):
     )
 
     # -- the worker runtime: storage, runners (issue 5) --------------------------------------
+    work_root: Path | None = Field(
+        default=None,
+        description="Where workers make each job's work dir (<work_root>/<unique_id>/); "
+        "unset = <data_dir>/work.",
+    )
+    storage_transfer_concurrency: PositiveInt = Field(
+        4, description="Files a worker downloads or uploads at the same time."
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint (any S3-compatible server); unset = AWS."
+    )
+    s3_region: str | None = Field(default=None, description="S3 region name.")
+    s3_access_key_id: SecretStr | None = Field(
+        default=None, description="S3 access key; unset = boto3's own chain (AWS_* env...)."
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        default=None, description="S3 secret key; unset = boto3's own chain."
+    )
+    s3_max_attempts: PositiveInt = Field(
+        5, description="Attempts per S3 request (botocore standard retry mode)."
+    )
+    s3_multipart_threshold_mib: PositiveInt = Field(
+        16, description="Files from this size on are transferred in parts."
+    )
+    s3_multipart_chunksize_mib: PositiveInt = Field(16, description="Size of one part.")
+    s3_part_concurrency: PositiveInt = Field(
+        8, description="Parts of one file transferred at the same time."
+    )
+    container_engine_url: str | None = Field(
+        default=None,
+        description="Docker API of the container engine (docker or podman); unset = "
+        "DOCKER_HOST, else the docker default socket.",
+    )
+    container_pull_missing: bool = Field(
+        True, description="Pull a science image the engine does not have before running it."
+    )
+    container_resource_limits: bool = Field(
+        True, description="Apply the flavor's CPU and memory limits to science containers."
+    )
+    science_timeout_seconds: float = Field(
+        6 * 3600.0,
+        gt=0,
+        description="Science step time limit of job types that declare none.",
+    )
+    science_log_tail_lines: PositiveInt = Field(
+        40, description="Last science log lines kept in the status details of a failure."
+    )
 
     # -- publication over RabbitMQ (issue 6) ------------------------------------------------
+    amqp_exchange: str = Field(
+        "joblife.products", min_length=1, description="Exchange the product messages go to."
+    )
+    amqp_exchange_type: Literal["topic", "direct", "fanout", "headers"] = Field(
+        "topic", description="Type of the exchange (declared durable)."
+    )
+    amqp_routing_key_template: str = Field(
+        "{job_type}.{product}",
+        description="Routing key of a product message; placeholders: {job_type}, {product}, "
+        "{input_product_type}, {tile_id}.",
+    )
+    amqp_declare_topology: bool = Field(
+        True,
+        description="Declare the exchange (durable) at connection; false: only check that it "
+        "exists (the broker's topology is managed elsewhere).",
+    )
+    amqp_heartbeat_seconds: int = Field(
+        60, ge=0, description="AMQP heartbeat negotiated with the broker (0: none)."
+    )
+    amqp_confirm_timeout_seconds: float = Field(
+        30.0, gt=0, description="How long a batch waits for the broker's confirmations."
+    )
+    amqp_reconnect_max_seconds: float = Field(
+        60.0, gt=0, description="Longest wait between two connection attempts (backoff)."
+    )
+    amqp_feedback_queue: str | None = Field(
+        default=None,
+        description="Queue of failure reports from the consumers (JSON with message_id and "
+        "error); unset = not consumed.",
+    )
+    publication_batch_size: PositiveInt = Field(
+        1000, description="Messages published per confirm window (whole jobs)."
+    )
+    timeliness_target_hours: float = Field(
+        3.0, gt=0, description="Default target of `joblife timeliness` (input to output)."
+    )
 
     # -- Nomad executor (issue 4) -----------------------------------------------------------
+    nomad_connect_timeout_seconds: float = Field(
+        3.0, gt=0, description="Nomad API: seconds to wait for a connection."
+    )
+    nomad_read_timeout_seconds: float = Field(
+        15.0, gt=0, description="Nomad API: seconds to wait for an answer."
+    )
+    nomad_retries: int = Field(
+        2,
+        ge=0,
+        description="Nomad API: retries of a request that found no answer, or a 500/502/503/504 "
+        "(dispatch is idempotent through its token, so it is retried too).",
+    )
+    nomad_retry_backoff_seconds: float = Field(
+        0.2, ge=0, description="Nomad API: first wait between retries (doubles each retry)."
+    )
+    nomad_unavailable_retry_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="After Nomad did not answer: dispatch pauses (jobs stay ready) and Nomad is "
+        "probed again after this many seconds.",
+    )
+    nomad_dispatch_rate: float = Field(
+        50.0, ge=0, description="Most dispatches per second to Nomad (0: no limit)."
+    )
+    nomad_tls_ca_cert: Path | None = Field(
+        default=None, description="CA bundle to verify Nomad's TLS certificate (https)."
+    )
+    nomad_datacenters: list[str] = Field(
+        default_factory=lambda: ["*"], description="Datacenters of the rendered job specs."
+    )
+    nomad_node_pool: str | None = Field(
+        default=None, description="Node pool of the rendered processing jobs (Nomad 1.6+)."
+    )
+    nomad_task_driver: Literal["docker", "raw_exec"] = Field(
+        "docker",
+        description="Task driver of the rendered specs: docker (the worker runtime image) or "
+        "raw_exec (joblife installed on the clients).",
+    )
+    nomad_worker_image: str = Field(
+        "joblife/worker:latest",
+        description="Worker runtime image of the rendered specs (docker driver).",
+    )
+    nomad_joblife_command: str = Field(
+        "joblife", description="The joblife command on the clients (raw_exec driver)."
+    )
+    nomad_variables_path: str = Field(
+        "nomad/jobs/joblife",
+        description="Nomad variable holding the services' and workers' secrets "
+        "(database_url, amqp_url, storage keys); read by the specs' templates.",
+    )
+    nomad_service_cron: str = Field(
+        "* * * * *", description="Cron of the periodic service jobs (prohibit_overlap)."
+    )
 
     # -- operations: metrics, logging (issue 8) ---------------------------------------------
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as text (people) or JSON objects (log collectors)."
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus endpoint of `joblife run` (0: any free port); "
+        "unset = `joblife run` serves no metrics. `joblife metrics serve` defaults to 9464.",
+    )
+    metrics_address: str = Field(
+        "0.0.0.0", description="Address the Prometheus endpoint listens on."
+    )
+    health_timeout_seconds: float = Field(
+        5.0, gt=0, description="How long `joblife health` waits for each service."
+    )
+    cleanup_batch_size: PositiveInt = Field(
+        1000, description="Jobs `joblife cleanup` removes per transaction."
+    )
+    stale_after_seconds: dict[str, float] = Field(
+        default_factory=lambda: {
+            "initialized": 3600.0,
+            "ready": 6 * 3600.0,
+            "queued": 3600.0,
+            "processed": 3600.0,
+            "start_publication": 3600.0,
+            "published": 3600.0,
+        },
+        description="`joblife jobs stale`: deadline per status (seconds) of the statuses no "
+        "service polices by time (running statuses use heartbeat_timeout_seconds, configured "
+        "its type's DEPENDENCY_TIMEOUT, external_error the retry backoff).",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -40,6 +40,7 @@ STATUS_IDS_CHECK = "{column} BETWEEN 1 AND 16"
 # a constant (status = 2, status IN (4, 5)), not as a server-side parameter.
 STATUS_CHANGED_INDEX_WHERE = "status NOT IN (1, 3)"
 CONFIGURED_DUE_INDEX_WHERE = "status = 2"
+READY_INDEX_WHERE = f"status = {int(JobStatus.READY)}"
 
 
 class JobStatusRow(Base):
@@ -106,6 +107,8 @@ class Job(Base):
     nomad_job_id: Mapped[str | None] = mapped_column(Text)
     heartbeat_at: Mapped[datetime | None] = mapped_column(TIMESTAMPTZ)
     exit_code: Mapped[int | None] = mapped_column(Integer)
+    # The science image the last attempt ran, as name:tag@image id (the tag alone moves).
+    science_image: Mapped[str | None] = mapped_column(Text)
     # When a service should look at the job next (a configured job's dependency re-check).
     due_at: Mapped[datetime | None] = mapped_column(TIMESTAMPTZ)
     # What a configured job waits for (said in the error when the wait's deadline passes).
@@ -144,6 +147,23 @@ class Job(Base):
             "status",
             "status_changed_at",
             postgresql_where=text(STATUS_CHANGED_INDEX_WHERE),
+        ),
+        # The discovery cursor: a type's newest job by input publication date, then id
+        # (JobTemplate.get_last_inserted_job, read at every creation cycle).
+        Index(
+            "ix_jobs_discovery_cursor",
+            "job_type",
+            text("input_publication_date DESC NULLS LAST"),
+            text("id DESC"),
+        ),
+        # The dispatch queue: ready jobs of every type in dispatch order (priority, then
+        # input publication date), read in order without sorting the whole queue.
+        Index(
+            "ix_jobs_ready_order",
+            "priority",
+            "input_publication_date",
+            "id",
+            postgresql_where=text(READY_INDEX_WHERE),
         ),
         # Configured jobs due for a dependency re-check (only they are re-checked by
         # due_at); no entry at all for the other statuses.
@@ -195,7 +215,13 @@ class JobStatusChange(Base):
 
 class Publication(Base):
     """``publications``: the outbox, one row per product message; ``published_at`` stays
-    NULL until the broker confirmed the message."""
+    NULL until the broker confirmed the message.
+
+    ``republication`` is 0 for the messages the worker wrote, n for the n-th republication
+    an operator asked for (new rows, new message ids). ``error`` keeps the last reason the
+    message was not delivered (returned unroutable, refused by the broker, reported failed
+    by a consumer); ``routing_key`` is the key it was published with.
+    """
 
     __tablename__ = "publications"
 
@@ -208,9 +234,12 @@ class Publication(Base):
     body: Mapped[dict[str, Any]] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(TIMESTAMPTZ, server_default=text("now()"))
     published_at: Mapped[datetime | None] = mapped_column(TIMESTAMPTZ)
+    republication: Mapped[int] = mapped_column(Integer, server_default=text("0"), default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    error_at: Mapped[datetime | None] = mapped_column(TIMESTAMPTZ)
 
     __table_args__ = (
-        UniqueConstraint("job_id", "product", "attempt"),
+        UniqueConstraint("job_id", "product", "attempt", "republication"),
         Index(
             "ix_publications_unpublished",
             "id",

@@ -23,15 +23,20 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, Self
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from sqlalchemy import BigInteger, ForeignKey, select
 from sqlalchemy.orm import Session, mapped_column
 
 from joblife.model.job import Job
 from joblife.model.status import JobStatus
+
+if TYPE_CHECKING:
+    from joblife.worker.context import WorkerContext
 
 
 @dataclass(slots=True)
@@ -73,6 +78,45 @@ class JobTemplate(Job):
     """Attempts allowed before an external error is no longer retried automatically."""
     DEPENDENCY_TIMEOUT: ClassVar[timedelta] = timedelta(hours=24)
     """How long a job may wait in ``configured`` for a dependency before it fails."""
+
+    # -- the worker's science step (the default steps read these; docs/partner-guide.md) ----
+    SCIENCE_RUNNER: ClassVar[str] = "docker"
+    """How the science step runs: ``docker`` (a container) or ``process`` (a local
+    executable)."""
+    SCIENCE_IMAGE: ClassVar[str | None] = None
+    """Container image of the science code (``docker`` runner)."""
+    SCIENCE_COMMAND: ClassVar[Sequence[str] | None] = None
+    """The science command, each part a template of the job's fields and the work dir's
+    paths: ``["repack", "{input_dir}/{input_product_id}.h5", "{output_dir}"]``. None with
+    the ``docker`` runner: the image's own command."""
+    SCIENCE_ENVIRONMENT: ClassVar[Mapping[str, str]] = {}
+    """Extra environment of the science step (values are templates, like the command)."""
+    SCIENCE_USER: ClassVar[str | None] = None
+    """User the container runs as; None = the worker's own uid:gid (it owns the work dir)."""
+    SCIENCE_NETWORK: ClassVar[str] = "none"
+    """Network mode of the container (``none``: the science code needs no network)."""
+    SCIENCE_TIMEOUT: ClassVar[timedelta | None] = None
+    """Time limit of the science step; None = the ``science_timeout_seconds`` setting."""
+    PRODUCT_RETURN_CODES: ClassVar[frozenset[int]] = frozenset({0})
+    """Science return codes meaning "a product was made": outputs are uploaded."""
+    NO_PRODUCT_RETURN_CODES: ClassVar[frozenset[int]] = frozenset()
+    """Return codes meaning "ran fine, nothing to produce" (e.g. an all-cloudy scene)."""
+    RETRYABLE_RETURN_CODES: ClassVar[frozenset[int]] = frozenset()
+    """Return codes of a transient failure: ``external_error``, retried. Any other code is
+    fatal: ``internal_error``."""
+    INPUT_PATTERN: ClassVar[str | None] = None
+    """With it, ``input_path`` is a prefix and every object under it whose key (relative to
+    the prefix) fully matches this regular expression is downloaded. Without it, one object
+    (or every object under ``input_path`` if it ends with ``/``)."""
+    EXTERNAL_DEPENDENCIES: ClassVar[Mapping[str, str]] = {}
+    """Auxiliary data: ``aux/<name>/`` ← a location template (a key of the storage or a
+    URL; a trailing ``/`` takes every object under it)."""
+    SKIP_IF_OUTPUT_EXISTS: ClassVar[bool] = True
+    """Skip the science step when an earlier attempt already uploaded every output."""
+    OUTPUT_LOCATION: ClassVar[str] = "{job_type}/{input_product_id}"
+    """Template of ``output_path`` for a job that has none."""
+    LOGS_LOCATION: ClassVar[str] = "joblife-logs/{job_type}/{unique_id}/attempt-{attempt}"
+    """Where each attempt's logs are uploaded (post-mortem), success or failure."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # A concrete job type (it names its own table) gets its primary key, a foreign key
@@ -143,9 +187,9 @@ class JobTemplate(Job):
 
     # -- publication -----------------------------------------------------------------------
     def generated_a_product(self) -> bool:
-        """Whether this job produced output products to publish. Default: an exit code of 0
-        and an output path are known."""
-        return self.exit_code == 0 and bool(self.output_path)
+        """Whether this job produced output products to publish. Default: the science
+        return code is one of ``PRODUCT_RETURN_CODES`` and an output path is known."""
+        return self.exit_code in type(self).PRODUCT_RETURN_CODES and bool(self.output_path)
 
     def set_product_publication_date(self, published_at: datetime) -> None:
         """Record when the output products were published (the broker's confirmation)."""
@@ -169,20 +213,48 @@ class JobTemplate(Job):
         ]
 
     # -- the worker's steps ----------------------------------------------------------------
-    # ``context`` is the worker runtime's view of the attempt (work dir, storage, runner).
-    # The default implementations come with the worker runtime; until then a job type that
-    # runs must implement them.
-    def job_pre_processing(self, context: Any) -> None:
-        """Copy the input product and external dependencies into the work dir."""
-        raise NotImplementedError(f"{type(self).__name__}.job_pre_processing is not implemented")
+    # The defaults live in joblife.worker.steps (imported when called: the worker runtime
+    # imports the model, not the other way round). Override any of them, or call them
+    # from an override (``super().job_pre_processing(context)``).
+    def job_pre_processing(self, context: WorkerContext) -> None:
+        """A clean work dir; skip the science step if every output exists already;
+        otherwise download the input product into ``input/`` and the external dependencies
+        into ``aux/<name>/``, then check each file (:meth:`check_input`)."""
+        from joblife.worker.steps import pre_processing
 
-    def job_processing(self, context: Any) -> int:
-        """Run the science step; return its return code."""
-        raise NotImplementedError(f"{type(self).__name__}.job_processing is not implemented")
+        pre_processing(self, context)
 
-    def job_post_processing(self, context: Any, return_code: int) -> None:
-        """Check the return code, upload the outputs, clean the work dir."""
-        raise NotImplementedError(f"{type(self).__name__}.job_post_processing is not implemented")
+    def job_processing(self, context: WorkerContext) -> int:
+        """Run the science step with the type's runner; return its return code (a timeout
+        is an ``ExternalJobError``)."""
+        from joblife.worker.steps import processing
+
+        return processing(self, context)
+
+    def job_post_processing(self, context: WorkerContext, return_code: int) -> None:
+        """Classify the return code (product / no product / retryable / fatal), upload the
+        outputs under ``output_path`` with a manifest, upload the logs, clean the work dir."""
+        from joblife.worker.steps import post_processing
+
+        post_processing(self, context, return_code)
+
+    def default_output_path(self) -> str:
+        """The ``output_path`` of a job that has none: ``OUTPUT_LOCATION`` filled in. It
+        depends only on the natural key, so a re-created job finds its outputs."""
+        context = "" if not self.reprocessing_context else f"/{self.reprocessing_context}"
+        location = type(self).OUTPUT_LOCATION.format(
+            job_type=self.job_type or type(self).JOB_NAME,
+            input_product_id=self.input_product_id,
+            tile_id=self.tile_id,
+        )
+        return location + context
+
+    def check_input(self, path: Path) -> None:
+        """Check one downloaded input file; raise ``InternalJobError`` if it is corrupt.
+        Default: by suffix (JSON, gzip, tar, zip, HDF5, images; others pass)."""
+        from joblife.worker.inputs import check_file
+
+        check_file(path)
 
 
 def _iso(value: datetime | None) -> str | None:

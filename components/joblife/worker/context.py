@@ -1,13 +1,43 @@
-"""What a job's worker-side hooks receive: the attempt's context."""
+"""What a job's worker-side hooks receive: the attempt's context (work dir, storage,
+runners, and the figures of where the time went)."""
 
 from __future__ import annotations
 
+import errno
 import logging
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from joblife.config import Settings
+from joblife.errors import ExternalJobError
+from joblife.runners import Runner, make_runner
+from joblife.storage import Storage, Transfer, join_key, open_storage
 from joblife.worker.heartbeat import Heartbeat
+
+#: The work dir's layout (``<work root>/<unique_id>/<name>``).
+WORK_SUBDIRS = ("input", "output", "aux", "logs")
+
+
+def work_root(settings: Settings) -> Path:
+    """Where a worker makes its jobs' work dirs."""
+    return settings.work_root or settings.data_dir / "work"
+
+
+@dataclass
+class StepFigures:
+    """Files, bytes and seconds of one step (download, processing, upload)."""
+
+    files: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"files": self.files, "bytes": self.bytes, "seconds": round(self.seconds, 3)}
 
 
 @dataclass
@@ -21,3 +51,109 @@ class WorkerContext:
     work_dir: Path
     heartbeat: Heartbeat
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("joblife.worker"))
+    #: Where the time went: ``download`` / ``upload`` figures, ``processing`` (the runner's
+    #: summary), ``skipped``, ``logs``...; merged into the status details.
+    figures: dict[str, Any] = field(default_factory=dict)
+    #: The last science log lines, kept for the status details of a failure.
+    log_tail: list[str] = field(default_factory=list)
+    #: Set by pre-processing when every output already exists: the science step is skipped.
+    skip_science: bool = False
+    #: Where the science logs are uploaded for post-mortem (set by pre-processing).
+    logs_location: str | None = None
+    _storage: Storage | None = None
+
+    # -- the work dir ------------------------------------------------------------------------
+    @property
+    def input_dir(self) -> Path:
+        return self.work_dir / "input"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.work_dir / "output"
+
+    @property
+    def aux_dir(self) -> Path:
+        return self.work_dir / "aux"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.work_dir / "logs"
+
+    def make_work_dir(self) -> None:
+        """A clean work dir with its sub-dirs (what an earlier, killed attempt on this
+        machine left is removed first)."""
+        self.remove_work_dir()
+        for name in WORK_SUBDIRS:
+            (self.work_dir / name).mkdir(parents=True)
+
+    def remove_work_dir(self) -> None:
+        """Remove the work dir and everything in it (no error if there is none)."""
+        if self.work_dir.exists():
+            shutil.rmtree(self.work_dir)
+
+    # -- storage and runners -----------------------------------------------------------------
+    @property
+    def storage(self) -> Storage:
+        """The configured storage (``JOBLIFE_STORAGE_URL``), opened once per attempt."""
+        if self._storage is None:
+            self._storage = open_storage(settings=self.settings)
+        return self._storage
+
+    def storage_for(self, location: str) -> tuple[Storage, str]:
+        """The storage and key of ``location``: a URL (``s3://bucket/key``,
+        ``file:///path``) or a key of the configured storage."""
+        if "://" not in location:
+            return self.storage, location
+        return open_storage(location, self.settings), ""
+
+    def runner(self, kind: str) -> Runner:
+        """The runner called ``kind`` (``docker`` or ``process``)."""
+        return make_runner(kind, self.settings)
+
+    # -- figures -----------------------------------------------------------------------------
+    @contextmanager
+    def measure(self, step: str) -> Iterator[StepFigures]:
+        """Time a transfer step and accumulate its figures under ``figures[step]``; an
+        out-of-space error on the worker's disk becomes an ExternalJobError saying so."""
+        figures = StepFigures(**self.figures.get(step, {}))
+        start = time.perf_counter()
+        try:
+            yield figures
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise ExternalJobError(
+                    f"no space left on the worker's disk during {step} "
+                    f"(work dir {self.work_dir}): {exc}"
+                ) from exc
+            raise
+        finally:
+            figures.seconds += time.perf_counter() - start
+            self.figures[step] = figures.as_dict()
+
+    def close(self) -> None:
+        """End of the attempt, whatever happened: upload the logs (best effort: a failure
+        is logged, never raised) and remove the work dir. Safe to call twice."""
+        if self.logs_location and self.logs_dir.is_dir() and "logs" not in self.figures:
+            files = [p for p in sorted(self.logs_dir.rglob("*")) if p.is_file()]
+            try:
+                storage, key = self.storage_for(self.logs_location)
+                storage.upload_many(
+                    [
+                        Transfer(join_key(key, p.relative_to(self.logs_dir).as_posix()), p)
+                        for p in files
+                    ]
+                )
+                self.figures["logs"] = storage.url(key)
+            except Exception as exc:  # the attempt's outcome matters more than its logs
+                self.log.error("job %s: could not upload the logs: %s", self.job_id, exc)
+        try:
+            self.remove_work_dir()
+        except OSError as exc:
+            self.log.error("job %s: could not remove %s: %s", self.job_id, self.work_dir, exc)
+
+    def details(self) -> dict[str, Any]:
+        """The figures for the status details (and the log tail, if any)."""
+        details: dict[str, Any] = dict(self.figures)
+        if self.log_tail:
+            details["log_tail"] = self.log_tail
+        return details

@@ -13,12 +13,19 @@
 Failures: :class:`~joblife.errors.ExternalJobError` → ``external_error`` and exit 2 (relaunch);
 anything else → ``internal_error`` and exit 0 (do not relaunch). If the job stopped being
 this attempt's (cancelled, failed by the monitor), the worker stops and exits 0.
+
+Whatever the outcome, the work dir is removed and the science logs uploaded
+(:meth:`WorkerContext.close`); the figures of the download, processing and upload steps
+(files, bytes, seconds) go into the status details. SIGTERM (a cancel, Nomad stopping the
+allocation) unwinds the steps first, so that a running container or process is killed and
+removed, then ends the process by that signal.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import time
 import traceback
@@ -35,7 +42,7 @@ from joblife.db.status import set_job_status
 from joblife.errors import ExternalJobError, StatusConflict, StatusError
 from joblife.model import Job, JobStatus, JobTemplate, Publication, load_job_types
 from joblife.model.status import IN_FLIGHT_STATUSES
-from joblife.worker.context import WorkerContext
+from joblife.worker.context import WorkerContext, work_root
 from joblife.worker.heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
@@ -52,6 +59,15 @@ def message_id(unique_id: uuid.UUID, product: str, attempt: int) -> str:
     return str(uuid.uuid5(MESSAGE_NAMESPACE, f"{unique_id}/{product}/{attempt}"))
 
 
+class WorkerTerminated(BaseException):
+    """SIGTERM reached the worker: unwind (cleaning up as the stack unwinds), then die of
+    it. A BaseException, so that no step's ``except Exception`` swallows it."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise WorkerTerminated(f"signal {signum}")
+
+
 def run_worker_process(job_id: int, attempt: int | None) -> int:
     """Entry point of a worker process: configure logging, run, return the exit code."""
     settings = get_settings()
@@ -60,7 +76,16 @@ def run_worker_process(job_id: int, attempt: int | None) -> int:
         format=f"%(asctime)s %(levelname)s job={job_id} attempt={attempt} %(name)s: %(message)s",
         force=True,
     )
-    return run_worker(job_id, attempt, settings)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return run_worker(job_id, attempt, settings)
+    except WorkerTerminated:
+        log.warning("job %s: terminated by SIGTERM (cleaned up)", job_id)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)  # exit as the signal would have
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_worker(job_id: int, attempt: int | None = None, settings: Settings | None = None) -> int:
@@ -88,6 +113,7 @@ class _Attempt:
         self.attempt = attempt
         self.timings: dict[str, float] = {}
         self.job: JobTemplate | None = None
+        self.context: WorkerContext | None = None
 
     def run(self) -> int:
         load_job_types(self.settings)
@@ -142,13 +168,14 @@ class _Attempt:
             if not isinstance(job, JobTemplate):
                 raise RuntimeError(f"job {self.job_id} has no registered job type")
             self.job = job
-            context = WorkerContext(
+            self.context = WorkerContext(
                 job_id=self.job_id,
                 attempt=self.attempt,  # type: ignore[arg-type]
                 settings=self.settings,
-                work_dir=self.settings.data_dir / "work" / str(job.unique_id),
+                work_dir=work_root(self.settings) / str(job.unique_id),
                 heartbeat=heartbeat,
             )
+            context = self.context
             self._step(session, S.PRE_PROCESSING, S.STARTED)
             self._timed("pre_processing", job.job_pre_processing, context)
             self._step(session, S.PROCESSING, S.PRE_PROCESSING)
@@ -157,6 +184,7 @@ class _Attempt:
             self._step(session, S.POST_PROCESSING, S.PROCESSING, {"return_code": return_code})
             self._timed("post_processing", job.job_post_processing, context, return_code)
             heartbeat.stop()  # the final status is this worker's own: no beat may react
+            self._close()
             self._finish(session, job, return_code)
             return EXIT_DO_NOT_RELAUNCH
         except StatusConflict as exc:
@@ -165,14 +193,26 @@ class _Attempt:
             return EXIT_DO_NOT_RELAUNCH
         except ExternalJobError as exc:
             heartbeat.stop()
+            self._close()
             self._fail(session, S.EXTERNAL_ERROR, exc)
             return EXIT_RELAUNCH
         except OperationalError:
             raise
         except Exception as exc:
             heartbeat.stop()
+            self._close()
             self._fail(session, S.INTERNAL_ERROR, exc)
             return EXIT_DO_NOT_RELAUNCH
+        finally:
+            self._close()  # every path: no work dir is left behind
+
+    def _close(self) -> None:
+        """Upload the logs and remove the work dir (once; a no-op afterwards)."""
+        if self.context is not None:
+            self.context.close()
+
+    def _figures(self) -> dict[str, Any]:
+        return self.context.details() if self.context is not None else {}
 
     def _step(
         self,
@@ -202,6 +242,7 @@ class _Attempt:
             "durations": self.timings,
             "attempt": self.attempt,
             "product": produced,
+            **self._figures(),
         }
         set_job_status(
             session, self.job_id, S.PROCESSED, expected=S.POST_PROCESSING, details=details
@@ -243,6 +284,7 @@ class _Attempt:
         details = {
             "attempt": self.attempt,
             "durations": self.timings,
+            **self._figures(),
             "traceback": traceback.format_exception(error)[-5:],
         }
         try:

@@ -1,0 +1,34 @@
+"""Runners: how a job's science step runs (one contract, :class:`Runner`).
+
+``DockerRunner`` lives in :mod:`joblife.runners.docker`, imported only when used."""
+
+from __future__ import annotations
+
+from joblife.config import Settings
+from joblife.runners.base import TIMEOUT_RETURN_CODE, Runner, RunResult, RunSpec
+from joblife.runners.process import ProcessRunner
+
+__all__ = [
+    "TIMEOUT_RETURN_CODE",
+    "ProcessRunner",
+    "RunResult",
+    "RunSpec",
+    "Runner",
+    "make_runner",
+]
+
+
+def make_runner(kind: str, settings: Settings) -> Runner:
+    """The runner called ``kind`` (``docker`` or ``process``), set up from ``settings``."""
+    if kind == "docker":
+        # Imported here: the docker SDK is heavy, and a process-runner worker never needs it.
+        from joblife.runners.docker import DockerRunner
+
+        return DockerRunner(
+            settings.container_engine_url,
+            pull_missing=settings.container_pull_missing,
+            resource_limits=settings.container_resource_limits,
+        )
+    if kind == "process":
+        return ProcessRunner()
+    raise ValueError(f"unknown science runner {kind!r} (known: docker, process)")

@@ -1,0 +1,79 @@
+"""Local filesystem storage (``file:///path``): the embedded default, and a shared
+filesystem (NFS...) in production."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from joblife.storage.base import ObjectNotFound, Storage, StorageError, StoredObject
+
+_TMP_PREFIX = ".joblife-tmp-"
+
+
+class FileStorage(Storage):
+    """Objects are files under ``root``; a key is their path relative to it."""
+
+    def __init__(self, root: Path, concurrency: int = 4) -> None:
+        self.root = Path(root).resolve()
+        self.concurrency = concurrency
+
+    def url(self, key: str = "") -> str:
+        return (self.root / key).as_uri() if key else self.root.as_uri()
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key.lstrip("/")).resolve()
+        if path != self.root and self.root not in path.parents:
+            raise StorageError(f"storage key {key!r} leaves the storage root {self.root}")
+        return path
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str = "") -> list[StoredObject]:
+        # Walk only the deepest directory the prefix names, then filter by the rest.
+        base = self._path(prefix.rsplit("/", 1)[0]) if "/" in prefix else self.root
+        if not base.is_dir():
+            return []
+        found = []
+        for directory, _, files in os.walk(base):
+            for name in files:
+                if name.startswith(_TMP_PREFIX):
+                    continue
+                path = Path(directory) / name
+                key = path.relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    found.append(StoredObject(key, path.stat().st_size))
+        return sorted(found, key=lambda o: o.key)
+
+    def download(self, key: str, path: Path) -> int:
+        source = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.copyfile(source, path)
+        except FileNotFoundError:
+            if not source.is_file():
+                raise ObjectNotFound(f"{self.url(key)} does not exist", self.url(key)) from None
+            raise
+        return path.stat().st_size
+
+    def upload(self, path: Path, key: str) -> int:
+        target = self._path(key)
+        tmp = target.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, target)  # whole or not at all
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if exc.filename and Path(exc.filename) == Path(path):
+                raise  # the local file's problem, not the storage's
+            space = " (no space left)" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+            raise StorageError(f"cannot write {self.url(key)}{space}: {exc}") from exc
+        return target.stat().st_size
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)

@@ -1,0 +1,142 @@
+"""S3 storage through boto3 (``s3://bucket/prefix``), against AWS or any S3-compatible
+endpoint (``s3_endpoint_url``): multipart and concurrent transfers, standard retries.
+
+Credentials come from the settings (``s3_access_key_id`` / ``s3_secret_access_key``) or
+boto3's own chain (``AWS_*`` variables, profile, instance role); they are handed to boto3
+only, never kept on this object nor written to a log or a message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from joblife.storage.base import ObjectNotFound, Storage, StorageError, StoredObject, join_key
+
+MIB = 1024 * 1024
+_NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+
+
+class S3Storage(Storage):
+    """Objects under ``prefix`` in ``bucket``; a key is relative to the prefix."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        max_attempts: int = 5,
+        multipart_threshold: int = 16 * MIB,
+        multipart_chunksize: int = 16 * MIB,
+        part_concurrency: int = 8,
+        concurrency: int = 4,
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.endpoint_url = endpoint_url
+        self.concurrency = concurrency
+        session = boto3.session.Session(
+            aws_access_key_id=access_key_id,
+            aws_secret_access_key=secret_access_key,
+            region_name=region,
+        )
+        self.client = session.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            config=Config(
+                retries={"max_attempts": max_attempts, "mode": "standard"},
+                # Enough connections for every part of every file moving at once.
+                max_pool_connections=max(10, concurrency * part_concurrency),
+            ),
+        )
+        self.transfer_config = TransferConfig(
+            multipart_threshold=multipart_threshold,
+            multipart_chunksize=multipart_chunksize,
+            max_concurrency=part_concurrency,
+            use_threads=True,
+        )
+
+    def url(self, key: str = "") -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+    def _key(self, key: str) -> str:
+        return join_key(self.prefix, key)
+
+    def _error(self, action: str, key: str, exc: Exception) -> StorageError:
+        where = self.url(key) + (f" at {self.endpoint_url}" if self.endpoint_url else "")
+        if isinstance(exc, ClientError):
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", ""))
+            if code in _NOT_FOUND:
+                return ObjectNotFound(f"{self.url(key)} does not exist", self.url(key))
+            message = error.get("Message", "")
+            return StorageError(f"S3 refused to {action} {where}: {code} {message}".rstrip())
+        return StorageError(f"S3 could not {action} {where}: {exc}")
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            error = self._error("check", key, exc)
+            if isinstance(error, ObjectNotFound):
+                return False
+            raise error from exc
+        except BotoCoreError as exc:
+            raise self._error("check", key, exc) from exc
+        return True
+
+    def list(self, prefix: str = "") -> list[StoredObject]:
+        full = self._key(prefix)
+        if prefix.endswith("/") or (self.prefix and not prefix):
+            full += "/"
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        found = []
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full
+            )
+            for page in pages:
+                for item in page.get("Contents", []):
+                    found.append(StoredObject(item["Key"][strip:], int(item["Size"])))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error("list", prefix, exc) from exc
+        return sorted(found, key=lambda o: o.key)
+
+    def download(self, key: str, path: Path) -> int:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.client.download_file(
+                self.bucket, self._key(key), str(path), Config=self.transfer_config
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error("download", key, exc) from exc
+        return path.stat().st_size
+
+    def upload(self, path: Path, key: str) -> int:
+        size = path.stat().st_size
+        try:
+            # A multipart upload appears only when completed: whole or not at all.
+            self.client.upload_file(
+                str(path), self.bucket, self._key(key), Config=self.transfer_config
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error("upload to", key, exc) from exc
+        except Exception as exc:  # s3transfer wraps some client errors in its own types
+            if isinstance(exc, OSError) and exc.filename:
+                raise
+            raise self._error("upload to", key, exc) from exc
+        return size
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error("delete", key, exc) from exc

@@ -1,0 +1,263 @@
+"""The default worker steps of :class:`~joblife.model.template.JobTemplate`: what every job
+type gets for free, driven by its class attributes (``SCIENCE_IMAGE``, ``SCIENCE_COMMAND``,
+``EXTERNAL_DEPENDENCIES``, the return-code classes...; see docs/partner-guide.md).
+
+- :func:`pre_processing`: a clean work dir ``<work root>/<unique_id>/{input,output,aux,logs}``;
+  if every output already exists (the manifest written last by an earlier attempt), the
+  science step is skipped; otherwise the input product and the external dependencies are
+  downloaded and checked.
+- :func:`processing`: the science step through the type's runner.
+- :func:`post_processing`: the return code's class decides; outputs are uploaded under the
+  job's ``output_path`` with a manifest last; the logs are uploaded; the work dir removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import inspect
+
+from joblife.errors import ExternalJobError, InternalJobError
+from joblife.lifecycle.common import utc_now
+from joblife.model.flavors import get_flavor
+from joblife.runners import RunSpec
+from joblife.storage import ObjectNotFound, StorageError, Transfer, join_key
+from joblife.worker.context import WorkerContext
+
+if TYPE_CHECKING:
+    from joblife.model.template import JobTemplate
+
+#: Written under the output path after every output: its presence means "all uploaded".
+MANIFEST = "_joblife_manifest.json"
+#: Where a container sees the work dir.
+MOUNT_POINT = "/work"
+
+
+# -- pre-processing ------------------------------------------------------------------------------
+def pre_processing(job: JobTemplate, context: WorkerContext) -> None:
+    """Work dir, skip check, inputs and external dependencies (see the module docstring)."""
+    cls = type(job)
+    context.make_work_dir()
+    if not job.output_path:
+        job.output_path = job.default_output_path()
+    fields = job_fields(job, context, inside=False)
+    context.logs_location = cls.LOGS_LOCATION.format_map(fields)
+    if cls.SKIP_IF_OUTPUT_EXISTS and outputs_exist(job, context):
+        context.skip_science = True
+        storage, key = context.storage_for(job.output_path)
+        context.figures["skipped"] = f"every output already exists at {storage.url(key)}"
+        return
+    if not job.input_path:
+        raise InternalJobError(f"job {job.id} has no input_path: nothing to process")
+    downloaded = fetch(context, job.input_path, context.input_dir, cls.INPUT_PATTERN, "input")
+    for name, template in cls.EXTERNAL_DEPENDENCIES.items():
+        location = template.format_map(fields)
+        downloaded += fetch(context, location, context.aux_dir / name, None, f"dependency {name}")
+    for path in downloaded:
+        job.check_input(path)
+
+
+def fetch(
+    context: WorkerContext, location: str, directory: Path, pattern: str | None, what: str
+) -> list[Path]:
+    """Download ``location`` into ``directory``: one object (kept under its base name), or
+    with a trailing ``/`` or a ``pattern`` every object under that prefix whose relative
+    key fully matches the pattern (kept under its relative path). Returns the files."""
+    storage, key = context.storage_for(location)
+    if location.endswith("/") or pattern is not None:
+        objects = storage.find(key, pattern)
+        if not objects:
+            matching = f" matching {pattern!r}" if pattern else ""
+            raise ObjectNotFound(f"{what}: nothing under {storage.url(key)}{matching}", location)
+        transfers = [Transfer(o.key, _inside(directory, o.key[len(key) :])) for o in objects]
+        sizes = {t.path: o.size for t, o in zip(transfers, objects, strict=True)}
+    else:
+        name = posixpath.basename(location.rstrip("/")) or "input"
+        transfers, sizes = [Transfer(key, directory / name)], {}
+    try:
+        with context.measure("download") as figures:
+            figures.bytes += storage.download_many(transfers)
+            figures.files += len(transfers)
+    except ObjectNotFound as exc:
+        raise ObjectNotFound(f"{what} {exc}", exc.location) from exc
+    for path, size in sizes.items():
+        if path.stat().st_size != size:
+            raise StorageError(
+                f"{what}: {path.name} arrived with {path.stat().st_size} of its {size} bytes"
+            )
+    return [t.path for t in transfers]
+
+
+def _inside(directory: Path, relative: str) -> Path:
+    """``directory / relative``, refusing a key that would leave the directory."""
+    parts = PurePosixPath(relative.lstrip("/")).parts
+    if not parts or ".." in parts:
+        raise InternalJobError(f"storage key part {relative!r} cannot be a local file name")
+    return directory.joinpath(*parts)
+
+
+def outputs_exist(job: JobTemplate, context: WorkerContext) -> bool:
+    """Whether an earlier attempt uploaded every output: the manifest exists and each file
+    it lists is there with its size."""
+    assert job.output_path
+    storage, key = context.storage_for(job.output_path)
+    manifest_path = context.logs_dir / ".previous-manifest.json"
+    try:
+        storage.download(join_key(key, MANIFEST), manifest_path)
+        manifest = json.loads(manifest_path.read_text())
+        expected: dict[str, int] = manifest["files"]
+    except ObjectNotFound:
+        return False
+    except (ValueError, KeyError, TypeError):
+        context.log.warning("job %s: unreadable output manifest: re-running", job.id)
+        return False
+    finally:
+        manifest_path.unlink(missing_ok=True)
+    objects = storage.list(f"{key}/" if key else "")
+    present = {o.key[len(key) :].lstrip("/"): o.size for o in objects}
+    return all(present.get(name) == size for name, size in expected.items())
+
+
+# -- processing ----------------------------------------------------------------------------------
+def processing(job: JobTemplate, context: WorkerContext) -> int:
+    """Run the science step (or skip it); return its return code."""
+    cls = type(job)
+    if context.skip_science:
+        context.figures["processing"] = {"skipped": True, "seconds": 0.0}
+        return min(cls.PRODUCT_RETURN_CODES)
+    spec = science_spec(job, context)
+    result = context.runner(cls.SCIENCE_RUNNER).run(spec)
+    context.figures["processing"] = result.summary
+    if result.image:
+        job.science_image = result.image
+    expected = cls.PRODUCT_RETURN_CODES | cls.NO_PRODUCT_RETURN_CODES
+    if result.timed_out or result.return_code not in expected:
+        context.log_tail = result.log_tail
+    if result.timed_out:
+        raise ExternalJobError(
+            f"science step killed at its timeout ({spec.timeout:g} s); last log lines "
+            "in the status details"
+        )
+    return result.return_code
+
+
+def science_spec(job: JobTemplate, context: WorkerContext) -> RunSpec:
+    """What the runner runs: the type's image and command, the job's fields in the
+    command and environment templates, the flavor's limits."""
+    cls = type(job)
+    container = cls.SCIENCE_RUNNER == "docker"
+    if container and not cls.SCIENCE_IMAGE:
+        raise InternalJobError(
+            f"job type {cls.JOB_NAME} runs in a container but has no SCIENCE_IMAGE"
+        )
+    if not container and not cls.SCIENCE_COMMAND:
+        raise InternalJobError(f"job type {cls.JOB_NAME} has no SCIENCE_COMMAND")
+    fields = job_fields(job, context, inside=container)
+    try:
+        command = [part.format_map(fields) for part in cls.SCIENCE_COMMAND or ()]
+        environment = {k: v.format_map(fields) for k, v in cls.SCIENCE_ENVIRONMENT.items()}
+    except (KeyError, ValueError, AttributeError) as exc:
+        raise InternalJobError(f"job type {cls.JOB_NAME}: bad command template: {exc!r}") from exc
+    environment.update(
+        JOBLIFE_JOB_ID=str(job.id),
+        JOBLIFE_UNIQUE_ID=str(job.unique_id),
+        JOBLIFE_ATTEMPT=str(context.attempt),
+        JOBLIFE_WORK_DIR=fields["work_dir"],
+        JOBLIFE_INPUT_DIR=fields["input_dir"],
+        JOBLIFE_OUTPUT_DIR=fields["output_dir"],
+        JOBLIFE_AUX_DIR=fields["aux_dir"],
+    )
+    flavor = get_flavor(job.worker_flavor, context.settings)
+    timeout = cls.SCIENCE_TIMEOUT.total_seconds() if cls.SCIENCE_TIMEOUT else None
+    return RunSpec(
+        command=command,
+        work_dir=context.work_dir,
+        log_path=context.logs_dir / "science.log",
+        timeout=timeout or context.settings.science_timeout_seconds,
+        image=cls.SCIENCE_IMAGE,
+        environment=environment,
+        mount_point=MOUNT_POINT,
+        user=cls.SCIENCE_USER or f"{os.getuid()}:{os.getgid()}",
+        network_mode=cls.SCIENCE_NETWORK,
+        cpus=flavor.vcpus,
+        memory_mib=flavor.memory_mib,
+        labels={"io.joblife.job_id": str(job.id), "io.joblife.attempt": str(context.attempt)},
+        log_tail_lines=context.settings.science_log_tail_lines,
+    )
+
+
+def job_fields(job: JobTemplate, context: WorkerContext, inside: bool) -> dict[str, Any]:
+    """The values a command, environment or location template may name: every column of
+    the job (``{input_product_id}``, ``{tile_id}``, ``{input_publication_date:%Y%m%d}``...),
+    ``{attempt}``, ``{job_type}`` and the work dir's paths (as the science code sees them:
+    inside the container when ``inside``)."""
+    values: dict[str, Any] = {
+        attr.key: getattr(job, attr.key) for attr in inspect(job).mapper.column_attrs
+    }
+    root = PurePosixPath(MOUNT_POINT) if inside else context.work_dir
+    values.update(
+        attempt=context.attempt,
+        work_dir=str(root),
+        input_dir=str(root / "input"),
+        output_dir=str(root / "output"),
+        aux_dir=str(root / "aux"),
+        logs_dir=str(root / "logs"),
+    )
+    return values
+
+
+# -- post-processing -----------------------------------------------------------------------------
+def post_processing(job: JobTemplate, context: WorkerContext, return_code: int) -> None:
+    """Classify the return code, upload the outputs and logs, remove the work dir."""
+    cls = type(job)
+    if context.skip_science:
+        context.close()
+        return
+    if return_code in cls.PRODUCT_RETURN_CODES:
+        upload_outputs(job, context)
+    elif return_code in cls.NO_PRODUCT_RETURN_CODES:
+        context.figures["product"] = False
+    elif return_code in cls.RETRYABLE_RETURN_CODES:
+        raise ExternalJobError(
+            f"science step returned {return_code}, a retryable code for job type "
+            f"{cls.JOB_NAME}; last log lines in the status details"
+        )
+    else:
+        raise InternalJobError(
+            f"science step failed with return code {return_code}; last log lines in the "
+            "status details"
+        )
+    context.close()
+
+
+def upload_outputs(job: JobTemplate, context: WorkerContext) -> None:
+    """Upload every file of ``output/`` under the job's output path, then the manifest."""
+    assert job.output_path
+    files = sorted(p for p in context.output_dir.rglob("*") if p.is_file())
+    if not files:
+        raise InternalJobError("the science step reported a product but wrote nothing in output/")
+    storage, key = context.storage_for(job.output_path)
+    relative = {p: p.relative_to(context.output_dir).as_posix() for p in files}
+    produced_at = utc_now()
+    manifest = {
+        "job_id": job.id,
+        "unique_id": str(job.unique_id),
+        "attempt": context.attempt,
+        "produced_at": produced_at.isoformat(),
+        "science_image": job.science_image,
+        "files": {name: p.stat().st_size for p, name in relative.items()},
+    }
+    manifest_path = context.logs_dir / MANIFEST
+    manifest_path.write_text(json.dumps(manifest, indent=1))
+    with context.measure("upload") as figures:
+        figures.bytes += storage.upload_many(
+            [Transfer(join_key(key, name), p) for p, name in relative.items()]
+        )
+        figures.files += len(files)
+        storage.upload(manifest_path, join_key(key, MANIFEST))  # last: "all uploaded"
+    context.figures["produced_at"] = produced_at.isoformat()
+    context.figures["outputs"] = storage.url(key)

@@ -1,0 +1,120 @@
+"""Runners: DockerRunner against the real engine (podman's Docker API), ProcessRunner
+with real processes; one contract (return code, duration, log tail, timeout kills, nothing
+left behind, external errors when the step cannot run at all)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from joblife.errors import ExternalJobError
+from joblife.runners import TIMEOUT_RETURN_CODE, ProcessRunner, RunSpec
+from joblife.runners.docker import DockerRunner
+
+from tests.support.containers import ContainerEngine
+
+
+def _spec(tmp_path: Path, command: list[str], timeout: float = 30, **fields) -> RunSpec:
+    work = tmp_path / "work"
+    (work / "output").mkdir(parents=True, exist_ok=True)
+    return RunSpec(command, work, tmp_path / "logs" / "science.log", timeout, **fields)
+
+
+def test_docker_runs_with_the_work_dir_environment_and_limits(
+    container_engine: ContainerEngine, tmp_path: Path
+):
+    runner = DockerRunner(container_engine.base_url)
+    script = "echo hello $GREETING; id -u; echo made > /work/output/out.txt; exit 3"
+    spec = _spec(
+        tmp_path,
+        ["sh", "-c", script],
+        image=container_engine.image,
+        environment={"GREETING": "partner"},
+        user="0:0",
+        cpus=1,
+        memory_mib=128,
+    )
+    result = runner.run(spec)
+    assert result.return_code == 3
+    assert result.log_tail == ["hello partner", "0"]
+    assert (spec.work_dir / "output" / "out.txt").read_text() == "made\n"
+    assert spec.log_path.read_text() == "hello partner\n0\n"
+    assert result.image and result.image.startswith(f"{container_engine.image}@sha256:")
+    assert result.duration > 0 and not result.timed_out
+    assert container_engine.leftovers() == []
+
+
+def test_docker_log_tail_keeps_the_last_lines(container_engine: ContainerEngine, tmp_path: Path):
+    spec = _spec(
+        tmp_path,
+        ["sh", "-c", "i=0; while [ $i -lt 100 ]; do echo line $i; i=$((i+1)); done"],
+        image=container_engine.image,
+        log_tail_lines=3,
+    )
+    result = DockerRunner(container_engine.base_url).run(spec)
+    assert result.return_code == 0
+    assert result.log_tail == ["line 97", "line 98", "line 99"]
+    assert len(spec.log_path.read_text().splitlines()) == 100
+
+
+def test_docker_timeout_kills_and_removes_the_container(
+    container_engine: ContainerEngine, tmp_path: Path
+):
+    spec = _spec(
+        tmp_path, ["sh", "-c", "echo started; sleep 60"], timeout=1.5, image=container_engine.image
+    )
+    start = time.monotonic()
+    result = DockerRunner(container_engine.base_url).run(spec)
+    assert time.monotonic() - start < 15
+    assert result.timed_out and result.return_code == TIMEOUT_RETURN_CODE
+    assert result.log_tail == ["started"]
+    assert container_engine.leftovers() == []
+
+
+def test_docker_missing_image_is_an_external_error(
+    container_engine: ContainerEngine, tmp_path: Path
+):
+    spec = _spec(tmp_path, ["true"], image="localhost/joblife-no-such-image:1")
+    with pytest.raises(ExternalJobError, match="is not on this worker's container engine"):
+        DockerRunner(container_engine.base_url).run(spec)
+    with pytest.raises(ExternalJobError, match="pulling is disabled"):
+        DockerRunner(container_engine.base_url, pull_missing=False).run(spec)
+
+
+def test_docker_engine_down_is_an_external_error(tmp_path: Path):
+    spec = _spec(tmp_path, ["true"], image="localhost/whatever:1")
+    with pytest.raises(ExternalJobError, match=r"container engine at .* does not answer"):
+        DockerRunner(f"unix://{tmp_path}/no-engine.sock").run(spec)
+
+
+def test_process_runs_in_the_work_dir_with_its_environment(tmp_path: Path):
+    spec = _spec(
+        tmp_path,
+        ["sh", "-c", 'echo "in $(pwd) $GREETING" ; echo err >&2; exit 5'],
+        environment={"GREETING": "hi"},
+    )
+    result = ProcessRunner().run(spec)
+    assert result.return_code == 5
+    assert result.log_tail == [f"in {spec.work_dir} hi", "err"]
+    assert result.image is None
+
+
+def test_process_timeout_kills_the_whole_process_group(tmp_path: Path):
+    pid_file = tmp_path / "child.pid"
+    spec = _spec(tmp_path, ["sh", "-c", f"sleep 60 & echo $! > {pid_file}; wait"], timeout=1)
+    result = ProcessRunner().run(spec)
+    assert result.timed_out and result.return_code == TIMEOUT_RETURN_CODE
+    child = int(pid_file.read_text())
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == "zombie"
+
+
+def test_process_crash_by_signal_reports_128_plus_the_signal(tmp_path: Path):
+    result = ProcessRunner().run(_spec(tmp_path, ["sh", "-c", "kill -9 $$"]))
+    assert result.return_code == 128 + 9
+
+
+def test_process_missing_executable_is_an_external_error(tmp_path: Path):
+    with pytest.raises(ExternalJobError, match="cannot start the science command"):
+        ProcessRunner().run(_spec(tmp_path, ["/nonexistent/science-code"]))

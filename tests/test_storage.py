@@ -1,0 +1,147 @@
+"""Storage: one contract, two backends (local files, S3 through moto's real HTTP server)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+from joblife.config import Settings
+from joblife.errors import ConfigurationError, ExternalJobError
+from joblife.storage import (
+    FileStorage,
+    ObjectNotFound,
+    S3Storage,
+    Storage,
+    StorageError,
+    Transfer,
+    open_storage,
+)
+
+from tests.support.s3 import TEST_CREDENTIALS, S3Bucket
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture(params=["file", "s3"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
+    """The same tests run on both backends, each under a prefix of its own."""
+    if request.param == "file":
+        return open_storage((tmp_path / "store").as_uri(), Settings(data_dir=tmp_path))
+    bucket: S3Bucket = request.getfixturevalue("s3_bucket")
+    settings = Settings(data_dir=tmp_path, s3_endpoint_url=bucket.endpoint)
+    return open_storage(bucket.url("root/prefix"), settings)
+
+
+def _file(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_upload_exists_list_download_delete(storage: Storage, tmp_path: Path):
+    source = _file(tmp_path / "src" / "a.bin", b"alpha")
+    assert not storage.exists("in/a.bin")
+    assert storage.upload(source, "in/a.bin") == 5
+    storage.upload(_file(tmp_path / "src" / "b.txt", b"bravo!"), "in/sub/b.txt")
+    storage.upload(_file(tmp_path / "src" / "c.txt", b"c"), "other/c.txt")
+    assert storage.exists("in/a.bin")
+    assert [(o.key, o.size) for o in storage.list("in/")] == [
+        ("in/a.bin", 5),
+        ("in/sub/b.txt", 6),
+    ]
+    assert [o.key for o in storage.list()] == ["in/a.bin", "in/sub/b.txt", "other/c.txt"]
+    assert [o.key for o in storage.find("in/", r"sub/.*\.txt")] == ["in/sub/b.txt"]
+    assert storage.find("in/", r"a") == []  # the pattern must match the whole relative key
+    target = tmp_path / "dst" / "deep" / "a.bin"
+    assert storage.download("in/a.bin", target) == 5
+    assert target.read_bytes() == b"alpha"
+    storage.delete("in/a.bin")
+    storage.delete("in/a.bin")  # deleting what is gone is no error
+    assert not storage.exists("in/a.bin")
+    assert storage.url("in/x").endswith("/in/x")
+
+
+def test_missing_object_is_an_external_not_found_error(storage: Storage, tmp_path: Path):
+    with pytest.raises(ObjectNotFound, match="does not exist") as caught:
+        storage.download("nope/missing.bin", tmp_path / "x")
+    assert isinstance(caught.value, ExternalJobError)  # retried, as a dependency failure
+    assert caught.value.location.endswith("nope/missing.bin")
+
+
+def test_many_files_move_concurrently_and_whole(storage: Storage, tmp_path: Path):
+    files = [_file(tmp_path / "up" / f"f{i}.bin", os.urandom(100_000 + i)) for i in range(9)]
+    moved = storage.upload_many([Transfer(f"many/{p.name}", p) for p in files])
+    assert moved == sum(p.stat().st_size for p in files)
+    back = [Transfer(o.key, tmp_path / "down" / Path(o.key).name) for o in storage.list("many/")]
+    assert storage.download_many(back) == moved
+    for path in files:
+        assert (tmp_path / "down" / path.name).read_bytes() == path.read_bytes()
+
+
+def test_s3_multipart_upload_and_download(s3_bucket: S3Bucket, tmp_path: Path):
+    storage = S3Storage(
+        s3_bucket.name,
+        "mp",
+        endpoint_url=s3_bucket.endpoint,
+        multipart_threshold=5 * MIB,
+        multipart_chunksize=5 * MIB,
+        part_concurrency=4,
+    )
+    data = os.urandom(12 * MIB + 7)
+    storage.upload(_file(tmp_path / "big.bin", data), "big.bin")
+    head = s3_bucket.client.head_object(Bucket=s3_bucket.name, Key="mp/big.bin")
+    assert head["ETag"].strip('"').endswith("-3")  # three parts: a multipart upload
+    storage.download("big.bin", tmp_path / "back.bin")
+    assert (tmp_path / "back.bin").read_bytes() == data
+
+
+def test_s3_errors_say_what_failed_and_never_show_the_secret(
+    s3_bucket: S3Bucket, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.DEBUG)
+    secret = TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]
+    settings = Settings(
+        data_dir=tmp_path,
+        s3_endpoint_url=s3_bucket.endpoint,
+        s3_secret_access_key=secret,
+        s3_access_key_id="joblife-test-key",
+        s3_max_attempts=2,
+    )
+    storage = open_storage("s3://joblife-no-such-bucket/x", settings)
+    with pytest.raises(StorageError, match="NoSuchBucket") as caught:
+        storage.upload(_file(tmp_path / "a", b"a"), "a")
+    assert "s3://joblife-no-such-bucket/x/a" in str(caught.value)
+    down = open_storage(
+        "s3://b/x", settings.model_copy(update={"s3_endpoint_url": "http://127.0.0.1:9"})
+    )
+    with pytest.raises(StorageError, match="could not check"):
+        down.exists("a")
+    for text in (str(caught.value), repr(storage.__dict__), repr(settings), caplog.text):
+        assert secret not in text
+
+
+def test_file_storage_refuses_keys_outside_its_root(tmp_path: Path):
+    storage = FileStorage(tmp_path / "root")
+    with pytest.raises(StorageError, match="leaves the storage root"):
+        storage.upload(_file(tmp_path / "a", b"a"), "../escape")
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("ftp://host/x", "unsupported scheme"),
+        ("s3:///prefix", "names no bucket"),
+        ("file://host/x", "take no host"),
+    ],
+)
+def test_bad_storage_urls_are_configuration_errors(url: str, problem: str, tmp_path: Path):
+    with pytest.raises(ConfigurationError, match=problem):
+        open_storage(url, Settings(data_dir=tmp_path))
+
+
+def test_default_storage_is_local_under_the_data_dir(tmp_path: Path):
+    storage = open_storage(settings=Settings(data_dir=tmp_path))
+    assert isinstance(storage, FileStorage)
+    assert storage.root == (tmp_path / "storage").resolve()
