@@ -80,7 +80,10 @@ def run(
         stop_event=stop,
     )
     if once:
-        report = orchestrator.run_once()
+        try:
+            report = orchestrator.run_once()
+        finally:
+            orchestrator.close()
         _show(report.as_dict(), as_json)
         if report.errors:
             raise typer.Exit(1)

@@ -1,6 +1,7 @@
 """The orchestrator: the life-cycle services in one process (``joblife run``).
 
-Each cycle runs creation, configuration, dispatch and the monitor once, each in its own
+Each cycle runs creation, configuration, dispatch, the monitor and publication (one batch
+of the outbox; nothing without a broker URL) once, each in its own
 error boundary: one service's failure (or one job's) never stops the others. A cycle that
 found work is followed at once by the next; an idle one waits ``loop_interval`` seconds,
 or, when only the in-flight caps held dispatch back, until the executor reports that an
@@ -24,10 +25,11 @@ from joblife.lifecycle.configuration import configure_jobs
 from joblife.lifecycle.creation import create_jobs
 from joblife.lifecycle.dispatch import dispatch_jobs
 from joblife.lifecycle.monitor import Monitor
+from joblife.publication.relay import PublicationService
 
 log = job_logger("orchestrator")
 
-SERVICES = ("create", "configure", "dispatch", "monitor")
+SERVICES = ("create", "configure", "dispatch", "monitor", "publish")
 MAX_BACKOFF_SECONDS = 60.0
 
 
@@ -61,11 +63,13 @@ class Orchestrator:
         self.services = [s for s in SERVICES if s in services]
         self.stop_event = stop_event or threading.Event()
         self.monitor = Monitor(context, executor)
+        self.publication = PublicationService(context, stop_event=self.stop_event)
         self._steps: dict[str, Callable[[], Any]] = {
             "create": lambda: [r.as_dict() for r in create_jobs(context)],
             "configure": lambda: [r.as_dict() for r in configure_jobs(context)],
             "dispatch": lambda: dispatch_jobs(context, executor).as_dict(),
             "monitor": lambda: self.monitor.run_cycle().as_dict(),
+            "publish": lambda: self.publication.run_cycle().as_dict(),
         }
 
     def run_once(self) -> CycleReport:
@@ -88,7 +92,17 @@ class Orchestrator:
         return report
 
     def run_forever(self, interval: float | None = None) -> None:
-        """Cycle until the stop event is set."""
+        """Cycle until the stop event is set (the broker connection is closed then)."""
+        try:
+            self._cycle_forever(interval)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Release what the services hold open (the broker connection)."""
+        self.publication.close()
+
+    def _cycle_forever(self, interval: float | None) -> None:
         interval = interval if interval is not None else self.context.settings.loop_interval
         backoff = 1.0
         while not self.stop_event.is_set():
@@ -127,6 +141,8 @@ def _did_work(name: str, result: Any) -> bool:
         return any(r["examined"] for r in result)
     if name == "dispatch":
         return bool(result["dispatched"] or result["failed"])
+    if name == "publish":
+        return bool(result["jobs"] or result["feedback"])
     return bool(result["ended"] or result["stale"] or result["redispatched"] or result["retried"])
 
 

@@ -1,0 +1,25 @@
+"""Publication over RabbitMQ: the outbox relay with publisher confirms, the topology from
+configuration, consumer feedback and timeliness. See :mod:`joblife.publication.relay`."""
+
+from joblife.publication.broker import ConfirmingPublisher, Delivery, Outcome, OutgoingMessage
+from joblife.publication.errors import BrokerUnavailable, RepublishRefused
+from joblife.publication.outbox import list_publications, republish
+from joblife.publication.relay import PublicationReport, PublicationService
+from joblife.publication.timeliness import TimelinessRow, timeliness_summary
+from joblife.publication.topology import Topology
+
+__all__ = [
+    "BrokerUnavailable",
+    "ConfirmingPublisher",
+    "Delivery",
+    "Outcome",
+    "OutgoingMessage",
+    "PublicationReport",
+    "PublicationService",
+    "RepublishRefused",
+    "TimelinessRow",
+    "Topology",
+    "list_publications",
+    "republish",
+    "timeliness_summary",
+]

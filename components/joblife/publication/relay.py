@@ -1,0 +1,292 @@
+"""The publication service (``joblife publish``, and the ``publish`` service of
+``joblife run``): relays the outbox to RabbitMQ with publisher confirms.
+
+Each batch is one database transaction: claim jobs and their unpublished rows
+(:func:`~joblife.publication.outbox.claim`, ``SKIP LOCKED``), processed →
+start_publication, publish them as one confirm window, record the answers and move the
+jobs (:func:`~joblife.publication.outbox.record`), commit. Batches are pipelined (see
+:meth:`PublicationService._publish`). Any number of services can run at once: a job is
+published by the one that holds it.
+
+Without a broker URL the service does nothing and the messages wait in the outbox
+(``joblife publications list`` shows them). When the broker is down the rows stay
+unpublished and the jobs wait; the connection is retried with an exponential backoff (up
+to ``amqp_reconnect_max_seconds``) and everything resumes when it is back. A database
+outage is raised to the loop, which backs off the same way.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session
+
+from joblife.lifecycle.common import ServiceContext, job_logger
+from joblife.publication import outbox
+from joblife.publication.broker import ConfirmingPublisher, Delivery, SentBatch, Settlement
+from joblife.publication.errors import BrokerUnavailable
+from joblife.publication.feedback import MalformedFeedback, apply_feedback, parse_feedback
+from joblife.publication.topology import Topology
+
+log = job_logger("publication")
+FIRST_BACKOFF_SECONDS = 0.5
+#: Batches in flight at once (one being confirmed while the next is claimed and sent).
+PIPELINE_DEPTH = 2
+MAX_DB_BACKOFF_SECONDS = 60.0
+
+
+@dataclass
+class _Batch:
+    """A batch sent and not recorded yet: its open transaction, its jobs, its messages."""
+
+    session: Session
+    jobs: list[outbox.ClaimedJob]
+    sent: SentBatch
+
+
+@dataclass
+class PublicationReport:
+    """What one cycle of the publication service did."""
+
+    enabled: bool = True
+    connected: bool = False
+    batches: int = 0
+    result: outbox.BatchResult = field(default_factory=outbox.BatchResult)
+    feedback: int = 0
+    error: str | None = None
+
+    @property
+    def busy(self) -> bool:
+        """Whether the cycle found work (the next one should follow at once)."""
+        return bool(self.result.jobs or self.feedback)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if k != "result"}
+        return {**data, **asdict(self.result)}
+
+
+class PublicationService:
+    """Relays the outbox; see the module docstring. ``publisher`` is made from the
+    settings unless given; the service owns it and closes it in :meth:`close`."""
+
+    def __init__(
+        self,
+        context: ServiceContext,
+        publisher: ConfirmingPublisher | None = None,
+        stop_event: threading.Event | None = None,
+    ) -> None:
+        settings = context.settings
+        self.context = context
+        self.topology = Topology.from_settings(settings)
+        self.stop_event = stop_event or threading.Event()
+        url = settings.amqp_url.get_secret_value() if settings.amqp_url else None
+        if publisher is None and url:
+            publisher = ConfirmingPublisher(
+                url,
+                self.topology,
+                heartbeat=settings.amqp_heartbeat_seconds,
+                feedback_queue=settings.amqp_feedback_queue,
+            )
+        self.publisher = publisher
+        self._backoff = 0.0
+        self._next_connect = 0.0  # time.monotonic() before which no connection is tried
+        self._messages_per_job = 1.0  # seen in the last claim
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a broker is configured (else the messages stay in the outbox)."""
+        return self.publisher is not None
+
+    def close(self) -> None:
+        """Close the broker connection."""
+        if self.publisher is not None:
+            self.publisher.close()
+
+    # -- one cycle -------------------------------------------------------------------------
+    def run_cycle(self, max_batches: int = 1) -> PublicationReport:
+        """Handle the feedback received, then publish up to ``max_batches`` batches (0:
+        until the outbox has nothing left to claim)."""
+        report = PublicationReport(enabled=self.enabled)
+        if self.publisher is None or not self._ensure_connected(report):
+            return report
+        self._handle_feedback(report)
+        self._publish(report, max_batches)
+        report.connected = self.publisher.connected
+        if report.connected:
+            self._handle_feedback(report)
+        return report
+
+    def _ensure_connected(self, report: PublicationReport) -> bool:
+        assert self.publisher is not None
+        if self.publisher.connected:
+            report.connected = True
+            return True
+        wait = self._next_connect - time.monotonic()
+        if wait > 0:
+            report.error = (
+                f"broker unavailable ({self.publisher.last_error}); next try in {wait:.1f} s"
+            )
+            return False
+        try:
+            self.publisher.connect()
+        except BrokerUnavailable as exc:
+            max_backoff = self.context.settings.amqp_reconnect_max_seconds
+            self._backoff = min(max(self._backoff * 2, FIRST_BACKOFF_SECONDS), max_backoff)
+            self._next_connect = time.monotonic() + self._backoff
+            report.error = f"{exc}; next try in {self._backoff:.1f} s"
+            log.warning("%s", report.error)
+            return False
+        self._backoff, self._next_connect = 0.0, 0.0
+        report.connected = True
+        return True
+
+    def _publish(self, report: PublicationReport, max_batches: int) -> None:
+        """Publish batches as a pipeline: while the broker confirms one batch, the next is
+        claimed and sent (another transaction; SKIP LOCKED keeps them apart), and the
+        batch confirmed before is recorded and committed by a second thread. The broker,
+        the database and this thread work at the same time; pika is used by this thread
+        only."""
+        assert self.publisher is not None
+        in_flight: deque[_Batch] = deque()
+        recording: deque[Future[outbox.BatchResult]] = deque()
+        more = True
+        with ThreadPoolExecutor(1, thread_name_prefix="joblife-publication") as recorder:
+            try:
+                while in_flight or more:
+                    can_start = (
+                        more
+                        and len(in_flight) < PIPELINE_DEPTH
+                        and self.publisher.connected
+                        and not self.stop_event.is_set()
+                        and (not max_batches or report.batches + len(in_flight) < max_batches)
+                    )
+                    if can_start:
+                        batch = self._start_batch()
+                        if batch is None:
+                            more = False
+                        else:
+                            in_flight.append(batch)
+                            if len(in_flight) < PIPELINE_DEPTH:
+                                continue
+                    elif more:
+                        more = False  # the limit, a lost connection or a stop: finish
+                    if in_flight:
+                        batch = in_flight.popleft()
+                        deliveries = self.publisher.wait_confirmed(
+                            batch.sent, self.context.settings.amqp_confirm_timeout_seconds
+                        )
+                        recording.append(recorder.submit(self._record, batch, deliveries))
+                        report.batches += 1
+                    while recording and (len(recording) > 1 or recording[0].done()):
+                        result = recording.popleft().result()
+                        report.result.add(result)
+                        if result.nacked:
+                            more = False  # the broker refuses messages: not again this cycle
+                while recording:
+                    report.result.add(recording.popleft().result())
+            finally:
+                for batch in in_flight:  # only after an error: nothing of theirs is recorded
+                    batch.session.close()
+        if not self.publisher.connected:
+            report.error = f"broker connection lost: {self.publisher.last_error}"
+
+    def _start_batch(self) -> _Batch | None:
+        """Claim jobs, processed → start_publication, send their messages; the transaction
+        stays open (holding the jobs) until :meth:`_record` commits it."""
+        assert self.publisher is not None
+        session = self.context.session()
+        try:
+            limit = self.context.settings.publication_batch_size
+            jobs = outbox.claim(
+                session,
+                limit,
+                self.topology,
+                self.context.job_types,
+                jobs_limit=int(limit / self._messages_per_job),
+            )
+            if not jobs:
+                session.close()
+                return None
+            messages_found = sum(len(job.rows) for job in jobs)
+            if messages_found:  # how many jobs to lock next time for about `limit` messages
+                self._messages_per_job = messages_found / len(jobs)
+            outbox.start_publication(session, jobs)
+            session.flush()
+            messages = [
+                row.message
+                for job in jobs
+                if job.status is outbox.S.START_PUBLICATION
+                for row in job.rows
+            ]
+            sent = self.publisher.send(messages)
+        except BaseException:
+            session.close()
+            raise
+        return _Batch(session, jobs, sent)
+
+    def _record(self, batch: _Batch, deliveries: list[Delivery]) -> outbox.BatchResult:
+        """Record the broker's answers for the batch, move its jobs, commit (runs in the
+        recording thread; touches the database only)."""
+        with batch.session as session:
+            result = outbox.record(session, batch.jobs, deliveries, self.context.job_types)
+            session.commit()
+        if result.unconfirmed or result.returned or result.nacked:
+            log.warning("publication batch: %s", asdict(result))
+        return result
+
+    def _handle_feedback(self, report: PublicationReport) -> None:
+        assert self.publisher is not None
+        for message in self.publisher.take_feedback():
+            try:
+                message_id, error = parse_feedback(message.properties.correlation_id, message.body)
+            except MalformedFeedback as exc:
+                log.error("feedback message rejected: %s", exc)
+                self.publisher.settle(message, Settlement.REJECT)
+                continue
+            try:
+                with self.context.session() as session:
+                    settlement = apply_feedback(session, message_id, error)
+                    session.commit()
+            except (OperationalError, DBAPIError):
+                self.publisher.settle(message, Settlement.REQUEUE)
+                raise
+            self.publisher.settle(message, settlement)
+            report.feedback += 1
+
+    # -- the loop --------------------------------------------------------------------------
+    def run_forever(self, interval: float | None = None) -> None:
+        """Cycle until the stop event is set; an idle cycle waits ``interval`` seconds
+        (default ``loop_interval``) while serving the broker connection."""
+        interval = interval if interval is not None else self.context.settings.loop_interval
+        db_backoff = 1.0
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    report = self.run_cycle()
+                except (OperationalError, DBAPIError) as exc:
+                    if not isinstance(exc, OperationalError) and not exc.connection_invalidated:
+                        raise
+                    log.warning("database unavailable (%s): retrying in %.0f s", exc, db_backoff)
+                    self.context.engine.dispose()
+                    self.stop_event.wait(db_backoff)
+                    db_backoff = min(db_backoff * 2, MAX_DB_BACKOFF_SECONDS)
+                    continue
+                db_backoff = 1.0
+                if not report.busy:
+                    self.idle(interval)
+        finally:
+            self.close()
+
+    def idle(self, seconds: float) -> None:
+        """Wait up to ``seconds`` (less if a reconnection is due), serving the connection."""
+        if self.publisher is not None and self.publisher.connected:
+            self.publisher.wait(seconds)
+        else:
+            due = self._next_connect - time.monotonic()
+            self.stop_event.wait(max(0.0, min(seconds, due)) if self.enabled else seconds)
