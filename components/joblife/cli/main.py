@@ -8,14 +8,23 @@ from typing import Annotated
 import typer
 
 from joblife import __version__
-from joblife.cli import actions
+from joblife.cli import actions, ops_commands
 from joblife.cli.db_commands import db_app
 from joblife.cli.errors import JoblifeGroup
 from joblife.cli.jobs_commands import jobs_app
+from joblife.cli.nomad_commands import nomad_app
+from joblife.cli.publication_commands import (
+    publications_app,
+    publish,
+    republish_command,
+    timeliness,
+)
 from joblife.cli.service_commands import configure, create, dispatch, monitor, run
 from joblife.cli.state import CliState
 from joblife.cli.status_command import status
 from joblife.cli.worker_commands import worker_app
+from joblife.config import get_settings
+from joblife.logs import command_log_level, setup_logging
 
 app = typer.Typer(
     name="joblife",
@@ -27,6 +36,7 @@ app = typer.Typer(
 )
 app.add_typer(db_app)
 app.add_typer(jobs_app)
+app.add_typer(nomad_app)
 app.add_typer(worker_app)
 app.command("status")(status)
 for _service in (create, configure, dispatch, monitor, run):
@@ -34,6 +44,15 @@ for _service in (create, configure, dispatch, monitor, run):
 jobs_app.command("retry")(actions.retry)
 jobs_app.command("cancel")(actions.cancel)
 jobs_app.command("check")(actions.check)
+app.command("health")(ops_commands.health)
+app.add_typer(ops_commands.metrics_app)
+app.command("stats")(ops_commands.stats)
+app.command("cleanup")(ops_commands.cleanup)
+jobs_app.command("stale")(ops_commands.stale)
+app.add_typer(publications_app)
+app.command("publish")(publish)
+app.command("timeliness")(timeliness)
+jobs_app.command("republish")(republish_command)
 
 
 def _print_version(value: bool) -> None:
@@ -64,8 +83,8 @@ def root(
     state = CliState(debug=debug)
     ctx.obj = state
     ctx.call_on_close(state.close)
+    setup_logging(command_log_level(ctx.invoked_subcommand, debug, get_settings()))
     if debug:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         logging.getLogger("joblife").setLevel(logging.DEBUG)
 
 

@@ -13,6 +13,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from joblife.config import Settings, get_settings
+from joblife.logs import JobLogger
+from joblife.logs import job_logger as _job_logger
 from joblife.model import JobTemplate, load_job_types
 
 
@@ -72,6 +74,7 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def job_logger(name: str) -> logging.Logger:
-    """The logger of a life-cycle service."""
-    return logging.getLogger(f"joblife.{name}")
+def job_logger(name: str) -> JobLogger:
+    """The logger of a life-cycle service (``joblife.<name>``); ``log.job(job_id,
+    job_type=..., attempt=..., status=...)`` gives a line about a job its job fields."""
+    return _job_logger(f"joblife.{name}")

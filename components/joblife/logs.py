@@ -1,0 +1,232 @@
+"""Logging: one set-up for every joblife process, text or JSON lines, job fields, no secrets.
+
+- :func:`setup_logging` installs one handler on the root logger (replacing the one it
+  installed before): ``text`` lines for people, ``json`` lines (one object per line) for log
+  collectors, chosen by the ``log_format`` setting.
+- Lines about a job carry ``job_id``, ``job_type``, ``attempt`` and ``status``: pass them as
+  ``extra`` or log through :meth:`JobLogger.job`; a message that starts with ``"job %s"``
+  gets its ``job_id`` from the first argument; a worker process sets them once for every
+  line with ``context``.
+- Secrets are redacted from every line, exception text included: passwords in URLs
+  (``postgresql://u:***@h``, ``amqp://u:***@h``), ``password=``/``token=``-like pairs,
+  bearer tokens, and the configured secrets themselves (database and broker passwords, the
+  Nomad token, the S3 secret key) wherever they appear.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from collections.abc import Iterable, Mapping, MutableMapping
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from joblife.config import Settings, get_settings
+
+#: The fields of a line about a job, in the order they are shown.
+JOB_FIELDS = ("job_id", "job_type", "attempt", "status")
+#: Commands that run as services: they log at ``log_level``; one-shot commands log warnings.
+SERVICE_COMMANDS = frozenset({"run", "worker", "metrics"})
+REDACTED = "***"
+
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)[^@\s/]+(?=@)")
+_KEY_VALUE = re.compile(
+    r"(?P<key>\b(?:password|passwd|pwd|token|secret|secret_access_key|aws_secret_access_key|"
+    r"access_token|api_key|apikey|x-nomad-token)\b[\"']?\s*[=:]\s*[\"']?)[^\s\"'&,;}]+",
+    re.IGNORECASE,
+)
+_BEARER = re.compile(r"(?P<key>\b(?:bearer|basic)\s+)[A-Za-z0-9._~+/=\-]{8,}", re.IGNORECASE)
+_JOB_MESSAGE = re.compile(r"^jobs? %[sd]\b")
+_HANDLER_MARK = "_joblife_handler"
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` without passwords in URLs, secret-looking ``key=value`` pairs, bearer
+    tokens, or any of ``secrets`` (replaced by ``***``)."""
+    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    text = _URL_PASSWORD.sub(rf"\g<head>{REDACTED}", text)
+    text = _KEY_VALUE.sub(rf"\g<key>{REDACTED}", text)
+    return _BEARER.sub(rf"\g<key>{REDACTED}", text)
+
+
+def configured_secrets(settings: Settings) -> list[str]:
+    """The secret values the configuration holds (never to be logged)."""
+    from sqlalchemy.engine import make_url
+
+    secrets: list[str] = []
+    for url in (settings.database_url, settings.amqp_url):
+        if url is None:
+            continue
+        try:
+            password = make_url(url.get_secret_value()).password
+        except Exception:  # an unparsable URL: its password is found by the URL pattern
+            password = None
+        if password:
+            secrets.append(str(password))
+    for name in ("nomad_token", "s3_secret_access_key"):
+        value = getattr(settings, name, None)
+        if value is not None:
+            secrets.append(value.get_secret_value())
+    return secrets
+
+
+class JobFields(logging.Filter):
+    """Gives every record the job fields: from ``extra``, else from ``context`` (a worker's
+    job), else ``job_id`` from a message starting with ``"job %s"``; missing ones are None."""
+
+    def __init__(self, context: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        self.context = dict(context or {})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name in JOB_FIELDS:
+            if getattr(record, name, None) is None:
+                setattr(record, name, self.context.get(name))
+        if (
+            record.job_id is None  # type: ignore[attr-defined]
+            and isinstance(record.msg, str)
+            and _JOB_MESSAGE.match(record.msg)
+            and isinstance(record.args, tuple)
+            and record.args
+            and isinstance(record.args[0], int)
+        ):
+            record.job_id = record.args[0]  # type: ignore[attr-defined]
+        return True
+
+
+def _job_values(record: logging.LogRecord) -> dict[str, Any]:
+    values = {}
+    for name in JOB_FIELDS:
+        value = getattr(record, name, None)
+        if value is not None:
+            # Ids and attempts stay numbers; a status is shown by name (JobStatus is an int).
+            numeric = name in ("job_id", "attempt") and isinstance(value, int)
+            values[name] = int(value) if numeric else str(value)
+    return values
+
+
+class TextFormatter(logging.Formatter):
+    """``<time> <LEVEL> <logger> [job=.. type=.. attempt=.. status=..]: message``."""
+
+    _SHORT = {"job_id": "job", "job_type": "type"}
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s%(job_part)s: %(message)s")
+        self.secrets = list(secrets)
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = _job_values(record)
+        record.job_part = (
+            " [" + " ".join(f"{self._SHORT.get(k, k)}={v}" for k, v in fields.items()) + "]"
+            if fields
+            else ""
+        )
+        return redact(super().format(record), self.secrets)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC, ISO 8601), level, logger, message, the job
+    fields that are known, and the exception's traceback if any."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.secrets = list(secrets)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": redact(record.getMessage(), self.secrets),
+            **_job_values(record),
+        }
+        if record.exc_info:
+            line["exception"] = redact(self.formatException(record.exc_info), self.secrets)
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a line is written (test runners and
+    daemonisers replace it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
+
+
+def setup_logging(
+    level: int | str | None = None,
+    log_format: str | None = None,
+    *,
+    stream: TextIO | None = None,
+    context: Mapping[str, Any] | None = None,
+    settings: Settings | None = None,
+) -> logging.Handler:
+    """Install joblife's log handler on the root logger (replacing the previous one it
+    installed) and set the level; defaults from the ``log_level`` and ``log_format``
+    settings. ``context``: job fields for every line (a worker process's job)."""
+    settings = settings or get_settings()
+    fmt = (log_format or settings.log_format).lower()
+    secrets = configured_secrets(settings)
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
+    handler.setFormatter(JsonFormatter(secrets) if fmt == "json" else TextFormatter(secrets))
+    handler.addFilter(JobFields(context))
+    setattr(handler, _HANDLER_MARK, True)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level if level is not None else settings.log_level.upper())
+    return handler
+
+
+def command_log_level(command: str | None, debug: bool, settings: Settings) -> int | str:
+    """The root level of a ``joblife`` command: INFO with ``--debug`` (the caller sets
+    joblife's own loggers to DEBUG); ``log_level`` for the services; for one-shot commands
+    WARNING at least (their output is the answer)."""
+    if debug:
+        return logging.INFO
+    level = logging.getLevelName(settings.log_level.upper())
+    if command in SERVICE_COMMANDS or not isinstance(level, int):
+        return settings.log_level.upper()
+    return max(level, logging.WARNING)
+
+
+class JobLogger(logging.LoggerAdapter):
+    """A logger whose :meth:`job` gives lines about one job their job fields."""
+
+    def __init__(self, logger: logging.Logger, extra: Mapping[str, Any] | None = None) -> None:
+        super().__init__(logger, dict(extra or {}))
+
+    def job(
+        self,
+        job_id: int,
+        *,
+        job_type: str | None = None,
+        attempt: int | None = None,
+        status: Any = None,
+    ) -> JobLogger:
+        """The same logger, every line carrying these job fields."""
+        fields = {"job_id": job_id, "job_type": job_type, "attempt": attempt, "status": status}
+        return JobLogger(self.logger, {**(self.extra or {}), **fields})
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        kwargs["extra"] = {**(self.extra or {}), **(kwargs.get("extra") or {})}
+        return msg, kwargs
+
+
+def job_logger(name: str) -> JobLogger:
+    """The :class:`JobLogger` named ``name``."""
+    return JobLogger(logging.getLogger(name))
