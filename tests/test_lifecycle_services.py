@@ -698,7 +698,7 @@ def test_worker_behaviours(
         S.DONE,
     ]
     post = next(c for c in history if c.status == S.POST_PROCESSING)
-    assert post.details == {"return_code": 0}
+    assert post.details == {"return_code": 0, "attempt": 1}  # every worker change names it
     processed = next(c for c in history if c.status == S.PROCESSED)
     assert processed.details["return_code"] == 0
     assert processed.details["attempt"] == 1
@@ -1105,3 +1105,26 @@ def test_dispatch_skips_a_ready_job_locked_by_another_transaction(lc: Lifecycle,
     assert lc.job(ids[1]).attempt == 0
     report = lc.dispatch(executor)  # the next cycle takes it
     assert report.dispatched == 1 and executor.job_ids[-1] == ids[1]
+
+
+def test_monitor_leaves_publication_failures_to_the_operator(
+    make_lifecycle: Callable[..., Lifecycle],
+):
+    lc = make_lifecycle(retry_backoff_seconds=0)
+    at_publication, at_processing = lc.add_jobs({}, {})
+    executor = RecordingExecutor()
+    assert lc.dispatch(executor).dispatched == 2
+    with lc.session() as session:
+        set_job_status(
+            session,
+            at_publication,
+            S.EXTERNAL_ERROR,
+            message="unroutable",
+            details={"stage": "publication", "product": "mask"},
+        )
+        set_job_status(session, at_processing, S.EXTERNAL_ERROR, message="disk full")
+        session.commit()
+    report = lc.monitor_cycle(utc_now() + timedelta(seconds=1), executor)
+    assert (report.retried, report.exhausted) == (1, 0)
+    assert lc.status(at_processing) is S.READY
+    assert lc.status(at_publication) is S.EXTERNAL_ERROR

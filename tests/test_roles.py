@@ -370,3 +370,32 @@ def _exec_raw(conn: Connection, sql: str) -> None:
         cursor.execute(sql)
     finally:
         cursor.close()
+
+
+@pytest.mark.parametrize("publish", [False, True], ids=["no-publication", "outbox"])
+def test_the_real_worker_runs_under_the_worker_role(
+    session: Session,
+    engine: Engine,
+    admin_engine: Engine,
+    db_url: str,
+    tmp_path: Any,
+    publish: bool,
+) -> None:
+    from joblife.config import Settings
+    from joblife.jobtypes.test_job import TestJob
+    from joblife.lifecycle.creation import insert_jobs
+    from joblife.worker.runner import EXIT_DO_NOT_RELAUNCH, run_worker
+
+    insert_jobs(session, TestJob, [TestJob(input_product_id="W1", publish=publish)], S.INITIALIZED)
+    session.commit()
+    job_id = run(engine, "SELECT id FROM jobs WHERE input_product_id = 'W1'")[0][0]
+    move_to(session, [job_id], S.QUEUED)
+    run(engine, "UPDATE jobs SET attempt = 1 WHERE id = :id", id=job_id)
+    with login_as(admin_engine, db_url, "joblife_worker") as worker:
+        url = worker.url.render_as_string(hide_password=False)
+        settings = Settings(database_url=url, data_dir=tmp_path)
+        assert run_worker(job_id, 1, settings) == EXIT_DO_NOT_RELAUNCH
+    expected = S.PROCESSED if publish else S.DONE
+    assert status(engine, job_id) is expected
+    outbox = run(engine, "SELECT count(*) FROM publications WHERE job_id = :id", id=job_id)
+    assert outbox[0][0] == (1 if publish else 0)

@@ -19,6 +19,7 @@ from joblife.lifecycle.creation import create_jobs
 from joblife.lifecycle.dispatch import dispatch_jobs
 from joblife.lifecycle.monitor import Monitor
 from joblife.lifecycle.orchestrator import SERVICES, Orchestrator
+from joblife.ops.metrics import start_metrics_server
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
@@ -68,10 +69,8 @@ def run(
     ] = ",".join(SERVICES),
     as_json: JsonOption = False,
 ) -> None:
-    """Run the life-cycle services in this process until SIGTERM or SIGINT."""
-    logging.basicConfig(
-        level=get_settings().log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    """Run the life-cycle services in this process until SIGTERM or SIGINT. With
+    ``metrics_port`` set, also serves the Prometheus metrics (not with ``--once``)."""
     stop = threading.Event()
     orchestrator = Orchestrator(
         _context(ctx),
@@ -97,4 +96,16 @@ def run(
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    orchestrator.run_forever(interval)
+    settings = get_settings()
+    metrics = (
+        start_metrics_server(
+            get_state(ctx).engine(), settings.metrics_port, settings.metrics_address
+        )
+        if settings.metrics_port is not None
+        else None
+    )
+    try:
+        orchestrator.run_forever(interval)
+    finally:
+        if metrics is not None:
+            metrics.stop()

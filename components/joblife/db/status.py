@@ -52,6 +52,15 @@ _SET_JOB_STATUS = text(
 )
 
 
+_WORKER_SET_JOB_STATUS = text(
+    "SELECT * FROM worker_set_job_status(:job_id, :attempt, :new_status, :expected, "
+    ":message, :details)"
+).bindparams(
+    bindparam("expected", type_=ARRAY(Text)),
+    bindparam("details", type_=JSONB),
+)
+
+
 _OPERATOR_CALLS = {
     name: text(f"SELECT * FROM {name}(:ids, :message)").bindparams(
         bindparam("ids", type_=ARRAY(BigInteger))
@@ -164,6 +173,33 @@ def set_job_status(
         _SET_JOB_STATUS,
         {
             "ids": _ids(job_ids),
+            "new_status": _name(new_status),
+            "expected": _names(expected),
+            "message": message,
+            "details": details,
+        },
+    )
+
+
+def worker_set_job_status(
+    executor: Session | Connection,
+    job_id: int,
+    attempt: int,
+    new_status: JobStatus | str,
+    expected: Iterable[JobStatus | str] | JobStatus | str | None = None,
+    message: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> list[StatusChange]:
+    """A worker's status change of its own job, through ``worker_set_job_status`` (the one
+    function the ``joblife_worker`` role may call): only the worker's transitions
+    (queued → started → … → processed → done, or an error from a running status), only on
+    the job's current ``attempt``; otherwise as :func:`set_job_status`."""
+    return _run(
+        executor,
+        _WORKER_SET_JOB_STATUS,
+        {
+            "job_id": job_id,
+            "attempt": attempt,
             "new_status": _name(new_status),
             "expected": _names(expected),
             "message": message,

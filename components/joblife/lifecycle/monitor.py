@@ -30,6 +30,7 @@ from joblife.lifecycle.common import ServiceContext, job_logger, utc_now
 from joblife.lifecycle.dispatch import record_references, start_execution
 from joblife.model import Job, JobStatus, JobStatusChange
 from joblife.model.status import IN_FLIGHT_STATUSES
+from joblife.publication.outbox import STAGE as PUBLICATION_STAGE
 
 log = job_logger("monitor")
 S = JobStatus
@@ -181,9 +182,24 @@ class Monitor:
             settings.retry_backoff_seconds * func.power(2, func.greatest(Job.attempt, 1) - 1),
         )
         due = Job.status_changed_at <= now - func.make_interval(0, 0, 0, 0, 0, 0, backoff)
+        # A job that failed at publication (unroutable, reported failed by a consumer) has
+        # its product: processing it again would not help. It waits for an operator
+        # (`joblife jobs republish`, or retry to reprocess on purpose).
+        last_change_details = (
+            select(JobStatusChange.details)
+            .where(JobStatusChange.job_id == Job.id)
+            .order_by(JobStatusChange.id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        failed_at_publication = last_change_details.contains(PUBLICATION_STAGE)
         rows = session.execute(
             select(Job.id, Job.attempt, Job.max_attempts)
-            .where(Job.status_id == S.EXTERNAL_ERROR, or_(Job.attempt >= Job.max_attempts, due))
+            .where(
+                Job.status_id == S.EXTERNAL_ERROR,
+                or_(Job.attempt >= Job.max_attempts, due),
+                ~func.coalesce(failed_at_publication, False),
+            )
             .order_by(Job.status_changed_at)
             .limit(settings.batch_size)
             .with_for_update(skip_locked=True)

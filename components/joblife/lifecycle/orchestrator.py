@@ -25,6 +25,7 @@ from joblife.lifecycle.configuration import configure_jobs
 from joblife.lifecycle.creation import create_jobs
 from joblife.lifecycle.dispatch import dispatch_jobs
 from joblife.lifecycle.monitor import Monitor
+from joblife.ops.metrics import record_cycle
 from joblife.publication.relay import PublicationService
 
 log = job_logger("orchestrator")
@@ -81,12 +82,15 @@ class Orchestrator:
                 break
             try:
                 result = self._steps[name]()
-            except OperationalError:
+            except OperationalError as exc:
+                record_cycle(name, exc)
                 raise
             except Exception as exc:
+                record_cycle(name, exc)
                 log.exception("%s cycle failed", name)
                 report.errors[name] = f"{type(exc).__name__}: {exc}"
                 continue
+            record_cycle(name)
             report.results[name] = result
             report.busy = report.busy or _did_work(name, result)
         return report

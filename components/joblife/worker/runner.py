@@ -38,8 +38,9 @@ from sqlalchemy.orm import Session
 
 from joblife.config import Settings, get_settings
 from joblife.db.engine import create_joblife_engine
-from joblife.db.status import set_job_status
+from joblife.db.status import worker_set_job_status
 from joblife.errors import ExternalJobError, StatusConflict, StatusError
+from joblife.logs import setup_logging
 from joblife.model import Job, JobStatus, JobTemplate, Publication, load_job_types
 from joblife.model.status import IN_FLIGHT_STATUSES
 from joblife.worker.context import WorkerContext, work_root
@@ -71,11 +72,7 @@ def _terminate(signum: int, frame: Any) -> None:
 def run_worker_process(job_id: int, attempt: int | None) -> int:
     """Entry point of a worker process: configure logging, run, return the exit code."""
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.log_level,
-        format=f"%(asctime)s %(levelname)s job={job_id} attempt={attempt} %(name)s: %(message)s",
-        force=True,
-    )
+    setup_logging(settings=settings, context={"job_id": job_id, "attempt": attempt})
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return run_worker(job_id, attempt, settings)
@@ -149,9 +146,10 @@ class _Attempt:
                 self.attempt,
             )
             return False
-        set_job_status(
+        worker_set_job_status(
             session,
             self.job_id,
+            self.attempt,
             S.STARTED,
             expected=S.QUEUED,
             message=f"attempt {self.attempt} started",
@@ -221,7 +219,9 @@ class _Attempt:
         expected: JobStatus,
         details: dict[str, Any] | None = None,
     ) -> None:
-        set_job_status(session, self.job_id, status, expected=expected, details=details)
+        worker_set_job_status(
+            session, self.job_id, self.attempt, status, expected=expected, details=details
+        )
         session.commit()
         # Load every column (the type's own included) and end the transaction: a hook
         # reading an attribute must not open a transaction that stays idle while it runs.
@@ -244,16 +244,22 @@ class _Attempt:
             "product": produced,
             **self._figures(),
         }
-        set_job_status(
-            session, self.job_id, S.PROCESSED, expected=S.POST_PROCESSING, details=details
+        worker_set_job_status(
+            session,
+            self.job_id,
+            self.attempt,
+            S.PROCESSED,
+            expected=S.POST_PROCESSING,
+            details=details,
         )
         messages = job.get_products_publication_jsons() if produced else []
         if messages:
             self._write_outbox(session, job, messages)  # the publication service takes over
         else:
-            set_job_status(
+            worker_set_job_status(
                 session,
                 self.job_id,
+                self.attempt,
                 S.DONE,
                 expected=S.PROCESSED,
                 message="nothing to publish" if produced else "no product",
@@ -288,9 +294,10 @@ class _Attempt:
             "traceback": traceback.format_exception(error)[-5:],
         }
         try:
-            set_job_status(
+            worker_set_job_status(
                 session,
                 self.job_id,
+                self.attempt,
                 status,
                 expected=IN_FLIGHT_STATUSES - {S.QUEUED},
                 message=message,
