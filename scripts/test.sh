@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
+bash scripts/system-packages.sh
 eval "$(bash scripts/services.sh)"
 .venv/bin/ruff check .
 .venv/bin/python -m pytest "$@"

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the test suite uses besides Python's, when they are missing
+# and this machine can (root with apt-get): hdf5-tools (the HDF Group's h5repack, used by
+# the h5repack chain's tool path). The container engine has its own script
+# (container-engine.sh). Elsewhere it only says what is missing; the tests that need it
+# then skip on a laptop and fail in CI.
+set -uo pipefail
+
+missing=()
+command -v h5repack >/dev/null 2>&1 || missing+=(hdf5-tools)
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+  echo "system-packages: missing ${missing[*]} (install them with your package manager)" >&2
+  exit 0
+fi
+echo "system-packages: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq >&2 || true
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 \
+  || echo "system-packages: apt-get install ${missing[*]} failed" >&2
