@@ -12,12 +12,12 @@ from joblife.errors import ConfigurationError, ExternalJobError
 from joblife.storage import (
     FileStorage,
     ObjectNotFound,
-    S3Storage,
     Storage,
     StorageError,
     Transfer,
     open_storage,
 )
+from joblife.storage.s3 import S3Storage
 
 from tests.support.s3 import TEST_CREDENTIALS, S3Bucket
 

@@ -1,7 +1,8 @@
 """Storage: one interface (:class:`Storage`), a backend per URL scheme.
 
-``JOBLIFE_STORAGE_URL`` chooses it: ``s3://bucket/prefix`` (:class:`S3Storage`) or
-``file:///path`` (:class:`FileStorage`); unset, ``<data_dir>/storage`` on the local disk.
+``JOBLIFE_STORAGE_URL`` chooses it: ``s3://bucket/prefix``
+(:class:`~joblife.storage.s3.S3Storage`, imported only when used) or ``file:///path``
+(:class:`FileStorage`); unset, ``<data_dir>/storage`` on the local disk.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from joblife.storage.local import FileStorage
 __all__ = [
     "FileStorage",
     "ObjectNotFound",
-    "S3Storage",
     "Storage",
     "StorageError",
     "StoredObject",

@@ -1,0 +1,312 @@
+"""The Nomad executor: each attempt is one dispatched child of the job type's
+parameterized batch job (see :mod:`joblife.nomad.specs`), through python-nomad.
+
+- **dispatch**: ``POST /v1/job/<parent>/dispatch?idempotency_token=<job>-<attempt>`` with
+  meta ``job_id``/``attempt`` and an ``IdPrefixTemplate`` naming the job, so the child is
+  ``<parent>/dispatch-job<id>-a<attempt>-<unix>-<8 hex>``. Nomad reads the token only from
+  the query string (python-nomad's own ``idempotency_token`` argument puts it in the body,
+  where Nomad ignores it); a repeated token returns the existing child and starts nothing.
+  Dispatches are spaced to ``nomad_dispatch_rate`` per second; the caps on jobs in flight
+  are the dispatch service's (Nomad has none per parameterized job).
+- **status**: one ``GET /v1/jobs?prefix=<parent>/dispatch-`` per parent job lists every
+  child with its status; only the children that ended (``dead``) cost one more request,
+  ``/v1/job/<child>/allocations``, for the newest allocation's client status and the exit
+  code of its ``Terminated`` event. A child missing from the list was garbage-collected:
+  confirmed by a 404 it is reported LOST, never a success, and the monitor's
+  compare-and-set on the status it saw decides from the database (a worker that recorded
+  its outcome wins).
+- **stop**: ``DELETE /v1/job/<child>`` (a child already gone is no error).
+- **Nomad unreachable** (no answer, or a proxy's 502/503/504 after the retries): dispatch
+  fails fast with the reason, :meth:`capacity` is 0 so the dispatch service leaves ready
+  jobs ready, and Nomad is probed again every ``nomad_unavailable_retry_seconds``;
+  children it cannot inspect are left out of :meth:`status` (unknown, so nothing is
+  decided about them).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from nomad.api.exceptions import BaseNomadException
+
+import nomad
+from joblife.config import Settings
+from joblife.errors import ExecutorError
+from joblife.executors.base import ExecutionRequest, ExecutionState, ExecutionStatus
+from joblife.executors.local import describe_exit
+from joblife.nomad.client import describe, http_status, is_unreachable, nomad_client
+
+log = logging.getLogger(__name__)
+
+#: Nomad's separator between a parameterized job's id and its dispatched child's suffix.
+DISPATCH_SEPARATOR = "/dispatch-"
+
+
+class NomadExecutor:
+    """Runs attempts as dispatched Nomad jobs; see the module docstring."""
+
+    name = "nomad"
+
+    def __init__(
+        self,
+        client: nomad.Nomad,
+        *,
+        address: str,
+        dispatch_rate: float = 0.0,
+        unavailable_retry_seconds: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.address = address
+        self.unavailable_retry_seconds = unavailable_retry_seconds
+        self._clock = clock
+        self._pacer = _Pacer(dispatch_rate, clock)
+        self._lock = threading.Lock()
+        self._down_reason: str | None = None
+        self._retry_at = 0.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> NomadExecutor:
+        return cls(
+            nomad_client(settings),
+            address=str(settings.nomad_addr),
+            dispatch_rate=settings.nomad_dispatch_rate,
+            unavailable_retry_seconds=settings.nomad_unavailable_retry_seconds,
+        )
+
+    # -- the Executor interface ---------------------------------------------------------------
+    def capacity(self, flavor: str) -> int | None:
+        """No limit of Nomad's own, except 0 while Nomad does not answer: ready jobs then
+        stay ready instead of failing their dispatch."""
+        return None if self.available() else 0
+
+    def dispatch(self, request: ExecutionRequest, token: str) -> str:
+        if not self.available():
+            raise ExecutorError(self._down_message())
+        parent = request.nomad_job_name
+        if not parent:
+            raise ExecutorError(
+                f"job type {request.job_type!r} names no Nomad job (NOMAD_JOB_NAME)"
+            )
+        body = {
+            "Meta": {"job_id": str(request.job_id), "attempt": str(request.attempt)},
+            "IdPrefixTemplate": f"job{request.job_id}-a{request.attempt}",
+        }
+        self._pacer.wait()
+        try:
+            answer = self._call(
+                lambda: self.client.job.request(
+                    parent,
+                    "dispatch",
+                    method="post",
+                    params={"idempotency_token": token},
+                    json=body,
+                ).json()
+            )
+        except BaseNomadException as exc:
+            if is_unreachable(exc):
+                raise ExecutorError(self._down_message()) from exc
+            raise ExecutorError(
+                f"Nomad refused the dispatch of job {request.job_id} attempt "
+                f"{request.attempt} to {parent!r}: {describe(exc)}"
+            ) from exc
+        child = answer.get("DispatchedJobID") if isinstance(answer, dict) else None
+        if not child:
+            raise ExecutorError(f"Nomad's dispatch answer names no DispatchedJobID: {answer!r}")
+        return str(child)
+
+    def status(self, references: Iterable[str]) -> dict[str, ExecutionStatus]:
+        result: dict[str, ExecutionStatus] = {}
+        by_parent: dict[str, list[str]] = {}
+        for reference in references:
+            parent, separator, _ = reference.partition(DISPATCH_SEPARATOR)
+            if not separator or not parent:
+                result[reference] = ExecutionStatus(
+                    reference,
+                    ExecutionState.LOST,
+                    reason=f"{reference!r} is not a dispatched Nomad job id",
+                )
+                continue
+            by_parent.setdefault(parent, []).append(reference)
+        if by_parent and not self.available():
+            return result  # unknown: nothing is decided while Nomad does not answer
+        for parent, group in by_parent.items():
+            try:
+                stubs = self._call(
+                    lambda p=parent: self.client.jobs.get_jobs(prefix=p + DISPATCH_SEPARATOR)
+                )
+            except BaseNomadException as exc:
+                log.warning("cannot list the children of Nomad job %s: %s", parent, describe(exc))
+                continue
+            listed = {stub["ID"]: stub for stub in stubs}
+            for reference in group:
+                status = self._child_status(reference, listed.get(reference))
+                if status is not None:
+                    result[reference] = status
+        return result
+
+    def stop(self, reference: str) -> None:
+        try:
+            self._call(lambda: self.client.job.deregister_job(reference))
+        except BaseNomadException as exc:
+            if http_status(exc) == 404:
+                return  # already garbage-collected: nothing runs
+            raise ExecutorError(f"could not stop Nomad job {reference}: {describe(exc)}") from exc
+
+    # -- availability ---------------------------------------------------------------------------
+    def available(self) -> bool:
+        """Whether Nomad is believed to answer; once the retry delay has passed after a
+        failure, one cheap request (the cluster leader) tells."""
+        with self._lock:
+            if self._down_reason is None:
+                return True
+            if self._clock() < self._retry_at:
+                return False
+        try:
+            self._call(lambda: self.client.status.leader.get_leader())
+        except BaseNomadException:
+            return False
+        return True
+
+    def _call(self, request: Callable[[], Any]) -> Any:
+        """Run one python-nomad request, keeping track of whether Nomad answers."""
+        try:
+            answer = request()
+        except BaseNomadException as exc:
+            if is_unreachable(exc):
+                self._mark_down(describe(exc))
+            else:
+                self._mark_up()
+            raise
+        self._mark_up()
+        return answer
+
+    def _mark_down(self, reason: str) -> None:
+        with self._lock:
+            if self._down_reason is None:
+                log.warning(
+                    "Nomad at %s does not answer (%s): dispatch paused, checking again every "
+                    "%.0f s",
+                    self.address,
+                    reason,
+                    self.unavailable_retry_seconds,
+                )
+            self._down_reason = reason
+            self._retry_at = self._clock() + self.unavailable_retry_seconds
+
+    def _mark_up(self) -> None:
+        with self._lock:
+            if self._down_reason is not None:
+                log.warning("Nomad at %s answers again: dispatch resumes", self.address)
+            self._down_reason = None
+
+    def _down_message(self) -> str:
+        return f"Nomad at {self.address} does not answer ({self._down_reason}); the job waits"
+
+    # -- one child -----------------------------------------------------------------------------
+    def _child_status(self, reference: str, stub: dict | None) -> ExecutionStatus | None:
+        """The child's state from its list entry; None when it cannot be known now."""
+        try:
+            if stub is None:
+                # Not listed: garbage-collected (or dispatched after the list was read).
+                stub = self._call(lambda: self.client.job.get_job(reference))
+            status = stub.get("Status")
+            if status == "running":
+                return ExecutionStatus(reference, ExecutionState.RUNNING)
+            if status != "dead":
+                return ExecutionStatus(reference, ExecutionState.PENDING)
+            allocations = self._call(lambda: self.client.job.get_allocations(reference))
+        except BaseNomadException as exc:
+            if http_status(exc) == 404:
+                return ExecutionStatus(
+                    reference,
+                    ExecutionState.LOST,
+                    reason=f"Nomad job {reference} was garbage-collected before its outcome "
+                    "was seen (no exit status: not a success)",
+                )
+            log.warning("cannot inspect Nomad job %s: %s", reference, describe(exc))
+            return None
+        return execution_from_allocations(reference, allocations, stopped=bool(stub.get("Stop")))
+
+
+def execution_from_allocations(
+    reference: str, allocations: list[dict[str, Any]], stopped: bool = False
+) -> ExecutionStatus:
+    """The state of a dispatched child that Nomad reports ``dead``, from its newest
+    allocation: the client status, and the exit code of the task's ``Terminated`` event."""
+    if not allocations:
+        what = "stopped" if stopped else "ended"
+        return ExecutionStatus(
+            reference, ExecutionState.LOST, reason=f"Nomad job {reference} {what} unplaced"
+        )
+    allocation = max(allocations, key=lambda a: (a.get("CreateIndex", 0), a.get("CreateTime", 0)))
+    where = (
+        f"allocation {str(allocation.get('ID', '?'))[:8]} on {allocation.get('NodeName') or '?'}"
+    )
+    client_status = allocation.get("ClientStatus")
+    if client_status in ("pending", "running", "unknown"):
+        # "unknown": the client is disconnected, the task may well still run.
+        state = ExecutionState.PENDING if client_status == "pending" else ExecutionState.RUNNING
+        return ExecutionStatus(reference, state)
+    if client_status == "lost":
+        description = allocation.get("ClientDescription") or "its node stopped answering"
+        return ExecutionStatus(
+            reference, ExecutionState.LOST, reason=f"{where} lost: {description}"
+        )
+    events = [
+        e
+        for task in (allocation.get("TaskStates") or {}).values()
+        for e in task.get("Events") or []
+    ]
+    exit_code = _exit_code(events)
+    if exit_code is not None:
+        reason = f"{describe_exit(exit_code)} ({where}{', stopped' if stopped else ''})"
+        return ExecutionStatus(reference, ExecutionState.EXITED, exit_code, reason)
+    last = events[-1] if events else {}
+    message = (
+        last.get("DisplayMessage") or last.get("Message") or allocation.get("ClientDescription")
+    )
+    detail = f"{last.get('Type')}: {message}" if last.get("Type") else (message or client_status)
+    return ExecutionStatus(
+        reference,
+        ExecutionState.LOST,
+        reason=f"{where} {client_status} without an exit status ({detail})",
+    )
+
+
+def _exit_code(events: list[dict[str, Any]]) -> int | None:
+    """The exit code of the last ``Terminated`` event (Details hold it as a string)."""
+    for event in reversed(events):
+        if event.get("Type") != "Terminated":
+            continue
+        details = event.get("Details") or {}
+        value = details.get("exit_code", event.get("ExitCode"))
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+class _Pacer:
+    """Spaces calls to at most ``rate`` per second (0: no limit), across threads."""
+
+    def __init__(self, rate: float, clock: Callable[[], float]) -> None:
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self._clock = clock
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        if not self.interval:
+            return
+        with self._lock:
+            now = self._clock()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        if start > now:
+            time.sleep(start - now)

@@ -1,0 +1,23 @@
+# Rendered by `joblife nomad render` from joblife's settings, job types and flavor
+# catalogue. Change those and render again rather than editing this file.
+
+client {
+  enabled    = true
+  node_class = "extra_small"
+  meta = {
+    joblife_flavor = "extra_small"
+  }
+}
+
+plugin "docker" {
+  config {
+    volumes {
+      enabled = true
+    }
+
+    gc {
+      image       = true
+      image_delay = "1h"
+    }
+  }
+}

@@ -1,0 +1,23 @@
+# Rendered by `joblife nomad render` from joblife's settings, job types and flavor
+# catalogue. Change those and render again rather than editing this file.
+
+client {
+  enabled    = true
+  node_class = "medium"
+  meta = {
+    joblife_flavor = "medium"
+  }
+}
+
+plugin "docker" {
+  config {
+    volumes {
+      enabled = true
+    }
+
+    gc {
+      image       = true
+      image_delay = "1h"
+    }
+  }
+}

@@ -1,0 +1,55 @@
+# Rendered by `joblife nomad render` from joblife's settings, job types and flavor
+# catalogue. Change those and render again rather than editing this file.
+
+job "joblife-monitor" {
+  type        = "batch"
+  datacenters = ["*"]
+
+  periodic {
+    crons            = ["* * * * *"]
+    prohibit_overlap = true
+    time_zone        = "UTC"
+  }
+
+  group "monitor" {
+    count = 1
+
+    restart {
+      attempts = 0
+      mode     = "fail"
+    }
+
+    reschedule {
+      attempts  = 0
+      unlimited = false
+    }
+
+    task "monitor" {
+      driver = "docker"
+
+      config {
+        image   = "joblife/worker:latest"
+        command = "joblife"
+        args    = ["run", "--once", "--services", "monitor"]
+      }
+
+      template {
+        data        = <<-EOT
+          {{- with nomadVar "nomad/jobs/joblife" -}}
+          {{- range $key, $value := . }}
+          JOBLIFE_{{ $key | toUpper }}={{ $value }}
+          {{- end }}
+          {{- end }}
+          EOT
+        destination = "${NOMAD_SECRETS_DIR}/joblife.env"
+        env         = true
+        change_mode = "restart"
+      }
+
+      resources {
+        cpu    = 500
+        memory = 512
+      }
+    }
+  }
+}

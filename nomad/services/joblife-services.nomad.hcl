@@ -1,0 +1,49 @@
+# Rendered by `joblife nomad render` from joblife's settings, job types and flavor
+# catalogue. Change those and render again rather than editing this file.
+
+job "joblife-services" {
+  type        = "service"
+  datacenters = ["*"]
+
+  group "run" {
+    count = 2
+
+    restart {
+      attempts = 10
+      interval = "30m"
+      delay    = "15s"
+      mode     = "delay"
+    }
+
+    task "run" {
+      driver = "docker"
+
+      config {
+        image   = "joblife/worker:latest"
+        command = "joblife"
+        args    = ["run"]
+      }
+
+      template {
+        data        = <<-EOT
+          {{- with nomadVar "nomad/jobs/joblife" -}}
+          {{- range $key, $value := . }}
+          JOBLIFE_{{ $key | toUpper }}={{ $value }}
+          {{- end }}
+          {{- end }}
+          EOT
+        destination = "${NOMAD_SECRETS_DIR}/joblife.env"
+        env         = true
+        change_mode = "restart"
+      }
+
+      kill_signal  = "SIGTERM"
+      kill_timeout = "30s"
+
+      resources {
+        cpu    = 500
+        memory = 512
+      }
+    }
+  }
+}
