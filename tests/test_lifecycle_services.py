@@ -1128,3 +1128,13 @@ def test_monitor_leaves_publication_failures_to_the_operator(
     assert (report.retried, report.exhausted) == (1, 0)
     assert lc.status(at_processing) is S.READY
     assert lc.status(at_publication) is S.EXTERNAL_ERROR
+
+
+def test_monitor_counts_executions_the_executor_cannot_answer_for(lc: Lifecycle):
+    ids = lc.add_jobs({}, {})
+    executor = RecordingExecutor()
+    assert lc.dispatch(executor).dispatched == 2
+    executor.status = lambda references: {}  # e.g. Nomad unreachable
+    report = lc.monitor_cycle(executor=executor)
+    assert (report.checked, report.unknown, report.ended) == (2, 2, 0)
+    assert [lc.status(i) for i in ids] == [S.QUEUED, S.QUEUED]

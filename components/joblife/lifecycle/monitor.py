@@ -42,6 +42,9 @@ class MonitorReport:
     """What one monitor cycle did."""
 
     checked: int = 0
+    #: In-flight executions the executor gave no answer about (e.g. Nomad unreachable):
+    #: left as they are, checked again next cycle.
+    unknown: int = 0
     ended: int = 0
     stale: int = 0
     redispatched: int = 0
@@ -89,9 +92,19 @@ class Monitor:
             return
         report.checked = len(rows)
         statuses = self.executor.status([r.nomad_job_id for r in rows])
+        if len(statuses) < len(rows):
+            log.warning(
+                "%s gave no status for %d of %d executions: checked again next cycle",
+                self.executor.name,
+                len(rows) - len(statuses),
+                len(rows),
+            )
         for row in rows:
             execution = statuses.get(row.nomad_job_id)
-            if execution is None or not execution.ended:
+            if execution is None:
+                report.unknown += 1
+                continue
+            if not execution.ended:
                 continue
             seen = JobStatus(row.status_id)
             what = "vanished" if execution.state is ExecutionState.LOST else "ended"
