@@ -28,7 +28,7 @@ from joblife.config import Settings, get_settings
 #: The fields of a line about a job, in the order they are shown.
 JOB_FIELDS = ("job_id", "job_type", "attempt", "status")
 #: Commands that run as services: they log at ``log_level``; one-shot commands log warnings.
-SERVICE_COMMANDS = frozenset({"run", "worker", "metrics"})
+SERVICE_COMMANDS = frozenset({"run", "worker", "metrics", "publish"})
 REDACTED = "***"
 
 _URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)[^@\s/]+(?=@)")

@@ -50,9 +50,6 @@ def publish(
             "no broker configured (JOBLIFE_AMQP_URL): the messages stay in the outbox "
             "(`joblife publications list`)"
         )
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     stop = threading.Event()
     service = PublicationService(ServiceContext(get_state(ctx).engine(), settings), stop_event=stop)
     if once:

@@ -20,9 +20,10 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session
 
+from joblife.config import Settings
 from joblife.db.status import set_job_status
 from joblife.errors import StatusError
 from joblife.executors.base import ExecutionState, Executor
@@ -190,29 +191,9 @@ class Monitor:
     # -- 4. retries ----------------------------------------------------------------------------
     def _retry(self, session: Session, now: datetime, report: MonitorReport) -> None:
         settings = self.context.settings
-        backoff = func.least(
-            settings.retry_backoff_max_seconds,
-            settings.retry_backoff_seconds * func.power(2, func.greatest(Job.attempt, 1) - 1),
-        )
-        due = Job.status_changed_at <= now - func.make_interval(0, 0, 0, 0, 0, 0, backoff)
-        # A job that failed at publication (unroutable, reported failed by a consumer) has
-        # its product: processing it again would not help. It waits for an operator
-        # (`joblife jobs republish`, or retry to reprocess on purpose).
-        last_change_details = (
-            select(JobStatusChange.details)
-            .where(JobStatusChange.job_id == Job.id)
-            .order_by(JobStatusChange.id.desc())
-            .limit(1)
-            .scalar_subquery()
-        )
-        failed_at_publication = last_change_details.contains(PUBLICATION_STAGE)
         rows = session.execute(
             select(Job.id, Job.attempt, Job.max_attempts)
-            .where(
-                Job.status_id == S.EXTERNAL_ERROR,
-                or_(Job.attempt >= Job.max_attempts, due),
-                ~func.coalesce(failed_at_publication, False),
-            )
+            .where(*retry_conditions(settings, now))
             .order_by(Job.status_changed_at)
             .limit(settings.batch_size)
             .with_for_update(skip_locked=True)
@@ -260,3 +241,31 @@ class Monitor:
             return False
         log.warning("job %s: %s", job_id, message)
         return True
+
+
+def retry_conditions(settings: Settings, now: datetime) -> list[ColumnElement[bool]]:
+    """The jobs the monitor's retry step takes at ``now``: ``external_error`` jobs out of
+    attempts (failed for good) or past their backoff (``retry_backoff_seconds`` doubling
+    per attempt, at most ``retry_backoff_max_seconds``; retried), except those that failed
+    at publication. Also what ``joblife jobs stale`` reports."""
+    backoff = func.least(
+        settings.retry_backoff_max_seconds,
+        settings.retry_backoff_seconds * func.power(2, func.greatest(Job.attempt, 1) - 1),
+    )
+    due = Job.status_changed_at <= now - func.make_interval(0, 0, 0, 0, 0, 0, backoff)
+    # A job that failed at publication (unroutable, reported failed by a consumer) has its
+    # product: processing it again would not help. It waits for an operator (`joblife jobs
+    # republish`, or a retry to reprocess on purpose).
+    last_change_details = (
+        select(JobStatusChange.details)
+        .where(JobStatusChange.job_id == Job.id)
+        .order_by(JobStatusChange.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    failed_at_publication = last_change_details.contains(PUBLICATION_STAGE)
+    return [
+        Job.status_id == S.EXTERNAL_ERROR,
+        or_(Job.attempt >= Job.max_attempts, due),
+        ~func.coalesce(failed_at_publication, False),
+    ]

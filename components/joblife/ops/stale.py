@@ -27,10 +27,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from joblife.config import Settings
+from joblife.lifecycle.monitor import retry_conditions
 from joblife.model import Job, JobStatus, JobTemplate
 from joblife.model.status import IN_FLIGHT_STATUSES
 
@@ -176,18 +177,7 @@ def _lost_dispatches(session: Session, settings: Settings, now: datetime, limit:
 
 
 def _retries_due(session: Session, settings: Settings, now: datetime, limit: int) -> list:
-    # The monitor's condition: out of attempts, or the backoff of the attempt has passed.
-    backoff = func.least(
-        settings.retry_backoff_max_seconds,
-        settings.retry_backoff_seconds * func.power(2, func.greatest(Job.attempt, 1) - 1),
-    )
-    due = Job.status_changed_at <= now - func.make_interval(0, 0, 0, 0, 0, 0, backoff)
-    rows = _rows(
-        session,
-        Job.status_id == S.EXTERNAL_ERROR,
-        or_(Job.attempt >= Job.max_attempts, due),
-        limit=limit,
-    )
+    rows = _rows(session, *retry_conditions(settings, now), limit=limit)
     result = []
     for row in rows:
         if row.attempt >= row.max_attempts:
