@@ -72,6 +72,14 @@ class StatusWriteRefused(StatusError):
     """A write of ``jobs.status`` or of the history outside the one door."""
 
 
+class RepublishRefused(StatusError):
+    """An operator asked to republish a job that cannot be republished (said why)."""
+
+    def __init__(self, message: str, job_id: int | None) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
 class JobFailure(JoblifeError):
     """A job's processing failed. Raised by job-type hooks to say which kind of failure."""
 

@@ -24,6 +24,7 @@ from sqlalchemy.types import BigInteger, Text
 from joblife.errors import (
     InvalidTransition,
     JobNotFound,
+    RepublishRefused,
     StatusConflict,
     StatusError,
     StatusWriteRefused,
@@ -65,7 +66,7 @@ _OPERATOR_CALLS = {
     name: text(f"SELECT * FROM {name}(:ids, :message)").bindparams(
         bindparam("ids", type_=ARRAY(BigInteger))
     )
-    for name in ("acknowledge_jobs", "cancel_jobs", "retry_jobs")
+    for name in ("acknowledge_jobs", "cancel_jobs", "retry_jobs", "republish_jobs")
 }
 
 
@@ -99,6 +100,8 @@ def translate_status_error(error: DBAPIError) -> StatusError | None:
         )
     if code == "JL004":
         return JobNotFound(message, detail.get("job_ids") or [])
+    if code == "JL060":
+        return RepublishRefused(message, detail.get("job_id"))
     return StatusWriteRefused(message)
 
 
@@ -228,6 +231,15 @@ def retry_jobs(
     """external_error | error_checked (and internal_error, acknowledged on the way) → ready;
     a job out of attempts gets one more."""
     return _operator(executor, "retry_jobs", job_ids, message)
+
+
+def republish_jobs(
+    executor: Session | Connection, job_ids: int | Iterable[int], message: str | None = None
+) -> list[StatusChange]:
+    """Publish the jobs' products again (``republish_jobs``, installed by migration 0006;
+    see :func:`joblife.publication.outbox.republish`). Raises
+    :class:`~joblife.errors.RepublishRefused` for a job that cannot be republished."""
+    return _operator(executor, "republish_jobs", job_ids, message)
 
 
 def _operator(

@@ -13,7 +13,6 @@ partly published job resends only its unconfirmed products.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -23,15 +22,13 @@ from typing import Any
 
 from sqlalchemy import bindparam, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.types import BigInteger, DateTime, Text
 
-from joblife.db.status import StatusChange, set_job_status, translate_status_error
+from joblife.db.status import StatusChange, republish_jobs, set_job_status
 from joblife.lifecycle.common import job_logger
 from joblife.model import JobStatus, JobTemplate, Publication
 from joblife.publication.broker import Delivery, Outcome, OutgoingMessage
-from joblife.publication.errors import RepublishRefused
 from joblife.publication.topology import Topology, encode_body, message_headers
 from joblife.worker.runner import MESSAGE_NAMESPACE
 
@@ -383,11 +380,6 @@ def _fail_unroutable(session: Session, job_id: int, rows: list[tuple[OutboxRow, 
 
 
 # -- operators -----------------------------------------------------------------------------
-_REPUBLISH = text("SELECT * FROM republish_jobs(:ids, :message)").bindparams(
-    bindparam("ids", type_=ARRAY(BigInteger))
-)
-#: SQLSTATE of republish_jobs' refusals.
-REPUBLISH_REFUSED = "JL060"
 
 
 def republication_message_id(unique_id: uuid.UUID, product: str, attempt: int, round_: int) -> str:
@@ -410,26 +402,7 @@ def republish(
 
     :class:`RepublishRefused` names the first job that cannot be republished and why.
     """
-    try:
-        rows = session.execute(_REPUBLISH, {"ids": sorted(set(job_ids)), "message": message}).all()
-    except DBAPIError as error:
-        if getattr(error.orig, "pgcode", None) == REPUBLISH_REFUSED:
-            diag = error.orig.diag  # type: ignore[union-attr]
-            detail = json.loads(diag.message_detail or "{}")
-            raise RepublishRefused(diag.message_primary, detail.get("job_id")) from error
-        typed = translate_status_error(error)
-        if typed is None:
-            raise
-        raise typed from error
-    changes = [
-        StatusChange(
-            row.job_id,
-            JobStatus.parse(row.previous_status),
-            JobStatus.parse(row.status),
-            row.changed_at,
-        )
-        for row in rows
-    ]
+    changes = republish_jobs(session, sorted(set(job_ids)), message)
     session.expire_all()  # statuses and outbox rows changed in the database
     return sorted(changes, key=lambda c: c.job_id)
 
