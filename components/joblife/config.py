@@ -75,29 +75,39 @@ class Settings(BaseSettings):
     )
     nomad_addr: str | None = Field(default=None, description="Nomad HTTP API address.")
     nomad_token: SecretStr | None = Field(default=None, description="Nomad ACL token.")
-    nomad_namespace: str | None = None
-    nomad_region: str | None = None
+    nomad_namespace: str | None = Field(
+        default=None, description="Nomad namespace of the processing and service jobs."
+    )
+    nomad_region: str | None = Field(default=None, description="Nomad region to talk to.")
     amqp_url: SecretStr | None = Field(
         default=None, description="RabbitMQ URL; unset = messages stay in the outbox."
     )
     storage_url: str | None = Field(
         default=None, description="s3://bucket/prefix or file:///path; unset = local storage."
     )
-    log_level: str = "INFO"
+    log_level: str = Field(
+        "INFO", description="Log level of the services and workers (DEBUG, INFO, WARNING...)."
+    )
 
     # -- the life-cycle services (see docs/configuration.md) -------------------------------
     batch_size: PositiveInt = Field(500, description="Jobs one service cycle handles at most.")
     loop_interval: float = Field(5.0, gt=0, description="Seconds between idle service cycles.")
     max_in_flight: PositiveInt = Field(1000, description="Cap on jobs queued...post_processing.")
-    max_in_flight_per_flavor: dict[str, int] = Field(default_factory=dict)
-    max_in_flight_per_type: dict[str, int] = Field(default_factory=dict)
+    max_in_flight_per_flavor: dict[str, int] = Field(
+        default_factory=dict, description="Cap on jobs in flight per worker flavor (0 pauses)."
+    )
+    max_in_flight_per_type: dict[str, int] = Field(
+        default_factory=dict, description="Cap on jobs in flight per job type (0 pauses)."
+    )
     discovery_lookback_hours: float = Field(
         24.0, gt=0, description="First discovery window of a type with no job yet."
     )
     configure_recheck_seconds: float = Field(
         60.0, gt=0, description="How often a job waiting for a dependency is re-checked."
     )
-    heartbeat_interval_seconds: float = Field(10.0, gt=0)
+    heartbeat_interval_seconds: float = Field(
+        10.0, gt=0, description="How often a running worker stamps its heartbeat."
+    )
     heartbeat_timeout_seconds: float = Field(
         120.0, gt=0, description="A running job without a heartbeat for this long has failed."
     )
@@ -107,7 +117,9 @@ class Settings(BaseSettings):
     retry_backoff_seconds: float = Field(
         30.0, ge=0, description="Wait before the first automatic retry; doubles each attempt."
     )
-    retry_backoff_max_seconds: float = Field(3600.0, ge=0)
+    retry_backoff_max_seconds: float = Field(
+        3600.0, ge=0, description="Longest wait before an automatic retry."
+    )
     local_slots: dict[str, int] = Field(
         default_factory=dict, description="Local executor: concurrent workers per flavor."
     )
@@ -298,6 +310,81 @@ class Settings(BaseSettings):
         description="`joblife jobs stale`: deadline per status (seconds) of the statuses no "
         "service polices by time (running statuses use heartbeat_timeout_seconds, configured "
         "its type's DEPENDENCY_TIMEOUT, external_error the retry backoff).",
+    )
+
+    # -- reference job types and demo (issue 7) ---------------------------------------------
+    h5repack_input_prefix: str | None = Field(
+        default=None,
+        description="Where the h5repack type discovers HDF5 recordings: a key prefix of the "
+        "configured storage or a URL (file://, s3://); unset = it discovers nothing.",
+    )
+    h5repack_input_pattern: str = Field(
+        r".*\.h5",
+        description="Regular expression the key (relative to h5repack_input_prefix) of a "
+        "recording must fully match.",
+    )
+    h5repack_runner: Literal["auto", "docker", "process"] = Field(
+        "auto",
+        description="How h5repack jobs run: docker (the HDF Group's h5repack in "
+        "h5repack_image), process (h5py, python -m joblife.science.h5repack), or auto: "
+        "docker when the container engine answers and has the image, else process.",
+    )
+    h5repack_image: str = Field(
+        "localhost/joblife-h5repack:latest",
+        description="Science image of the h5repack container runner "
+        "(workers/build-local-image.sh builds it without a registry).",
+    )
+    h5repack_channel_axis: int = Field(
+        0, description="Channel axis of the recordings (0: (channel, time); -1: (time, channel))."
+    )
+    h5repack_gzip_level: int | None = Field(
+        default=None, ge=0, le=9, description="gzip level of the repacked data; unset = none."
+    )
+    h5repack_chunk_bytes: PositiveInt = Field(
+        1 << 20, description="Target size of one chunk (one channel by a run of samples)."
+    )
+    image_ingest_source_url: str | None = Field(
+        default=None,
+        description="Image ingest from one URL (file:// or s3://, or a key of the configured "
+        "storage): one job for that image; unset = no single-URL input.",
+    )
+    image_ingest_input_prefix: str | None = Field(
+        default=None,
+        description="Image ingest from a storage prefix: each sub-directory holding files "
+        "that match image_ingest_filter is one stack, one job; unset = no prefix input.",
+    )
+    image_ingest_filter: str = Field(
+        r".*\.(png|tiff?)",
+        description="Regular expression a file's path (relative to its stack) must fully "
+        "match to be part of the stack.",
+    )
+    image_ingest_min_size: PositiveInt = Field(
+        64, description="Pyramid: levels are added until the larger side is at most this."
+    )
+    image_ingest_tile: PositiveInt = Field(256, description="Pyramid: chunk size in y and x.")
+    tile_series_input_prefix: str | None = Field(
+        default=None,
+        description="Where the tile time series type discovers tile products "
+        "(<prefix>/<product>/metadata.json); unset = it discovers nothing.",
+    )
+    tile_series_nrt_hours: float = Field(
+        48.0,
+        gt=0,
+        description="A tile product published at most this long after its measurement runs "
+        "at priority nrt.",
+    )
+    tile_series_delayed_days: float = Field(
+        30.0,
+        gt=0,
+        description="Published later than nrt but within this many days of its measurement: "
+        "priority delayed; later still: reprocessing.",
+    )
+    publication_spool: str | None = Field(
+        default=None,
+        description="Without a broker (amqp_url unset): a directory or file:// URL where the "
+        "relay appends each product message as one JSON line, fsynced (the fsync is the "
+        "confirmation), and the jobs go on to done; unset = messages stay in the outbox. "
+        "`joblife demo` sets it.",
     )
 
     @classmethod

@@ -10,6 +10,7 @@ import typer
 from joblife import __version__
 from joblife.cli import actions, ops_commands
 from joblife.cli.db_commands import db_app
+from joblife.cli.demo_command import demo
 from joblife.cli.errors import JoblifeGroup
 from joblife.cli.jobs_commands import jobs_app
 from joblife.cli.nomad_commands import nomad_app
@@ -53,6 +54,7 @@ app.add_typer(publications_app)
 app.command("publish")(publish)
 app.command("timeliness")(timeliness)
 jobs_app.command("republish")(republish_command)
+app.command("demo")(demo)
 
 
 def _print_version(value: bool) -> None:

@@ -43,12 +43,13 @@ def publish(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Relay the outbox to RabbitMQ with publisher confirms, until SIGTERM or SIGINT."""
+    """Relay the outbox to RabbitMQ with publisher confirms (or, without a broker, to the
+    local publication spool), until SIGTERM or SIGINT."""
     settings = get_settings()
-    if settings.amqp_url is None:
+    if settings.amqp_url is None and not settings.publication_spool:
         raise ConfigurationError(
-            "no broker configured (JOBLIFE_AMQP_URL): the messages stay in the outbox "
-            "(`joblife publications list`)"
+            "no broker (JOBLIFE_AMQP_URL) nor spool (JOBLIFE_PUBLICATION_SPOOL) configured: "
+            "the messages stay in the outbox (`joblife publications list`)"
         )
     stop = threading.Event()
     service = PublicationService(ServiceContext(get_state(ctx).engine(), settings), stop_event=stop)
@@ -124,7 +125,10 @@ def list_command(
         typer.echo(f"showing the first {limit} rows; more match (raise --limit or filter)")
     else:
         typer.echo(f"{len(rows)} publication{'s' if len(rows) != 1 else ''}")
-    if get_settings().amqp_url is None:
+    settings = get_settings()
+    if settings.amqp_url is None and settings.publication_spool:
+        typer.echo(f"no broker configured: messages go to the spool {settings.publication_spool}")
+    elif settings.amqp_url is None:
         typer.echo("no broker configured (JOBLIFE_AMQP_URL): pending messages stay here")
 
 

@@ -162,6 +162,8 @@ def _database(settings: Settings, url: str) -> tuple[str, str]:
 
 
 def _broker(settings: Settings) -> tuple[str, str]:
+    if settings.amqp_url is None and settings.publication_spool:
+        raise _Skip(f"not configured (messages go to the spool {settings.publication_spool})")
     if settings.amqp_url is None:
         raise _Skip("not configured (publication messages stay in the outbox)")
     import pika

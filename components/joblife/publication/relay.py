@@ -9,10 +9,12 @@ jobs (:func:`~joblife.publication.outbox.record`), commit. Batches are pipelined
 published by the one that holds it.
 
 Without a broker URL the service does nothing and the messages wait in the outbox
-(``joblife publications list`` shows them). When the broker is down the rows stay
-unpublished and the jobs wait; the connection is retried with an exponential backoff (up
-to ``amqp_reconnect_max_seconds``) and everything resumes when it is back. A database
-outage is raised to the loop, which backs off the same way.
+(``joblife publications list`` shows them), unless ``publication_spool`` is set: then
+:class:`~joblife.publication.spool.SpoolPublisher` appends them to a local JSON-lines file
+(fsync = confirmation) and the jobs go on to ``done`` as with a broker. When the broker is
+down the rows stay unpublished and the jobs wait; the connection is retried with an
+exponential backoff (up to ``amqp_reconnect_max_seconds``) and everything resumes when it is
+back. A database outage is raised to the loop, which backs off the same way.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from joblife.publication import outbox
 from joblife.publication.broker import ConfirmingPublisher, Delivery, SentBatch, Settlement
 from joblife.publication.errors import BrokerUnavailable
 from joblife.publication.feedback import MalformedFeedback, apply_feedback, parse_feedback
+from joblife.publication.publisher import Publisher
+from joblife.publication.spool import SpoolPublisher, spool_path
 from joblife.publication.topology import Topology
 
 log = job_logger("publication")
@@ -72,13 +76,14 @@ class PublicationReport:
 
 
 class PublicationService:
-    """Relays the outbox; see the module docstring. ``publisher`` is made from the
-    settings unless given; the service owns it and closes it in :meth:`close`."""
+    """Relays the outbox; see the module docstring. ``publisher`` (the broker's
+    :class:`ConfirmingPublisher` or a :class:`SpoolPublisher`) is made from the settings
+    unless given; the service owns it and closes it in :meth:`close`."""
 
     def __init__(
         self,
         context: ServiceContext,
-        publisher: ConfirmingPublisher | None = None,
+        publisher: Publisher | None = None,
         stop_event: threading.Event | None = None,
     ) -> None:
         settings = context.settings
@@ -93,14 +98,20 @@ class PublicationService:
                 heartbeat=settings.amqp_heartbeat_seconds,
                 feedback_queue=settings.amqp_feedback_queue,
             )
-        self.publisher = publisher
+        elif publisher is None and settings.publication_spool:
+            # No broker, a local spool: the embedded default (joblife demo).
+            publisher = SpoolPublisher(
+                spool_path(settings.publication_spool), self.topology.exchange, self.stop_event
+            )
+        self.publisher: Publisher | None = publisher
         self._backoff = 0.0
         self._next_connect = 0.0  # time.monotonic() before which no connection is tried
         self._messages_per_job = 1.0  # seen in the last claim
 
     @property
     def enabled(self) -> bool:
-        """Whether a broker is configured (else the messages stay in the outbox)."""
+        """Whether a broker (or a spool) is configured (else the messages stay in the
+        outbox)."""
         return self.publisher is not None
 
     def close(self) -> None:

@@ -1,0 +1,164 @@
+"""Publication without a broker: a local spool file, the embedded default of ``joblife demo``.
+
+When ``amqp_url`` is unset and ``publication_spool`` is set (a directory, a ``.jsonl`` file,
+or a ``file://`` URL of either), the relay hands its batches to :class:`SpoolPublisher`
+instead of RabbitMQ. Each message becomes one JSON line appended to the spool file::
+
+    {"message_id": "...", "exchange": "joblife.products", "routing_key": "h5repack.repacked",
+     "headers": {...}, "body": {...the product's publication JSON...},
+     "written_at": "2026-11-22T10:00:00.123456+00:00"}
+
+A batch is written with one ``write`` on a file opened ``O_APPEND`` (lines of concurrent
+relays never interleave) and then ``fsync``-ed: the fsync is the confirmation, as the
+broker's ``basic.ack`` is for :class:`~joblife.publication.broker.ConfirmingPublisher`.
+After it the relay records the messages and moves the jobs exactly as with the broker.
+Delivery is at least once, as with the broker: a relay that dies between the fsync and its
+commit writes the batch again on the next cycle, with the same ``message_id`` (consumers
+of the spool deduplicate on it). A write or fsync that fails leaves the batch
+``UNCONFIRMED``: nothing is recorded, the relay backs off and tries again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from joblife.errors import ConfigurationError
+from joblife.lifecycle.common import utc_now
+from joblife.publication.broker import (
+    Delivery,
+    FeedbackMessage,
+    Outcome,
+    OutgoingMessage,
+    SentBatch,
+    Settlement,
+)
+from joblife.publication.errors import BrokerUnavailable
+
+#: The spool file's name when ``publication_spool`` names a directory.
+SPOOL_FILE_NAME = "publications.jsonl"
+
+
+def spool_path(location: str) -> Path:
+    """The spool file of the ``publication_spool`` setting: a ``.jsonl`` file as given, or
+    ``publications.jsonl`` in a directory; a ``file://`` URL of either."""
+    if "://" in location:
+        parts = urlsplit(location)
+        if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
+            raise ConfigurationError(
+                f"publication_spool {location!r}: only a path or a file:// URL can be a spool"
+            )
+        location = unquote(parts.path)
+    path = Path(location).expanduser()
+    return path if path.suffix == ".jsonl" else path / SPOOL_FILE_NAME
+
+
+class SpoolPublisher:
+    """Appends product messages to a local JSON-lines file; the interface of
+    :class:`~joblife.publication.broker.ConfirmingPublisher` (connect, send,
+    wait_confirmed, wait, feedback), so the relay uses either. Not thread-safe: one thread
+    uses it, like the broker publisher."""
+
+    def __init__(
+        self, path: Path, exchange: str, stop_event: threading.Event | None = None
+    ) -> None:
+        self.path = path
+        self.exchange = exchange
+        self.stop_event = stop_event or threading.Event()
+        self._fd: int | None = None
+        self._error: str | None = None
+
+    @property
+    def connected(self) -> bool:
+        """Whether the spool file is open for appending."""
+        return self._fd is not None and self._error is None
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the spool could not be opened or written (None while it works)."""
+        return self._error
+
+    def connect(self) -> None:
+        """Open (create) the spool file for appending; :class:`BrokerUnavailable` if the
+        directory cannot be made or the file not opened."""
+        self.close()
+        self._error = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            self._error = f"{type(exc).__name__}: {exc}"
+            raise BrokerUnavailable(
+                f"cannot open the publication spool {self.path}: {exc}"
+            ) from exc
+
+    def close(self) -> None:
+        """Close the spool file."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):  # a failed disk may fail this too: nothing to do
+                os.close(fd)
+
+    def send(self, messages: Sequence[OutgoingMessage]) -> SentBatch:
+        """Append ``messages`` (one write) and fsync; every message is then ``CONFIRMED``
+        at the fsync's time. A failed write or fsync leaves them ``UNCONFIRMED`` and the
+        publisher disconnected (the relay reconnects with its backoff)."""
+        batch = SentBatch([Delivery() for _ in messages])
+        if not messages:
+            return batch
+        if self._fd is None or self._error is not None:
+            raise BrokerUnavailable(f"the publication spool {self.path} is not open: {self._error}")
+        stamp = utc_now().isoformat()
+        lines = b"".join(self._line(m, stamp) for m in messages)
+        try:
+            written = os.write(self._fd, lines)
+            if written != len(lines):  # a short write: the line is cut, say so and retry
+                raise OSError(f"short write: {written} of {len(lines)} bytes")
+            os.fsync(self._fd)
+        except OSError as exc:
+            self._error = f"{type(exc).__name__}: {exc}"
+            self.close()
+            return batch
+        confirmed_at = utc_now()
+        for delivery in batch.deliveries:
+            delivery.outcome, delivery.at = Outcome.CONFIRMED, confirmed_at
+        return batch
+
+    def wait_confirmed(self, batch: SentBatch, timeout: float) -> list[Delivery]:
+        """The outcome of ``batch`` (settled by :meth:`send` already: the fsync)."""
+        return batch.deliveries
+
+    def publish(self, messages: Sequence[OutgoingMessage], timeout: float) -> list[Delivery]:
+        """:meth:`send` then :meth:`wait_confirmed`."""
+        return self.wait_confirmed(self.send(messages), timeout)
+
+    def wait(self, seconds: float) -> None:
+        """Wait up to ``seconds`` between cycles (nothing to serve; returns at a stop)."""
+        self.stop_event.wait(max(seconds, 0.0))
+
+    def take_feedback(self) -> list[FeedbackMessage]:
+        """A spool has no consumers reporting back: always empty."""
+        return []
+
+    def settle(self, message: FeedbackMessage, settlement: Settlement) -> None:
+        """Nothing to settle (there is no feedback)."""
+
+    def _line(self, message: OutgoingMessage, stamp: str) -> bytes:
+        try:
+            body = json.loads(message.body)
+        except ValueError:
+            body = message.body.decode("utf-8", errors="replace")
+        record = {
+            "message_id": message.message_id,
+            "exchange": self.exchange,
+            "routing_key": message.routing_key,
+            "headers": message.headers,
+            "body": body,
+            "written_at": stamp,
+        }
+        return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"

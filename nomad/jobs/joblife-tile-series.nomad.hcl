@@ -1,0 +1,75 @@
+# Rendered by `joblife nomad render` from joblife's settings, job types and flavor
+# catalogue. Change those and render again rather than editing this file.
+
+job "joblife-tile-series" {
+  type        = "batch"
+  datacenters = ["*"]
+
+  meta {
+    joblife_job_type = "tile_series"
+    joblife_flavor   = "small"
+  }
+
+  parameterized {
+    payload       = "forbidden"
+    meta_required = ["job_id", "attempt"]
+  }
+
+  group "worker" {
+    count = 1
+
+    constraint {
+      attribute = "${node.class}"
+      value     = "small"
+    }
+
+    restart {
+      attempts = 0
+      mode     = "fail"
+    }
+
+    reschedule {
+      attempts  = 0
+      unlimited = false
+    }
+
+    ephemeral_disk {
+      size = 40960
+    }
+
+    task "worker" {
+      driver = "docker"
+
+      config {
+        image   = "joblife/worker:latest"
+        command = "joblife"
+        args    = ["worker", "run", "${NOMAD_META_job_id}", "--attempt", "${NOMAD_META_attempt}"]
+        volumes = ["/var/run/docker.sock:/var/run/docker.sock"]
+      }
+
+      template {
+        data        = <<-EOT
+          {{- with nomadVar "nomad/jobs/joblife" -}}
+          {{- range $key, $value := . }}
+          JOBLIFE_{{ $key | toUpper }}={{ $value }}
+          {{- end }}
+          {{- end }}
+          EOT
+        destination = "${NOMAD_SECRETS_DIR}/joblife.env"
+        env         = true
+        change_mode = "restart"
+      }
+
+      env {
+        JOBLIFE_DATA_DIR = "${NOMAD_ALLOC_DIR}/joblife"
+      }
+
+      resources {
+        cores  = 2
+        memory = 4096
+      }
+
+      kill_timeout = "30s"
+    }
+  }
+}
