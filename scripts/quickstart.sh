@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# Sets everything up and runs joblife on its embedded defaults: an embedded PostgreSQL
-# under your data directory, no other service needed.
+# Sets everything up and runs `joblife demo` on the embedded defaults: an embedded
+# PostgreSQL under your data directory, the local executor, local storage and the local
+# publication spool; no other service needed. The database stays for `joblife status`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
-.venv/bin/joblife db upgrade
-.venv/bin/joblife status
+.venv/bin/joblife demo
 cat <<'TXT'
 
-joblife is ready. Try:
+The demo's jobs stay in the embedded database. Try:
   source .venv/bin/activate
-  joblife --help
-  joblife db url
+  joblife status
+  joblife jobs list
+  joblife jobs show <id>
 TXT
