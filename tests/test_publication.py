@@ -421,7 +421,8 @@ def test_no_broker_url_keeps_messages_in_the_outbox(
     assert len(re.findall(r"│\s*pending\s*│", listed.output)) == 4
     assert "no broker configured" in listed.output
     publish = run("publish", "--once")
-    assert publish.exit_code == 1 and "no broker configured" in publish.output
+    assert publish.exit_code == 1
+    assert "no broker (JOBLIFE_AMQP_URL) nor spool (JOBLIFE_PUBLICATION_SPOOL)" in publish.output
     assert all(r.published_at is None for r in rows(session))
 
 
@@ -581,6 +582,41 @@ def test_publish_once_and_run_once_publish_with_a_broker(
     assert json.loads(result.stdout)["results"]["publish"]["done"] == 1
     assert len(amqp.drain(queue)) == 2
     assert set(statuses(session, first + second).values()) == {S.DONE}
+
+
+def test_joblife_run_keeps_one_broker_connection_alive_while_idle(
+    session: Session,
+    engine: Engine,
+    amqp: AmqpTestBroker,
+    queue: str,
+    broker_proxy: BrokerProxy,
+):
+    """The orchestrator serves the broker connection while it waits between cycles: with
+    a 1 s heartbeat and 4 s idle waits, an unserved connection is dropped by the broker
+    (two missed heartbeats), and the next batch would need a second connection."""
+    settings = Settings(
+        amqp_url=broker_proxy.url(amqp.url),
+        amqp_exchange=amqp.name("products"),
+        amqp_heartbeat_seconds=1,
+        amqp_reconnect_max_seconds=0.2,
+        loop_interval=4.0,
+    )
+    orchestrator = Orchestrator(ServiceContext(engine, settings), RecordingExecutor(), ["publish"])
+    first = processed_jobs(session, 2)
+    thread = threading.Thread(target=orchestrator.run_forever, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: set(statuses(session, first).values()) == {S.DONE}, timeout=30)
+        # Idle through more than two heartbeat intervals (a whole loop interval).
+        thread.join(timeout=5.0)
+        second = processed_jobs(session, 1, prefix="R")
+        wait_for(lambda: set(statuses(session, second).values()) == {S.DONE}, timeout=30)
+    finally:
+        orchestrator.stop_event.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert len(amqp.drain(queue)) == 6
+    assert broker_proxy.connections == 1
 
 
 def test_an_operator_role_may_republish(session: Session):

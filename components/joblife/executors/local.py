@@ -141,16 +141,17 @@ class LocalExecutor:
         with contextlib.suppress(ProcessLookupError):
             os.kill(record["worker_pid"], signal.SIGKILL)
 
-    def wait_for_change(self, timeout: float, stop: threading.Event) -> None:
+    def wait_for_change(self, timeout: float, stop: threading.Event) -> bool:
         """Return when an execution changed state here (a file of the state directory
         appeared or was replaced: a dispatch or an exit), after ``timeout`` seconds, or
-        when ``stop`` is set, whichever comes first."""
+        when ``stop`` is set, whichever comes first; True if something changed."""
         deadline = time.monotonic() + timeout
         start = self.state_dir.stat().st_mtime_ns
         while not stop.is_set() and time.monotonic() < deadline:
             if self.state_dir.stat().st_mtime_ns != start:
-                return
+                return True
             stop.wait(0.05)
+        return False
 
     # -- inspection ----------------------------------------------------------------------
     def _status(self, reference: str) -> ExecutionStatus:

@@ -13,6 +13,7 @@ or SIGINT stops it after the current service.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,8 @@ log = job_logger("orchestrator")
 
 SERVICES = ("create", "configure", "dispatch", "monitor", "publish")
 MAX_BACKOFF_SECONDS = 60.0
+#: While dispatch waits for a free slot, the broker connection is served this often.
+SERVE_SLICE_SECONDS = 1.0
 
 
 @dataclass
@@ -129,13 +132,30 @@ class Orchestrator:
     def _idle(self, report: CycleReport, interval: float) -> None:
         """Wait for the next cycle. When dispatch is held back only by the caps, a slot
         may free up any moment: wake as soon as the executor reports a change (an
-        execution ended), if it can tell."""
+        execution ended), if it can tell. While it waits, the broker connection of the
+        publish service is served (heartbeats, feedback deliveries): an unserved
+        connection is dropped by the broker after two missed heartbeats."""
         wait_for_change = getattr(self.executor, "wait_for_change", None)
         dispatch = report.results.get("dispatch") or {}
-        if dispatch.get("capped") and wait_for_change is not None:
+        capped = bool(dispatch.get("capped")) and wait_for_change is not None
+        publishing = "publish" in self.services and self.publication.enabled
+        if not capped:
+            if publishing:
+                self.publication.idle(interval)  # returns early on feedback
+            else:
+                self.stop_event.wait(interval)
+            return
+        if not publishing:
             wait_for_change(interval, self.stop_event)
-        else:
-            self.stop_event.wait(interval)
+            return
+        deadline = time.monotonic() + interval
+        while not self.stop_event.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or wait_for_change(
+                min(remaining, SERVE_SLICE_SECONDS), self.stop_event
+            ):
+                return
+            self.publication.idle(0.0)  # handle what the broker sent meanwhile
 
 
 def _did_work(name: str, result: Any) -> bool:
