@@ -46,6 +46,49 @@ def test_docker_runs_with_the_work_dir_environment_and_limits(
     assert container_engine.leftovers() == []
 
 
+def test_docker_applies_user_network_and_flavor_limits(
+    container_engine: ContainerEngine, tmp_path: Path
+):
+    """What the container sees from inside: the user it runs as, no network but loopback
+    (``network_mode="none"``, the default), and the flavor's memory and CPU limits in its
+    cgroup (v2 or v1 layout)."""
+    script = (
+        "id -u; ls /sys/class/net; "
+        "cat /sys/fs/cgroup/memory.max 2>/dev/null || "
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes; "
+        "cat /sys/fs/cgroup/cpu.max 2>/dev/null || cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us"
+    )
+    spec = _spec(
+        tmp_path,
+        ["sh", "-c", script],
+        image=container_engine.image,
+        user="1234:1234",
+        cpus=0.5,
+        memory_mib=96,
+    )
+    result = DockerRunner(container_engine.base_url).run(spec)
+    assert result.return_code == 0, result.log_tail
+    uid, interfaces, memory, cpu = result.log_tail
+    assert uid == "1234"
+    assert interfaces == "lo"
+    assert int(memory) == 96 * 1024 * 1024
+    assert int(cpu.split()[0]) == 50_000  # quota per 100 ms period: half a CPU
+    assert container_engine.leftovers() == []
+
+
+def test_docker_without_resource_limits_leaves_the_cgroup_unlimited(
+    container_engine: ContainerEngine, tmp_path: Path
+):
+    script = (
+        "cat /sys/fs/cgroup/memory.max 2>/dev/null || "
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes"
+    )
+    spec = _spec(tmp_path, ["sh", "-c", script], image=container_engine.image, memory_mib=96)
+    result = DockerRunner(container_engine.base_url, resource_limits=False).run(spec)
+    assert result.return_code == 0, result.log_tail
+    assert result.log_tail[0] != str(96 * 1024 * 1024)
+
+
 def test_docker_log_tail_keeps_the_last_lines(container_engine: ContainerEngine, tmp_path: Path):
     spec = _spec(
         tmp_path,
