@@ -69,6 +69,9 @@ def fetch(
     key fully matches the pattern (kept under its relative path). Returns the files."""
     storage, key = context.storage_for(location)
     if location.endswith("/") or pattern is not None:
+        # A prefix names a folder: keys relative to it never start with "/", and a
+        # sibling sharing its first letters ("P1" and "P10") is not under it.
+        key = f"{key.rstrip('/')}/" if key.strip("/") else ""
         objects = storage.find(key, pattern)
         if not objects:
             matching = f" matching {pattern!r}" if pattern else ""

@@ -1,0 +1,1 @@
+"""joblife-ndvi: a partner's job type, the worked example of joblife's partner guide."""
