@@ -3,10 +3,23 @@
 - :func:`setup_logging` installs one handler on the root logger (replacing the one it
   installed before): ``text`` lines for people, ``json`` lines (one object per line) for log
   collectors, chosen by the ``log_format`` setting.
-- Lines about a job carry ``job_id``, ``job_type``, ``attempt`` and ``status``: pass them as
-  ``extra`` or log through :meth:`JobLogger.job`; a message that starts with ``"job %s"``
-  gets its ``job_id`` from the first argument; a worker process sets them once for every
-  line with ``context``.
+- **A line about one job** carries ``job_id``, ``job_type``, ``attempt`` and ``status`` (the
+  status the job is in, or moves to with the change the line reports), as far as the code
+  knows them: log it through :meth:`JobLogger.job` (or pass the fields as ``extra``).
+- **A line about several jobs** is one summary line, never one line per job: the message
+  names the jobs (:func:`describe_jobs`: the first ids and how many more) and the JSON
+  object carries all of them as ``job_ids`` (a list of ints), with ``job_type`` and
+  ``status`` when they are the same for all; log it through :meth:`JobLogger.jobs`. A
+  collector finds every line about job 42 with ``job_id = 42 OR 42 IN job_ids``; a summary
+  about a single job carries ``job_id`` too. A line about a job type (a creation cycle's
+  counts) carries ``job_type`` alone.
+- **A worker process** runs one attempt of one job: :func:`setup_logging` gets its job
+  fields as ``context``, a mapping it keeps (not a copy); the worker updates it in place as
+  the job moves through its statuses, so that every line of the process, from any thread
+  or library, carries the job's current fields.
+- Lines of code that does not say (``"job %s: ..."`` with the id first, ``"jobs %s"`` with
+  a list of ids) get ``job_id`` / ``job_ids`` from the message's first argument: a
+  fallback, not the way to log.
 - Secrets are redacted from every line, exception text included: passwords in URLs
   (``postgresql://u:***@h``, ``amqp://u:***@h``), ``password=``/``token=``-like pairs,
   bearer tokens, and the configured secrets themselves (database and broker passwords, the
@@ -19,7 +32,7 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -27,6 +40,10 @@ from joblife.config import Settings, get_settings
 
 #: The fields of a line about a job, in the order they are shown.
 JOB_FIELDS = ("job_id", "job_type", "attempt", "status")
+#: The field of a summary line about several jobs: their ids (JSON only; the message names them).
+JOB_IDS = "job_ids"
+#: How many ids :func:`describe_jobs` names before counting the rest.
+DESCRIBED_IDS = 10
 #: Commands that run as services: they log at ``log_level``; one-shot commands log warnings.
 SERVICE_COMMANDS = frozenset({"run", "worker", "metrics", "publish"})
 REDACTED = "***"
@@ -75,29 +92,57 @@ def configured_secrets(settings: Settings) -> list[str]:
 
 class JobFields(logging.Filter):
     """Gives every record the job fields: from ``extra``, else from ``context`` (a worker's
-    job), else ``job_id`` from a message starting with ``"job %s"``; missing ones are None."""
+    job: the mapping is read at every line, so its owner can update it), else ``job_id`` /
+    ``job_ids`` from the first argument of a message starting with ``"job %s"`` /
+    ``"jobs %s"``; missing ones are None."""
 
     def __init__(self, context: Mapping[str, Any] | None = None) -> None:
         super().__init__()
-        self.context = dict(context or {})
+        self.context: Mapping[str, Any] = context if context is not None else {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         for name in JOB_FIELDS:
             if getattr(record, name, None) is None:
                 setattr(record, name, self.context.get(name))
-        if (
-            record.job_id is None  # type: ignore[attr-defined]
-            and isinstance(record.msg, str)
-            and _JOB_MESSAGE.match(record.msg)
-            and isinstance(record.args, tuple)
-            and record.args
-            and isinstance(record.args[0], int)
-        ):
-            record.job_id = record.args[0]  # type: ignore[attr-defined]
+        if getattr(record, JOB_IDS, None) is None:
+            setattr(record, JOB_IDS, None)
+        if record.job_id is None and record.job_ids is None:  # type: ignore[attr-defined]
+            _guess_job_ids(record)
         return True
 
 
+def _guess_job_ids(record: logging.LogRecord) -> None:
+    """``job_id`` (an int) or ``job_ids`` (a list of ints) from the first argument of a
+    message starting with ``"job %s"`` or ``"jobs %s"``."""
+    if not (
+        isinstance(record.msg, str)
+        and _JOB_MESSAGE.match(record.msg)
+        and isinstance(record.args, tuple)
+        and record.args
+    ):
+        return
+    first = record.args[0]
+    if isinstance(first, int):
+        record.job_id = first  # type: ignore[attr-defined]
+    elif isinstance(first, list | tuple) and all(isinstance(i, int) for i in first):
+        record.job_ids = list(first)  # type: ignore[attr-defined]
+
+
+def describe_jobs(job_ids: Sequence[int], limit: int = DESCRIBED_IDS) -> str:
+    """How a message names several jobs: ``jobs 4, 5, 6`` or ``jobs 4, 5, ... (+98 more)``
+    (``job 4`` for one, ``no jobs`` for none)."""
+    ids = list(job_ids)
+    if not ids:
+        return "no jobs"
+    if len(ids) == 1:
+        return f"job {ids[0]}"
+    named = ", ".join(str(i) for i in ids[:limit])
+    more = f", ... (+{len(ids) - limit} more)" if len(ids) > limit else ""
+    return f"jobs {named}{more}"
+
+
 def _job_values(record: logging.LogRecord) -> dict[str, Any]:
+    """The job fields of ``record`` that are known, as shown (``job_ids`` excepted)."""
     values = {}
     for name in JOB_FIELDS:
         value = getattr(record, name, None)
@@ -129,7 +174,8 @@ class TextFormatter(logging.Formatter):
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time (UTC, ISO 8601), level, logger, message, the job
-    fields that are known, and the exception's traceback if any."""
+    fields that are known (``job_ids`` on a summary line), and the exception's traceback if
+    any."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
@@ -143,6 +189,9 @@ class JsonFormatter(logging.Formatter):
             "message": redact(record.getMessage(), self.secrets),
             **_job_values(record),
         }
+        job_ids = getattr(record, JOB_IDS, None)
+        if job_ids is not None:
+            line[JOB_IDS] = [int(i) for i in job_ids]
         if record.exc_info:
             line["exception"] = redact(self.formatException(record.exc_info), self.secrets)
         return json.dumps(line, ensure_ascii=False, default=str)
@@ -174,7 +223,8 @@ def setup_logging(
 ) -> logging.Handler:
     """Install joblife's log handler on the root logger (replacing the previous one it
     installed) and set the level; defaults from the ``log_level`` and ``log_format``
-    settings. ``context``: job fields for every line (a worker process's job)."""
+    settings. ``context``: job fields for every line (a worker process's job), kept as
+    given: the caller updates it in place as the job moves on."""
     settings = settings or get_settings()
     fmt = (log_format or settings.log_format).lower()
     secrets = configured_secrets(settings)
@@ -203,10 +253,12 @@ def command_log_level(command: str | None, debug: bool, settings: Settings) -> i
 
 
 class JobLogger(logging.LoggerAdapter):
-    """A logger whose :meth:`job` gives lines about one job their job fields."""
+    """A logger whose lines carry job fields: those of ``extra`` (a mapping kept as given,
+    read at every line: a worker updates its job's fields in place), those given to
+    :meth:`job` or :meth:`jobs`, and those of a call's own ``extra`` (which win)."""
 
     def __init__(self, logger: logging.Logger, extra: Mapping[str, Any] | None = None) -> None:
-        super().__init__(logger, dict(extra or {}))
+        super().__init__(logger, extra if extra is not None else {})
 
     def job(
         self,
@@ -216,8 +268,27 @@ class JobLogger(logging.LoggerAdapter):
         attempt: int | None = None,
         status: Any = None,
     ) -> JobLogger:
-        """The same logger, every line carrying these job fields."""
+        """The same logger, every line about job ``job_id`` with these fields."""
         fields = {"job_id": job_id, "job_type": job_type, "attempt": attempt, "status": status}
+        return JobLogger(self.logger, {**(self.extra or {}), **fields})
+
+    def jobs(
+        self,
+        job_ids: Iterable[int],
+        *,
+        job_type: str | None = None,
+        status: Any = None,
+    ) -> JobLogger:
+        """The same logger for summary lines about the jobs ``job_ids`` (``job_type`` and
+        ``status`` when they are those of every one); a single job's id is its ``job_id``
+        too. Name the jobs in the message with :func:`describe_jobs`."""
+        ids = [int(i) for i in job_ids]
+        fields = {
+            JOB_IDS: ids,
+            "job_id": ids[0] if len(ids) == 1 else None,
+            "job_type": job_type,
+            "status": status,
+        }
         return JobLogger(self.logger, {**(self.extra or {}), **fields})
 
     def process(
