@@ -15,6 +15,7 @@ from typing import Any
 
 from joblife.config import Settings
 from joblife.errors import ExternalJobError
+from joblife.logs import JobLogger
 from joblife.runners import Runner, make_runner
 from joblife.storage import Storage, Transfer, join_key, open_storage
 from joblife.worker.heartbeat import Heartbeat
@@ -50,7 +51,11 @@ class WorkerContext:
     settings: Settings
     work_dir: Path
     heartbeat: Heartbeat
-    log: logging.Logger = field(default_factory=lambda: logging.getLogger("joblife.worker"))
+    #: The worker's logger: its lines carry the job's fields (the worker passes a
+    #: :class:`~joblife.logs.JobLogger` it keeps current).
+    log: logging.Logger | JobLogger = field(
+        default_factory=lambda: logging.getLogger("joblife.worker")
+    )
     #: Where the time went: ``download`` / ``upload`` figures, ``processing`` (the runner's
     #: summary), ``skipped``, ``logs``...; merged into the status details.
     figures: dict[str, Any] = field(default_factory=dict)

@@ -7,9 +7,12 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Mapping
+from typing import Any
 
 from sqlalchemy import Engine, text
 
+from joblife.logs import JobLogger
 from joblife.model.status import IN_FLIGHT_STATUSES, JobStatus
 
 log = logging.getLogger(__name__)
@@ -22,13 +25,22 @@ _BEAT = text(
 class Heartbeat:
     """Stamps ``jobs.heartbeat_at`` every ``interval`` seconds from a daemon thread. If the
     job is no longer this attempt's (cancelled, failed by the monitor, another attempt), the
-    worker process is terminated: nothing it would still do could be recorded."""
+    worker process is terminated: nothing it would still do could be recorded. ``log_fields``:
+    the job fields of its log lines (the worker's, kept current by the worker)."""
 
-    def __init__(self, engine: Engine, job_id: int, attempt: int, interval: float) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        job_id: int,
+        attempt: int,
+        interval: float,
+        log_fields: Mapping[str, Any] | None = None,
+    ) -> None:
         self.engine = engine
         self.job_id = job_id
         self.attempt = attempt
         self.interval = interval
+        self.log = JobLogger(log, log_fields or {"job_id": job_id, "attempt": attempt})
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
@@ -54,14 +66,15 @@ class Heartbeat:
             try:
                 status = self.beat()
             except Exception as exc:  # a database hiccup: try again at the next beat
-                log.warning("job %s: heartbeat failed: %s", self.job_id, exc)
+                self.log.warning("job %s: heartbeat failed: %s", self.job_id, exc)
                 continue
             if status not in IN_FLIGHT_STATUSES and not self._stop.is_set():
-                log.warning(
+                self.log.warning(
                     "job %s attempt %s is now %s: stopping this execution",
                     self.job_id,
                     self.attempt,
                     status or "another attempt's",
+                    extra={"status": status} if status is not None else None,
                 )
                 os.kill(os.getpid(), signal.SIGTERM)
                 return

@@ -14,6 +14,10 @@ Failures: :class:`~joblife.errors.ExternalJobError` → ``external_error`` and e
 anything else → ``internal_error`` and exit 0 (do not relaunch). If the job stopped being
 this attempt's (cancelled, failed by the monitor), the worker stops and exits 0.
 
+Every line the worker process logs, from any thread or library, carries the job's
+``job_id``, ``job_type``, ``attempt`` and current ``status`` (updated at each change; see
+:mod:`joblife.logs`).
+
 Whatever the outcome, the work dir is removed and the science logs uploaded
 (:meth:`WorkerContext.close`); the figures of the download, processing and upload steps
 (files, bytes, seconds) go into the status details. SIGTERM (a cancel, Nomad stopping the
@@ -40,13 +44,15 @@ from joblife.config import Settings, get_settings
 from joblife.db.engine import create_joblife_engine
 from joblife.db.status import worker_set_job_status
 from joblife.errors import ExternalJobError, StatusConflict, StatusError
-from joblife.logs import setup_logging
+from joblife.logs import JobLogger, setup_logging
 from joblife.model import Job, JobStatus, JobTemplate, Publication, load_job_types
 from joblife.model.status import IN_FLIGHT_STATUSES
 from joblife.worker.context import WorkerContext, work_root
 from joblife.worker.heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
+#: A worker's log fields: job_id, job_type, attempt, status (updated in place).
+LogFields = dict[str, Any]
 
 EXIT_DO_NOT_RELAUNCH = 0
 EXIT_RELAUNCH = 2
@@ -70,14 +76,16 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 def run_worker_process(job_id: int, attempt: int | None) -> int:
-    """Entry point of a worker process: configure logging, run, return the exit code."""
+    """Entry point of a worker process: configure logging (every line of the process with
+    the job's fields, kept current by the attempt), run, return the exit code."""
     settings = get_settings()
-    setup_logging(settings=settings, context={"job_id": job_id, "attempt": attempt})
+    fields: LogFields = {"job_id": job_id, "attempt": attempt}
+    setup_logging(settings=settings, context=fields)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        return run_worker(job_id, attempt, settings)
+        return run_worker(job_id, attempt, settings, log_fields=fields)
     except WorkerTerminated:
-        log.warning("job %s: terminated by SIGTERM (cleaned up)", job_id)
+        JobLogger(log, fields).warning("job %s: terminated by SIGTERM (cleaned up)", job_id)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)  # exit as the signal would have
         raise
@@ -85,29 +93,47 @@ def run_worker_process(job_id: int, attempt: int | None) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_worker(job_id: int, attempt: int | None = None, settings: Settings | None = None) -> int:
-    """Run one attempt of ``job_id`` (``attempt`` None: whatever attempt is queued)."""
+def run_worker(
+    job_id: int,
+    attempt: int | None = None,
+    settings: Settings | None = None,
+    log_fields: LogFields | None = None,
+) -> int:
+    """Run one attempt of ``job_id`` (``attempt`` None: whatever attempt is queued).
+    ``log_fields``: the job fields of the worker's log lines, updated in place as the
+    attempt goes on (:func:`run_worker_process` passes the mapping its log handler reads)."""
     settings = settings or get_settings()
+    fields = log_fields if log_fields is not None else {"job_id": job_id, "attempt": attempt}
     engine = create_joblife_engine(settings=settings, pool_size=2, max_overflow=0)
     try:
-        return _Attempt(engine, settings, job_id, attempt).run()
+        return _Attempt(engine, settings, job_id, attempt, fields).run()
     except OperationalError as exc:
         # The database is unreachable: nothing can be recorded; the monitor will see this
         # exit code with the job still in flight and fail it as external.
-        log.error("job %s: database unavailable: %s", job_id, exc)
+        JobLogger(log, fields).error("job %s: database unavailable: %s", job_id, exc)
         return EXIT_RELAUNCH
     finally:
         engine.dispose()
 
 
 class _Attempt:
+    """One attempt of one job; ``fields`` are its log fields, kept current (the status
+    changes the attempt makes, the job type and attempt once claimed)."""
+
     def __init__(
-        self, engine: Engine, settings: Settings, job_id: int, attempt: int | None
+        self,
+        engine: Engine,
+        settings: Settings,
+        job_id: int,
+        attempt: int | None,
+        fields: LogFields,
     ) -> None:
         self.engine = engine
         self.settings = settings
         self.job_id = job_id
         self.attempt = attempt
+        self.fields = fields
+        self.log = JobLogger(log, fields)
         self.timings: dict[str, float] = {}
         self.job: JobTemplate | None = None
         self.context: WorkerContext | None = None
@@ -119,7 +145,11 @@ class _Attempt:
                 return EXIT_DO_NOT_RELAUNCH
             assert self.attempt is not None
             heartbeat = Heartbeat(
-                self.engine, self.job_id, self.attempt, self.settings.heartbeat_interval_seconds
+                self.engine,
+                self.job_id,
+                self.attempt,
+                self.settings.heartbeat_interval_seconds,
+                log_fields=self.fields,
             ).start()
             try:
                 return self._steps(session, heartbeat)
@@ -129,15 +159,20 @@ class _Attempt:
     def _claim(self, session: Session) -> bool:
         """queued → started for this attempt, or nothing at all."""
         row = session.execute(
-            select(Job.attempt, Job.status_id).where(Job.id == self.job_id).with_for_update()
+            select(Job.attempt, Job.status_id, Job.job_type)
+            .where(Job.id == self.job_id)
+            .with_for_update()
         ).one_or_none()
         if row is None:
-            log.error("job %s does not exist: nothing to do", self.job_id)
+            self.log.error("job %s does not exist: nothing to do", self.job_id)
             return False
         if self.attempt is None:
             self.attempt = row.attempt
+        self.fields.update(
+            job_type=row.job_type, attempt=self.attempt, status=JobStatus(row.status_id)
+        )
         if row.attempt != self.attempt or row.status_id != S.QUEUED:
-            log.warning(
+            self.log.warning(
                 "job %s is %s at attempt %s, not queued for attempt %s: duplicate or "
                 "outdated execution, nothing done",
                 self.job_id,
@@ -155,8 +190,10 @@ class _Attempt:
             message=f"attempt {self.attempt} started",
             details={"host": socket.gethostname(), "pid": os.getpid()},
         )
+        self.fields["status"] = S.STARTED
         session.execute(update(Job).where(Job.id == self.job_id).values(heartbeat_at=_now()))
         session.commit()
+        self.log.info("job %s: attempt %s started", self.job_id, self.attempt)
         return True
 
     def _steps(self, session: Session, heartbeat: Heartbeat) -> int:
@@ -172,6 +209,7 @@ class _Attempt:
                 settings=self.settings,
                 work_dir=work_root(self.settings) / str(job.unique_id),
                 heartbeat=heartbeat,
+                log=JobLogger(logging.getLogger("joblife.worker"), self.fields),
             )
             context = self.context
             self._step(session, S.PRE_PROCESSING, S.STARTED)
@@ -187,7 +225,8 @@ class _Attempt:
             return EXIT_DO_NOT_RELAUNCH
         except StatusConflict as exc:
             session.rollback()
-            log.warning("job %s changed under this worker (%s): stopping", self.job_id, exc)
+            self.fields["status"] = exc.actual
+            self.log.warning("job %s changed under this worker (%s): stopping", self.job_id, exc)
             return EXIT_DO_NOT_RELAUNCH
         except ExternalJobError as exc:
             heartbeat.stop()
@@ -223,6 +262,8 @@ class _Attempt:
             session, self.job_id, self.attempt, status, expected=expected, details=details
         )
         session.commit()
+        self.fields["status"] = status
+        self.log.debug("job %s: %s", self.job_id, status)
         # Load every column (the type's own included) and end the transaction: a hook
         # reading an attribute must not open a transaction that stays idle while it runs.
         session.refresh(self.job)
@@ -252,6 +293,7 @@ class _Attempt:
             expected=S.POST_PROCESSING,
             details=details,
         )
+        self.fields["status"] = S.PROCESSED
         messages = job.get_products_publication_jsons() if produced else []
         if messages:
             self._write_outbox(session, job, messages)  # the publication service takes over
@@ -264,7 +306,15 @@ class _Attempt:
                 expected=S.PROCESSED,
                 message="nothing to publish" if produced else "no product",
             )
+            self.fields["status"] = S.DONE
         session.commit()
+        self.log.info(
+            "job %s: attempt %s %s (return code %s)",
+            self.job_id,
+            self.attempt,
+            self.fields["status"],
+            return_code,
+        )
 
     def _write_outbox(
         self, session: Session, job: JobTemplate, messages: list[dict[str, Any]]
@@ -286,7 +336,9 @@ class _Attempt:
         session.rollback()
         kind = "external" if status is S.EXTERNAL_ERROR else "internal"
         message = f"{type(error).__name__}: {error}"
-        log.error("job %s: %s error: %s", self.job_id, kind, message)
+        previous = self.fields.get("status")
+        self.fields["status"] = status  # the line reports the move to it
+        self.log.error("job %s: %s error: %s", self.job_id, kind, message)
         details = {
             "attempt": self.attempt,
             "durations": self.timings,
@@ -306,7 +358,8 @@ class _Attempt:
             session.commit()
         except (StatusError, DBAPIError) as exc:
             session.rollback()
-            log.error("job %s: could not record the %s error: %s", self.job_id, kind, exc)
+            self.fields["status"] = getattr(exc, "actual", previous)
+            self.log.error("job %s: could not record the %s error: %s", self.job_id, kind, exc)
 
 
 def _now() -> Any:
