@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,6 +15,8 @@ from joblife.config import Settings, get_settings
 from joblife.logs import JobLogger
 from joblife.logs import job_logger as _job_logger
 from joblife.model import JobTemplate, load_job_types
+
+_log = _job_logger("joblife.lifecycle")
 
 
 @dataclass
@@ -63,7 +64,7 @@ def for_each_job_type(
         except OperationalError:
             raise
         except Exception as exc:
-            logging.getLogger("joblife.lifecycle").exception("%s of %s jobs failed", what, job_type)
+            _log.exception("%s of %s jobs failed", what, job_type, extra={"job_type": job_type})
             report.error = f"{type(exc).__name__}: {exc}"
         reports.append(report)
     return reports
@@ -76,5 +77,6 @@ def utc_now() -> datetime:
 
 def job_logger(name: str) -> JobLogger:
     """The logger of a life-cycle service (``joblife.<name>``); ``log.job(job_id,
-    job_type=..., attempt=..., status=...)`` gives a line about a job its job fields."""
+    job_type=..., attempt=..., status=...)`` gives a line about a job its job fields,
+    ``log.jobs(ids, job_type=..., status=...)`` a summary line about several jobs."""
     return _job_logger(f"joblife.{name}")

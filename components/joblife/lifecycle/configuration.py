@@ -6,6 +6,10 @@ claimed with ``FOR UPDATE SKIP LOCKED``; ``configure_batch_jobs`` runs once per 
 dependency: re-checked every ``configure_recheck_seconds``; past the type's
 ``DEPENDENCY_TIMEOUT`` the job fails with what it waited for), ``cancelled``, or
 ``internal_error`` when the hook fails. One job's failure never stops the batch.
+
+Logs: one summary line per job type and outcome that jobs moved to (their ids listed),
+one line per job that failed (its own reason), one summary line when the batch hook
+failed for every job of the batch.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from joblife.db.status import set_job_status
 from joblife.lifecycle.common import ServiceContext, for_each_job_type, job_logger, utc_now
+from joblife.logs import describe_jobs
 from joblife.model import Job, JobStatus, JobTemplate
 
 log = job_logger("configuration")
@@ -81,11 +86,12 @@ def _configure_type(
     if not jobs:
         return
     before = {job.id: job.status for job in jobs}
+    attempts = {job.id: job.attempt for job in jobs}
     try:
         with session.begin_nested():
             cls.configure_batch_jobs(session, jobs)
     except Exception as exc:
-        _fail(session, list(before), f"configure_batch_jobs failed: {exc!r}", report)
+        _fail(session, cls, attempts, f"configure_batch_jobs failed: {exc!r}", report)
         return
 
     decided: dict[JobStatus, list[int]] = defaultdict(list)
@@ -128,13 +134,34 @@ def _configure_type(
                 expected=[S.INITIALIZED, S.CONFIGURED],
                 message=_MESSAGES[outcome],
             )
+            log.jobs(moving, job_type=cls.JOB_NAME, status=outcome).info(
+                "%s: %s now %s (%s)",
+                cls.JOB_NAME,
+                describe_jobs(moving),
+                outcome,
+                _MESSAGES[outcome],
+            )
         report.outcomes[str(outcome)] = len(ids)
     for job_id, message in failed.items():
-        _fail(session, [job_id], message, report)
+        _fail(session, cls, {job_id: attempts[job_id]}, message, report)
 
 
-def _fail(session: Session, ids: list[int], message: str, report: ConfigurationReport) -> None:
-    log.warning("jobs %s: %s", ids, message)
+def _fail(
+    session: Session,
+    cls: type[JobTemplate],
+    attempts: dict[int, int],
+    message: str,
+    report: ConfigurationReport,
+) -> None:
+    """The jobs of ``attempts`` (id → attempt) → internal_error with ``message``, logged
+    as one line (about the job, or a summary about the batch)."""
+    ids = list(attempts)
+    status = S.INTERNAL_ERROR
+    if len(ids) == 1:
+        line = log.job(ids[0], job_type=cls.JOB_NAME, attempt=attempts[ids[0]], status=status)
+    else:
+        line = log.jobs(ids, job_type=cls.JOB_NAME, status=status)
+    line.warning("%s: %s", describe_jobs(ids), message)
     session.execute(update(Job).where(Job.id.in_(ids)).values(due_at=None))
     set_job_status(session, ids, S.INTERNAL_ERROR, message=message)
     key = str(S.INTERNAL_ERROR)

@@ -92,6 +92,7 @@ def _create_for_type(
             created,
             cancelled,
             report.already_known,
+            extra={"job_type": cls.JOB_NAME},
         )
 
 
