@@ -60,9 +60,12 @@ def apply_feedback(session: Session, message_id: str, error: str) -> Settlement:
     session.execute(
         update(Publication).where(Publication.id == row.id).values(error=error, error_at=utc_now())
     )
-    status = JobStatus(
-        session.scalar(select(Job.status_id).where(Job.id == row.job_id).with_for_update())
-    )
+    job = session.execute(
+        select(Job.status_id, Job.job_type, Job.attempt)
+        .where(Job.id == row.job_id)
+        .with_for_update()
+    ).one()
+    status = JobStatus(job.status_id)
     message = f"consumer reported a failure for product {row.product} ({message_id}): {error}"
     details = {**STAGE, "feedback": {"message_id": message_id, "product": row.product}}
     if status is S.DONE:
@@ -75,11 +78,16 @@ def apply_feedback(session: Session, message_id: str, error: str) -> Settlement:
             details=details,
         )
         status = S.START_PUBLICATION
-    if status in _FAILABLE:
+    failable = status in _FAILABLE
+    if failable:
         set_job_status(
             session, row.job_id, S.EXTERNAL_ERROR, expected=status, message=message, details=details
         )
-    else:
-        log.warning("job %s is %s: feedback recorded on its publication only", row.job_id, status)
-    log.error("job %s: %s", row.job_id, message)
+        status = S.EXTERNAL_ERROR
+    job_log = log.job(row.job_id, job_type=job.job_type, attempt=job.attempt, status=status)
+    if not failable:
+        job_log.warning(
+            "job %s is %s: feedback recorded on its publication only", row.job_id, status
+        )
+    job_log.error("job %s: %s", row.job_id, message)
     return Settlement.ACK

@@ -272,8 +272,9 @@ def record(
         session.execute(_MARK_PUBLISHED, published)
     if failed["ids"]:
         session.execute(_MARK_FAILED, failed)
+    claimed = {job.id: job for job in jobs}
     for job_id, rows in returned.items():
-        _fail_unroutable(session, job_id, rows)
+        _fail_unroutable(session, claimed[job_id], rows)
         result.failed_jobs += 1
     if complete:
         result.done = finish(session, complete, job_types)
@@ -350,23 +351,30 @@ def _set_publication_dates(
             try:
                 job.set_product_publication_date(dates[job.id])
             except Exception as exc:  # a partner's hook: its job fails alone
-                log.exception("job %s: set_product_publication_date failed", job.id)
+                log.job(
+                    job.id, job_type=cls.JOB_NAME, attempt=job.attempt, status=S.INTERNAL_ERROR
+                ).exception("job %s: set_product_publication_date failed", job.id)
                 failures[job.id] = f"{type(exc).__name__}: {exc}"
     session.flush()
     return failures
 
 
-def _fail_unroutable(session: Session, job_id: int, rows: list[tuple[OutboxRow, Delivery]]) -> None:
+def _fail_unroutable(
+    session: Session, job: ClaimedJob, rows: list[tuple[OutboxRow, Delivery]]
+) -> None:
+    """start_publication → external_error for a job whose messages the broker returned."""
     products = ", ".join(row.product for row, _ in rows)
     reason = rows[0][1].reason
     message = (
         f"product message(s) not routed to any queue ({products}): {reason}; bind a queue "
-        f"for the routing key, then `joblife jobs republish {job_id}`"
+        f"for the routing key, then `joblife jobs republish {job.id}`"
     )
-    log.error("job %s: %s", job_id, message)
+    log.job(job.id, job_type=job.job_type, attempt=job.attempt, status=S.EXTERNAL_ERROR).error(
+        "job %s: %s", job.id, message
+    )
     set_job_status(
         session,
-        job_id,
+        job.id,
         S.EXTERNAL_ERROR,
         expected=S.START_PUBLICATION,
         message=message,

@@ -30,6 +30,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from joblife.lifecycle.common import ServiceContext, job_logger
+from joblife.logs import describe_jobs
 from joblife.publication import outbox
 from joblife.publication.broker import ConfirmingPublisher, Delivery, SentBatch, Settlement
 from joblife.publication.errors import BrokerUnavailable
@@ -248,7 +249,8 @@ class PublicationService:
             result = outbox.record(session, batch.jobs, deliveries, self.context.job_types)
             session.commit()
         if result.unconfirmed or result.returned or result.nacked:
-            log.warning("publication batch: %s", asdict(result))
+            ids = [job.id for job in batch.jobs]
+            log.jobs(ids).warning("publication batch of %s: %s", describe_jobs(ids), asdict(result))
         return result
 
     def _handle_feedback(self, report: PublicationReport) -> None:
