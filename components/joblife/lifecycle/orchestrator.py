@@ -5,7 +5,8 @@ of the outbox; nothing without a broker URL) once, each in its own
 error boundary: one service's failure (or one job's) never stops the others. A cycle that
 found work is followed at once by the next; an idle one waits ``loop_interval`` seconds,
 or, when only the in-flight caps held dispatch back, until the executor reports that an
-execution ended.
+execution ended: that wake-up runs dispatch alone (to fill the freed slot), and the other
+services keep their pace of one cycle per ``loop_interval``.
 A database outage makes the loop back off (up to a minute), reconnect and resume. SIGTERM
 or SIGINT stops it after the current service.
 """
@@ -35,6 +36,8 @@ SERVICES = ("create", "configure", "dispatch", "monitor", "publish")
 MAX_BACKOFF_SECONDS = 60.0
 #: While dispatch waits for a free slot, the broker connection is served this often.
 SERVE_SLICE_SECONDS = 1.0
+#: What a cycle woken by a freed slot runs (the others wait for their interval).
+SLOT_SERVICES = ("dispatch",)
 
 
 @dataclass
@@ -76,13 +79,16 @@ class Orchestrator:
             "publish": lambda: self.publication.run_cycle().as_dict(),
         }
 
-    def run_once(self) -> CycleReport:
-        """One cycle of every service. A database outage is re-raised (the loop backs off);
-        any other error is recorded and the next service runs."""
+    def run_once(self, only: Sequence[str] | None = None) -> CycleReport:
+        """One cycle of every service (of those in ``only`` if given). A database outage
+        is re-raised (the loop backs off); any other error is recorded and the next
+        service runs."""
         report = CycleReport()
         for name in self.services:
             if self.stop_event.is_set():
                 break
+            if only is not None and name not in only:
+                continue
             try:
                 result = self._steps[name]()
             except OperationalError as exc:
@@ -112,9 +118,14 @@ class Orchestrator:
     def _cycle_forever(self, interval: float | None) -> None:
         interval = interval if interval is not None else self.context.settings.loop_interval
         backoff = 1.0
+        slot_freed = False
+        next_full_cycle = 0.0
         while not self.stop_event.is_set():
+            # A wake-up because an execution ended only needs dispatch to fill the slot;
+            # the other services keep their own pace (a full cycle every interval).
+            full = not slot_freed or time.monotonic() >= next_full_cycle
             try:
-                report = self.run_once()
+                report = self.run_once(None if full else SLOT_SERVICES)
             except (OperationalError, DBAPIError) as exc:
                 if not _is_connection_problem(exc):
                     raise
@@ -126,15 +137,18 @@ class Orchestrator:
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
                 continue
             backoff = 1.0
+            if full:
+                next_full_cycle = time.monotonic() + interval
+            slot_freed = False
             if not report.busy:
-                self._idle(report, interval)
+                slot_freed = self._idle(report, interval)
 
-    def _idle(self, report: CycleReport, interval: float) -> None:
+    def _idle(self, report: CycleReport, interval: float) -> bool:
         """Wait for the next cycle. When dispatch is held back only by the caps, a slot
         may free up any moment: wake as soon as the executor reports a change (an
-        execution ended), if it can tell. While it waits, the broker connection of the
-        publish service is served (heartbeats, feedback deliveries): an unserved
-        connection is dropped by the broker after two missed heartbeats."""
+        execution ended), if it can tell; True then. While it waits, the broker
+        connection of the publish service is served (heartbeats, feedback deliveries): an
+        unserved connection is dropped by the broker after two missed heartbeats."""
         wait_for_change = getattr(self.executor, "wait_for_change", None)
         dispatch = report.results.get("dispatch") or {}
         capped = bool(dispatch.get("capped")) and wait_for_change is not None
@@ -144,18 +158,18 @@ class Orchestrator:
                 self.publication.idle(interval)  # returns early on feedback
             else:
                 self.stop_event.wait(interval)
-            return
+            return False
         if not publishing:
-            wait_for_change(interval, self.stop_event)
-            return
+            return bool(wait_for_change(interval, self.stop_event))
         deadline = time.monotonic() + interval
         while not self.stop_event.is_set():
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or wait_for_change(
-                min(remaining, SERVE_SLICE_SECONDS), self.stop_event
-            ):
-                return
+            if remaining <= 0:
+                return False
+            if wait_for_change(min(remaining, SERVE_SLICE_SECONDS), self.stop_event):
+                return True
             self.publication.idle(0.0)  # handle what the broker sent meanwhile
+        return False
 
 
 def _did_work(name: str, result: Any) -> bool:
@@ -164,7 +178,8 @@ def _did_work(name: str, result: Any) -> bool:
     if name == "configure":
         return any(r["examined"] for r in result)
     if name == "dispatch":
-        return bool(result["dispatched"] or result["failed"])
+        # Dispatch that filled every slot has nothing more to do until one frees up.
+        return bool(result["dispatched"] or result["failed"]) and not result["capped"]
     if name == "publish":
         return bool(result["jobs"] or result["feedback"])
     return bool(result["ended"] or result["stale"] or result["redispatched"] or result["retried"])
