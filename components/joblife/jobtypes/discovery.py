@@ -1,9 +1,10 @@
 """What the reference job types share to discover their input products in storage.
 
 A discovery location (a setting) is either a key prefix of the configured storage
-(``demo/inputs/h5``) or a full URL (``file:///data/h5``, ``s3://bucket/h5``), resolved
-the way the worker resolves ``input_path`` (:meth:`WorkerContext.storage_for`), so the
-``input_path`` a job gets from :func:`input_location` is one the worker can fetch.
+(``demo/inputs/h5``) or a full URL (``file:///data/h5``, ``s3://bucket/h5``; for one object,
+``https://host/image.tif`` too), resolved the way the worker resolves ``input_path``
+(:meth:`WorkerContext.storage_for`), so the ``input_path`` a job gets from
+:func:`input_location` is one the worker can fetch.
 
 Storage listings carry no dates: :func:`modified_at` asks the backend for an object's
 modification time, the publication date of a product that carries none of its own.
@@ -48,13 +49,17 @@ def input_location(location: str, relative: str) -> str:
 
 def modified_at(storage: Storage, key: str) -> datetime:
     """When the object ``key`` was last written (UTC): a file's modification time, an S3
-    object's ``LastModified``."""
+    object's ``LastModified``, an HTTP object's ``Last-Modified``."""
     if isinstance(storage, FileStorage):
         try:
             stamp = (storage.root / key).stat().st_mtime
         except OSError as exc:
             raise StorageError(f"cannot stat {storage.url(key)}: {exc}") from exc
         return datetime.fromtimestamp(stamp, UTC)
+    from joblife.storage.http import HttpSource
+
+    if isinstance(storage, HttpSource):
+        return storage.modified_at(key)
     from joblife.storage.s3 import S3Storage  # boto3 only when S3 is in use
 
     if isinstance(storage, S3Storage):

@@ -2,7 +2,9 @@
 
 ``JOBLIFE_STORAGE_URL`` chooses it: ``s3://bucket/prefix``
 (:class:`~joblife.storage.s3.S3Storage`, imported only when used) or ``file:///path``
-(:class:`FileStorage`); unset, ``<data_dir>/storage`` on the local disk.
+(:class:`FileStorage`); unset, ``<data_dir>/storage`` on the local disk. An input location
+may also be one ``http://`` or ``https://`` URL (:class:`~joblife.storage.http.HttpSource`,
+read-only: one object to download, nothing to list or write).
 """
 
 from __future__ import annotations
@@ -71,6 +73,13 @@ def open_storage(url: str | None = None, settings: Settings | None = None) -> St
             part_concurrency=settings.s3_part_concurrency,
             concurrency=concurrency,
         )
+    if parts.scheme in ("http", "https"):
+        from joblife.storage.http import HttpSource, safe_url
+
+        if not parts.hostname:
+            raise ConfigurationError(f"URL {safe_url(url)!r} names no host")
+        return HttpSource(url)
     raise ConfigurationError(
-        f"storage URL {url!r}: unsupported scheme {parts.scheme!r} (use s3:// or file://)"
+        f"storage URL {url!r}: unsupported scheme {parts.scheme!r} (use s3:// or file://; "
+        "http(s):// for one object to read)"
     )
