@@ -345,18 +345,32 @@ class Settings(BaseSettings):
     )
     image_ingest_source_url: str | None = Field(
         default=None,
-        description="Image ingest from one URL (file:// or s3://, or a key of the configured "
-        "storage): one job for that image; unset = no single-URL input.",
+        description="Image ingest from one URL (http:// or https:// needing no account, "
+        "file://, s3://, or a key of the configured storage): one job for that image; unset "
+        "= no single-URL input.",
     )
     image_ingest_input_prefix: str | None = Field(
         default=None,
-        description="Image ingest from a storage prefix: each sub-directory holding files "
-        "that match image_ingest_filter is one stack, one job; unset = no prefix input.",
+        description="Image ingest from a storage prefix (a key prefix of the configured "
+        "storage, file:// or s3://): the files whose path relative to it fully matches "
+        "image_ingest_filter, grouped by directory, one stack (one job) per directory; unset "
+        "= no prefix input.",
     )
     image_ingest_filter: str = Field(
         r".*\.(png|tiff?)",
-        description="Regular expression a file's path (relative to its stack) must fully "
-        "match to be part of the stack.",
+        description="Regular expression a file's path relative to image_ingest_input_prefix "
+        "must fully match to be part of a stack (e.g. data/raw/original/pm31\\d{2}o\\.png).",
+    )
+    image_ingest_runner: Literal["auto", "docker", "process"] = Field(
+        "process",
+        description="How image ingest jobs run: process (python -m joblife.science.pyramid on "
+        "the worker), docker (the same command in image_ingest_image), or auto: docker when "
+        "the container engine answers and has the image, else process.",
+    )
+    image_ingest_image: str = Field(
+        "localhost/joblife-pyramid:latest",
+        description="Science image of the image ingest container runner (built from "
+        "workers/pyramid/Containerfile; never pulled by auto).",
     )
     image_ingest_min_size: PositiveInt = Field(
         64, description="Pyramid: levels are added until the larger side is at most this."
@@ -378,6 +392,26 @@ class Settings(BaseSettings):
         gt=0,
         description="Published later than nrt but within this many days of its measurement: "
         "priority delayed; later still: reprocessing.",
+    )
+    tile_series_settle_hours: float = Field(
+        0.5,
+        ge=0,
+        description="The longest delay between a tile product's measurement and its "
+        "publication that the date order is guaranteed for: a date is released only once "
+        "the discovery cursor has passed its measurement plus this, so every earlier date "
+        "published within it is known first (0: release once the known previous date has "
+        "its output).",
+    )
+    tile_series_runner: Literal["auto", "docker", "process"] = Field(
+        "process",
+        description="How tile time series jobs run: process (python -m joblife.science.snow "
+        "on the worker), docker (the same command in tile_series_image), or auto: docker "
+        "when the container engine answers and has the image, else process.",
+    )
+    tile_series_image: str = Field(
+        "localhost/joblife-snow:latest",
+        description="Science image of the tile time series container runner (built from "
+        "workers/snow/Containerfile; never pulled by auto).",
     )
     publication_spool: str | None = Field(
         default=None,

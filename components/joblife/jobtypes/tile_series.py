@@ -7,15 +7,33 @@ Sentinel-2-like tile product, each date after the previous one of its tile.
 - **Priority** from the product's publication delay (publication - measurement): at most
   ``tile_series_nrt_hours`` → nrt; at most ``tile_series_delayed_days`` → delayed; later
   → reprocessing.
-- **Configuration**: a job stays ``configured`` until the previous date's job of the same
-  tile (the job with the latest earlier measurement date, cancelled ones aside) has
-  produced its output (``processed`` or later; ``done`` without a product counts too:
-  there is nothing more to wait for). The predecessor is looked up again at every
-  re-check, so a product of an earlier date discovered late (out-of-order publication)
-  becomes the predecessor of the later jobs that are still waiting. A job already released
-  cannot be held back by a product discovered after it.
-- **Processing**: ``python -m joblife.science.snow`` (NDSI rule) through the process
-  runner; output ``tile_series/<product>/<product>_SNW.tif``, published as ``snow_mask``.
+- **Configuration** (``configure_single_job``, re-checked every
+  ``configure_recheck_seconds``): a date must not be processed before an earlier date of
+  its tile, even one discovered after it. A job (tile *t*, measured at *m*) stays
+  ``configured`` until both hold:
+
+  1. *nothing earlier can still come*: the type's discovery cursor (the newest input
+     publication date of its jobs, where creation starts its next window: a product
+     published before it is either known already or never discovered) has reached
+     *m* + ``tile_series_settle_hours`` (*S*). Every product of *t* measured before *m* and
+     published within *S* of its measurement was published before that, so its job exists;
+  2. *the previous date has its output*: the job of *t* with the latest earlier measurement
+     date (cancelled ones aside), looked up again at every re-check, is ``processed`` or
+     later (``done`` without a product counts too: there is nothing more to wait for).
+
+  **Guarantee**: a date is processed only after every earlier date of its tile published
+  within *S* of its measurement has produced its output, whatever the order in which they
+  are discovered. A product published later than that (a *late* product, e.g. a
+  reprocessed date) still waits for its own previous date, and the later dates still
+  waiting wait for it; later dates already released are not redone: a warning names them.
+  The price is timeliness: no date is released before *m* + *S* (and before the catalogue
+  has published something at least that recent). ``S = 0`` is the seed's rule: released as
+  soon as the known previous date has its output.
+- **Processing**: ``python -m joblife.science.snow`` (NDSI rule), chosen by
+  ``tile_series_runner`` (:mod:`joblife.jobtypes.science_runner`): ``process`` (default)
+  on the worker, ``docker`` in ``tile_series_image`` (``workers/snow/Containerfile``),
+  ``auto``: the container when the engine has the image. Output
+  ``tile_series/<product>/<product>_SNW.tif``, published as ``snow_mask``.
 """
 
 from __future__ import annotations
@@ -26,25 +44,34 @@ import sys
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import BigInteger, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from joblife.config import Settings, get_settings
-from joblife.jobtypes import discovery
-from joblife.model.job import TIMESTAMPTZ
+from joblife.jobtypes import discovery, science_runner
+from joblife.model.job import TIMESTAMPTZ, Job
 from joblife.model.priority import Priority
 from joblife.model.status import JobStatus
 from joblife.model.template import JobsToCreate, JobTemplate
 from joblife.science import outcome
 from joblife.storage import Storage
 
+if TYPE_CHECKING:
+    from joblife.worker.context import WorkerContext
+
 log = logging.getLogger(__name__)
 S = JobStatus
 #: Statuses of a predecessor that has produced its output (or finished without one).
 OUTPUT_PRODUCED = (S.PROCESSED, S.START_PUBLICATION, S.PUBLISHED, S.DONE)
+#: Statuses of a job not released yet (or never to be).
+NOT_RELEASED = (S.INITIALIZED, S.CONFIGURED, S.CANCELLED)
 METADATA_PATTERN = r"[^/]+/metadata\.json"
+#: The science command line after the interpreter (the same in a process and a container).
+_SNOW_ARGS = [
+    "-m", "joblife.science.snow", "{input_dir}", "{output_dir}/{input_product_id}_SNW.tif",
+]  # fmt: skip
 
 
 class TileSeriesJob(JobTemplate):
@@ -58,11 +85,10 @@ class TileSeriesJob(JobTemplate):
     OUTPUT_PRODUCTS_LIST = ["snow_mask"]
     GET_JOBS_WITH_STATUS_PROCEDURE_NAME = "get_tile_series_jobs_with_status"
 
+    # The process variant; tile_series_runner may run CONTAINER_COMMAND in the image instead.
     SCIENCE_RUNNER = "process"
-    SCIENCE_COMMAND = [
-        sys.executable, "-m", "joblife.science.snow",
-        "{input_dir}", "{output_dir}/{input_product_id}_SNW.tif",
-    ]  # fmt: skip
+    SCIENCE_COMMAND = [sys.executable, *_SNOW_ARGS]
+    CONTAINER_COMMAND = ["python", *_SNOW_ARGS]
     PRODUCT_RETURN_CODES = outcome.PRODUCT_RETURN_CODES
     NO_PRODUCT_RETURN_CODES = outcome.NO_PRODUCT_RETURN_CODES
     RETRYABLE_RETURN_CODES = outcome.RETRYABLE_RETURN_CODES
@@ -111,30 +137,82 @@ class TileSeriesJob(JobTemplate):
 
     # -- configuration -------------------------------------------------------------------
     def configure_single_job(self, session: Session) -> JobStatus:
-        """Ready once the previous date's job of the tile produced its output."""
+        """Ready once nothing earlier can still be discovered and the previous date of the
+        tile has its output (see the module docstring)."""
         cls = type(self)
+        same_series = (
+            cls.tile_id == self.tile_id,
+            cls.reprocessing_context == self.reprocessing_context,
+        )
+        if self.status is S.INITIALIZED:
+            self._warn_if_late(session, same_series)
         previous = session.scalars(
             select(cls)
             .where(
-                cls.tile_id == self.tile_id,
-                cls.reprocessing_context == self.reprocessing_context,
+                *same_series,
                 cls.measurement_date < self.measurement_date,
                 cls.status_id != S.CANCELLED,
             )
             .order_by(cls.measurement_date.desc(), cls.id.desc())
             .limit(1)
         ).first()
-        if previous is None:
-            self.previous_job_id = None
-            return S.READY
-        self.previous_job_id = previous.id
-        if previous.status in OUTPUT_PRODUCED:
+        self.previous_job_id = previous.id if previous is not None else None
+        settle = timedelta(hours=get_settings().tile_series_settle_hours)
+        if settle:
+            cursor = discovery_cursor(session, cls)
+            due = self.measurement_date + settle
+            if cursor is None or cursor < due:
+                at = cursor.isoformat(timespec="seconds") if cursor else "nothing yet"
+                self.waiting_for = (
+                    f"the discovery cursor to reach {due.isoformat(timespec='seconds')} "
+                    f"(measurement + tile_series_settle_hours; it is at {at}): until then an "
+                    f"earlier date of tile {self.tile_id} may still come"
+                )
+                return S.CONFIGURED
+        if previous is None or previous.status in OUTPUT_PRODUCED:
             return S.READY
         self.waiting_for = (
             f"the {previous.measurement_date:%Y-%m-%d %H:%M} product of tile {self.tile_id} "
             f"(job {previous.id}, {previous.status}) to produce its output"
         )
         return S.CONFIGURED
+
+    def _warn_if_late(self, session: Session, same_series: tuple[Any, ...]) -> None:
+        """Log a warning when later dates of the tile were released before this one was
+        discovered (a late product: beyond the guarantee of the module docstring)."""
+        cls = type(self)
+        released = session.execute(
+            select(cls.id, cls.input_product_id)
+            .where(
+                *same_series,
+                cls.measurement_date > self.measurement_date,
+                cls.status_id.not_in([int(s) for s in NOT_RELEASED]),
+            )
+            .order_by(cls.measurement_date)
+        ).all()
+        if released:
+            delay = (self.input_publication_date or self.measurement_date) - self.measurement_date
+            log.warning(
+                "tile %s: %s (measured %s) was published %s after its measurement, beyond "
+                "tile_series_settle_hours; later dates already released are not redone: %s",
+                self.tile_id,
+                self.input_product_id,
+                self.measurement_date.isoformat(),
+                delay,
+                ", ".join(f"{product} (job {job_id})" for job_id, product in released),
+            )
+
+    # -- the worker's steps ----------------------------------------------------------------
+    def job_processing(self, context: WorkerContext) -> int:
+        """The snow mask command line with the runner ``tile_series_runner`` chooses."""
+        settings = context.settings
+        return science_runner.run_science(
+            self,
+            context,
+            settings.tile_series_runner,
+            settings.tile_series_image,
+            self.CONTAINER_COMMAND,
+        )
 
     # -- publication ---------------------------------------------------------------------
     def get_products_publication_jsons(self) -> list[dict[str, Any]]:
@@ -143,6 +221,18 @@ class TileSeriesJob(JobTemplate):
         for message in messages:
             message["measurement_date"] = self.measurement_date.isoformat()
         return messages
+
+
+def discovery_cursor(session: Session, cls: type[TileSeriesJob]) -> datetime | None:
+    """The discovery cursor of the type: the newest input publication date of its jobs, as
+    :meth:`~joblife.model.template.JobTemplate.get_last_inserted_job` orders them (one entry
+    of the cursor index; creation starts its next window there)."""
+    return session.scalar(
+        select(Job.input_publication_date)
+        .where(Job.job_type == cls.JOB_NAME)
+        .order_by(Job.input_publication_date.desc().nulls_last(), Job.id.desc())
+        .limit(1)
+    )
 
 
 def priority_for(measured: datetime, published: datetime | None, settings: Settings) -> Priority:
