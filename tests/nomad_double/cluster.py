@@ -130,9 +130,11 @@ class Allocation:
 class Faults:
     """What the double does wrong on purpose, set by the tests."""
 
-    #: The next N requests (any path) get this status with "fault injected".
+    #: The next N requests (any path) get ``fail_status`` with ``fail_message`` (e.g. 500
+    #: "No cluster leader", what Nomad answers during a leader election).
     fail_next: int = 0
     fail_status: int = 500
+    fail_message: str = "fault injected"
     #: Every answer waits this long first (slow answers; timeouts when above the client's).
     delay_seconds: float = 0.0
     #: Children (and their allocations) are garbage-collected as soon as they end.
@@ -244,9 +246,12 @@ class Cluster:
         return {"EvalID": str(uuid.uuid4()), "EvalCreateIndex": index, "JobModifyIndex": index}
 
     def allocations_of(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's allocations in Nomad's order: by allocation ID (the state store's
+        index order), not by creation: the newest is anywhere in the list."""
         with self.lock:
             namespace = self.jobs.get(job_id, {}).get("Namespace", "default")
-            return [a.stub(namespace) for a in self.allocations.get(job_id, [])]
+            allocations = sorted(self.allocations.get(job_id, []), key=lambda a: a.id)
+            return [a.stub(namespace) for a in allocations]
 
     # -- dispatch --------------------------------------------------------------------------------
     def dispatch(
@@ -343,10 +348,11 @@ class Cluster:
             allocation.modify_index = self._next_index()
             self.jobs[child_id]["Status"] = "dead"
 
-    def finish(self, child_id: str, exit_code: int) -> None:
-        """Record an ended allocation for a child without running anything (benchmarks)."""
+    def finish(self, child_id: str, exit_code: int, allocation_id: str | None = None) -> None:
+        """Record a new ended allocation for a child without running anything (benchmarks;
+        ``allocation_id`` chooses its ID, hence its place in :meth:`allocations_of`)."""
         with self.lock:
-            allocation = self._allocate(child_id)
+            allocation = self._allocate(child_id, allocation_id)
             allocation.event("Started", "Task started by client")
             self._terminated(allocation, exit_code)
 
@@ -383,12 +389,12 @@ class Cluster:
         for allocation in started:
             threading.Thread(target=self._run, args=(allocation,), daemon=True).start()
 
-    def _allocate(self, child_id: str) -> Allocation:
+    def _allocate(self, child_id: str, allocation_id: str | None = None) -> Allocation:
         job = self.jobs[child_id]
         group = job["TaskGroups"][0]
         index = self._next_index()
         allocation = Allocation(
-            id=str(uuid.uuid4()),
+            id=allocation_id or str(uuid.uuid4()),
             job_id=child_id,
             group=group["Name"],
             task=group["Tasks"][0]["Name"],

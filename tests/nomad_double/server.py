@@ -5,7 +5,10 @@ suffix), status codes and bodies (JSON, or the error as plain text), the
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -40,7 +43,7 @@ class NomadDouble:
 
     def start(self) -> NomadDouble:
         """Listen (on the same port again after :meth:`stop_listening`)."""
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), _Handler)
+        server = _Server(("127.0.0.1", self.port), _Handler)
         server.daemon_threads = True
         server.double = self  # type: ignore[attr-defined]
         self.port = server.server_address[1]
@@ -50,10 +53,12 @@ class NomadDouble:
         return self
 
     def stop_listening(self) -> None:
-        """Nomad unreachable: connections are refused until :meth:`start` again."""
+        """Nomad unreachable: the open (kept-alive) connections are closed and new ones
+        refused until :meth:`start` again."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+            self._server.close_connections()
             self._server = None
 
     def close(self) -> None:
@@ -72,7 +77,7 @@ class NomadDouble:
         with self.cluster.lock:
             if faults.fail_next > 0:
                 faults.fail_next -= 1
-                return faults.fail_status, "fault injected"
+                return faults.fail_status, faults.fail_message
         try:
             return 200, self._route(method, path, query, body)
         except ApiError as exc:
@@ -130,6 +135,44 @@ class NomadDouble:
                 self.cluster.finish(job_id, int(request.get("ExitCode", 0)))
             return {}
         raise ApiError(404, "Invalid URL")
+
+
+class _Server(ThreadingHTTPServer):
+    """The HTTP server: keeps track of its open connections (to close them when Nomad
+    goes away), quiet about clients that went away mid-answer."""
+
+    #: What a client that gave up (its read timed out: the fault mode of slow answers)
+    #: leaves the server writing to: the expected outcome, not an error worth a traceback.
+    CLIENT_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Close every open connection (their handlers then see the end of the stream)."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Swallow :data:`CLIENT_GONE` errors; anything else is printed as usual."""
+        if isinstance(sys.exc_info()[1], self.CLIENT_GONE):
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
