@@ -10,7 +10,7 @@ import re
 import pytest
 from joblife.errors import ExecutorError
 from joblife.executors import build_executor
-from joblife.executors.base import ExecutionRequest, ExecutionState
+from joblife.executors.base import ExecutionRequest, ExecutionState, ExecutorUnavailable
 from joblife.executors.nomad import NomadExecutor, execution_from_allocations
 from joblife.model import load_job_types
 from joblife.nomad.client import nomad_client
@@ -135,16 +135,18 @@ def test_status_lists_children_and_reads_allocations_only_of_ended_ones(double: 
 
 
 def test_allocation_mapping():
+    # Nomad lists allocations in no creation order: the newest is neither first nor last.
     lost = execution_from_allocations(
         "p/dispatch-1",
         [
+            {"ID": "a" * 36, "ClientStatus": "complete", "CreateIndex": 1},
             {
-                "ID": "a" * 36,
+                "ID": "b" * 36,
                 "ClientStatus": "lost",
                 "ClientDescription": "node down",
-                "CreateIndex": 2,
+                "CreateIndex": 3,
             },
-            {"ID": "b" * 36, "ClientStatus": "complete", "CreateIndex": 1},
+            {"ID": "c" * 36, "ClientStatus": "failed", "CreateIndex": 2},
         ],
     )
     assert lost.state is ExecutionState.LOST and "node down" in lost.reason
@@ -167,6 +169,24 @@ def test_allocation_mapping():
     assert execution_from_allocations("p/dispatch-1", []).state is ExecutionState.LOST
 
 
+def test_status_takes_the_newest_allocation_in_nomads_order(double: NomadDouble):
+    executor = executor_on(double)
+    child = executor.dispatch(request(), "7-1")
+    # Three ended allocations, created in this order; the double lists them as Nomad
+    # does, by allocation ID (1..., 5..., c...): the newest (exit 0) comes second.
+    for prefix, code in (("c", 137), ("1", 2), ("5", 0)):
+        double.cluster.finish(
+            child, code, allocation_id=f"{prefix * 8}-0000-4000-8000-000000000000"
+        )
+    listed = double.cluster.allocations_of(child)
+    newest = max(listed, key=lambda a: a["CreateIndex"])
+    assert listed.index(newest) not in (0, len(listed) - 1)
+    assert newest["ClientStatus"] == "complete"
+    [status] = executor.status([child]).values()
+    assert (status.state, status.exit_code) == (ExecutionState.EXITED, 0)
+    assert newest["ID"][:8] in status.reason
+
+
 def test_stop_deletes_and_ignores_a_collected_child(double: NomadDouble):
     executor = executor_on(double)
     child = executor.dispatch(request(), "7-1")
@@ -185,18 +205,38 @@ def test_transient_500s_are_retried(double: NomadDouble):
     assert double.requests["POST /v1/job/:id/dispatch"] == 3
 
 
-def test_persistent_500_is_a_clear_error_and_nomad_counts_as_up(double: NomadDouble):
+def test_persistent_500_is_a_refusal_and_nomad_counts_as_up(double: NomadDouble):
+    # Nomad answers the dispatches it rejects (stopped parent, meta...) with a 500 and the
+    # reason: a refusal of that dispatch, not an outage.
     executor = executor_on(double, nomad_retries=1)
     double.faults.fail_next = 10
-    with pytest.raises(ExecutorError, match=r"Nomad refused the dispatch of job 7 attempt 1.*500"):
+    with pytest.raises(
+        ExecutorError, match=r"Nomad refused the dispatch of job 7 attempt 1.*500"
+    ) as caught:
         executor.dispatch(request(), "7-1")
+    assert not isinstance(caught.value, ExecutorUnavailable)
     assert executor.capacity("extra_small") is None
+
+
+def test_no_cluster_leader_is_unavailability(double: NomadDouble):
+    executor = executor_on(double, nomad_retries=1)
+    double.faults.fail_next = 10
+    double.faults.fail_message = "No cluster leader"
+    with pytest.raises(
+        ExecutorUnavailable, match=r"does not answer \(HTTP 500: No cluster leader\)"
+    ):
+        executor.dispatch(request(), "7-1")
+    assert double.requests["POST /v1/job/:id/dispatch"] == 2  # the bounded retries
+    assert executor.capacity("extra_small") == 0  # ready jobs stay ready
+    with pytest.raises(ExecutorUnavailable, match="could not stop"):
+        executor.stop(f"{PARENT}/dispatch-x")  # while down: at once, nothing sent
+    assert "DELETE /v1/job/:id" not in double.requests
 
 
 def test_slow_answers_time_out_and_pause_dispatch(double: NomadDouble):
     executor = executor_on(double, nomad_retries=0, nomad_read_timeout_seconds=0.2)
     double.faults.delay_seconds = 0.5
-    with pytest.raises(ExecutorError, match=r"does not answer .*timed out"):
+    with pytest.raises(ExecutorUnavailable, match=r"does not answer .*timed out"):
         executor.dispatch(request(), "7-1")
     assert executor.capacity("extra_small") == 0
     assert executor.status([f"{PARENT}/dispatch-x"]) == {}  # unknown, nothing decided
@@ -224,3 +264,23 @@ def test_job_type_without_nomad_job_is_refused(double: NomadDouble):
     executor = executor_on(double)
     with pytest.raises(ExecutorError, match="names no Nomad job"):
         executor.dispatch(ExecutionRequest(1, 1, "test", "extra_small", None), "1-1")
+
+
+def test_the_double_is_quiet_about_clients_that_went_away(
+    nomad_double: NomadDouble, capsys: pytest.CaptureFixture[str]
+):
+    # A client that timed out leaves the server writing to a closed connection: the
+    # expected outcome of the slow-answer fault, not a traceback on stderr.
+    server = nomad_double._server
+    assert server is not None
+    for error in (BrokenPipeError(32, "Broken pipe"), ConnectionResetError(104, "reset")):
+        try:
+            raise error
+        except OSError:
+            server.handle_error(None, ("127.0.0.1", 1))
+    assert capsys.readouterr().err == ""
+    try:  # anything else is still reported
+        raise ValueError("a bug in the double")
+    except ValueError:
+        server.handle_error(None, ("127.0.0.1", 1))
+    assert "ValueError: a bug in the double" in capsys.readouterr().err

@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from joblife.errors import ExecutorError
+
 
 @dataclass(frozen=True, slots=True)
 class ExecutionRequest:
@@ -44,6 +46,13 @@ class ExecutionStatus:
         return self.state in (ExecutionState.EXITED, ExecutionState.LOST)
 
 
+class ExecutorUnavailable(ExecutorError):
+    """The executor cannot be reached right now (no answer after its bounded retries, or
+    it said it cannot serve, e.g. no cluster leader): nothing was started, stopped or
+    refused. A queued job stays queued without a reference and keeps its attempt; the
+    monitor dispatches it again with the same token once the executor answers."""
+
+
 def execution_token(job_id: int, attempt: int) -> str:
     """The idempotency token of a job's attempt: dispatching twice with it runs it once."""
     return f"{job_id}-{attempt}"
@@ -58,7 +67,9 @@ class Executor(Protocol):
     def dispatch(self, request: ExecutionRequest, token: str) -> str:
         """Start the attempt (idempotent per ``token``: a repeated token returns the existing
         execution's reference and starts nothing); return its reference. Raises
-        :class:`joblife.errors.ExecutorError` with the reason when it cannot."""
+        :class:`ExecutorUnavailable` when the executor cannot be reached (the attempt
+        waits), :class:`joblife.errors.ExecutorError` with the reason when it refuses
+        (the attempt fails)."""
         ...
 
     def status(self, references: Iterable[str]) -> dict[str, ExecutionStatus]:
@@ -66,7 +77,8 @@ class Executor(Protocol):
         ...
 
     def stop(self, reference: str) -> None:
-        """Stop the execution if it still runs (no error if it already ended)."""
+        """Stop the execution if it still runs (no error if it already ended); raises
+        :class:`ExecutorUnavailable` when the executor cannot be reached."""
         ...
 
     def capacity(self, flavor: str) -> int | None:

@@ -16,15 +16,19 @@ parameterized batch job (see :mod:`joblife.nomad.specs`), through python-nomad.
   compare-and-set on the status it saw decides from the database (a worker that recorded
   its outcome wins).
 - **stop**: ``DELETE /v1/job/<child>`` (a child already gone is no error).
-- **Nomad unreachable** (no answer, or a proxy's 502/503/504 after the retries): dispatch
-  fails fast with the reason, :meth:`capacity` is 0 so the dispatch service leaves ready
-  jobs ready, and Nomad is probed again every ``nomad_unavailable_retry_seconds``;
-  children it cannot inspect are left out of :meth:`status` (unknown, so nothing is
-  decided about them).
+- **Nomad unreachable** (no answer, a proxy's 502/503/504, or Nomad's own 500 saying it
+  cannot serve, e.g. "No cluster leader", after the retries): :meth:`dispatch` and
+  :meth:`stop` raise :class:`~joblife.executors.base.ExecutorUnavailable` with the reason
+  (the job waits, queued without a reference, its attempt kept), :meth:`capacity` is 0 so
+  the dispatch service leaves ready jobs ready, and Nomad is probed again every
+  ``nomad_unavailable_retry_seconds``; children it cannot inspect are left out of
+  :meth:`status` (unknown, so nothing is decided about them). Any other answer that is not
+  a success is a **refusal** (:class:`~joblife.errors.ExecutorError`: the attempt fails).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -36,7 +40,12 @@ from nomad.api.exceptions import BaseNomadException
 import nomad
 from joblife.config import Settings
 from joblife.errors import ExecutorError
-from joblife.executors.base import ExecutionRequest, ExecutionState, ExecutionStatus
+from joblife.executors.base import (
+    ExecutionRequest,
+    ExecutionState,
+    ExecutionStatus,
+    ExecutorUnavailable,
+)
 from joblife.executors.local import describe_exit
 from joblife.nomad.client import describe, http_status, is_unreachable, nomad_client
 
@@ -85,8 +94,10 @@ class NomadExecutor:
         return None if self.available() else 0
 
     def dispatch(self, request: ExecutionRequest, token: str) -> str:
+        """Dispatch a child of the type's parameterized job with the token as
+        ``?idempotency_token=``; its ``DispatchedJobID`` is the reference."""
         if not self.available():
-            raise ExecutorError(self._down_message())
+            raise ExecutorUnavailable(self._down_message())
         parent = request.nomad_job_name
         if not parent:
             raise ExecutorError(
@@ -109,7 +120,7 @@ class NomadExecutor:
             )
         except BaseNomadException as exc:
             if is_unreachable(exc):
-                raise ExecutorError(self._down_message()) from exc
+                raise ExecutorUnavailable(self._down_message()) from exc
             raise ExecutorError(
                 f"Nomad refused the dispatch of job {request.job_id} attempt "
                 f"{request.attempt} to {parent!r}: {describe(exc)}"
@@ -120,6 +131,8 @@ class NomadExecutor:
         return str(child)
 
     def status(self, references: Iterable[str]) -> dict[str, ExecutionStatus]:
+        """One prefix listing per parent job of ``references``, plus the allocations of
+        the children that ended; a child Nomad cannot tell about now is left out."""
         result: dict[str, ExecutionStatus] = {}
         by_parent: dict[str, list[str]] = {}
         for reference in references:
@@ -150,12 +163,18 @@ class NomadExecutor:
         return result
 
     def stop(self, reference: str) -> None:
+        """``DELETE /v1/job/<child>``; a child already garbage-collected is no error."""
+        if not self.available():
+            raise ExecutorUnavailable(
+                f"could not stop Nomad job {reference}: {self._down_message()}"
+            )
         try:
             self._call(lambda: self.client.job.deregister_job(reference))
         except BaseNomadException as exc:
             if http_status(exc) == 404:
                 return  # already garbage-collected: nothing runs
-            raise ExecutorError(f"could not stop Nomad job {reference}: {describe(exc)}") from exc
+            error = ExecutorUnavailable if is_unreachable(exc) else ExecutorError
+            raise error(f"could not stop Nomad job {reference}: {describe(exc)}") from exc
 
     # -- availability ---------------------------------------------------------------------------
     def available(self) -> bool:
@@ -166,11 +185,10 @@ class NomadExecutor:
                 return True
             if self._clock() < self._retry_at:
                 return False
-        try:
+        with contextlib.suppress(BaseNomadException):  # _call records whether Nomad answered
             self._call(lambda: self.client.status.leader.get_leader())
-        except BaseNomadException:
-            return False
-        return True
+        with self._lock:
+            return self._down_reason is None
 
     def _call(self, request: Callable[[], Any]) -> Any:
         """Run one python-nomad request, keeping track of whether Nomad answers."""
@@ -205,7 +223,7 @@ class NomadExecutor:
             self._down_reason = None
 
     def _down_message(self) -> str:
-        return f"Nomad at {self.address} does not answer ({self._down_reason}); the job waits"
+        return f"Nomad at {self.address} does not answer ({self._down_reason})"
 
     # -- one child -----------------------------------------------------------------------------
     def _child_status(self, reference: str, stub: dict | None) -> ExecutionStatus | None:

@@ -19,6 +19,20 @@ from joblife.errors import ConfigurationError
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
 #: Answers meaning that Nomad itself cannot be reached (a proxy answered for it).
 UNREACHABLE_STATUSES = frozenset({502, 503, 504})
+#: What Nomad's own 500 says when the cluster cannot serve any request right now (no
+#: leader during an election, Raft not ready or shutting down, a region out of reach).
+#: Every other 500 is a refusal of the request itself: Nomad answers a dispatch it rejects
+#: (unknown or stopped parent job, missing or unpermitted meta, payload) with a 500 too.
+UNAVAILABLE_MESSAGES = (
+    "No cluster leader",
+    "Not ready to serve consistent reads",
+    "No path to region",
+    "node is not the leader",
+    "leadership lost while committing log",
+    "leadership transfer in progress",
+    "timed out enqueuing operation",
+    "raft is already shutdown",
+)
 
 
 def nomad_client(settings: Settings, pool_size: int = 16) -> nomad.Nomad:
@@ -60,13 +74,19 @@ def http_status(error: BaseNomadException) -> int | None:
 
 
 def is_unreachable(error: BaseException) -> bool:
-    """Whether ``error`` means Nomad gave no answer (refused, reset, timed out, or a proxy
-    in front of it could not reach it), as opposed to Nomad refusing the request."""
+    """Whether ``error`` means Nomad cannot serve the request now: no answer (refused,
+    reset, timed out), a proxy in front of it that could not reach it (502/503/504), or
+    Nomad's own 500 saying the cluster is unavailable (:data:`UNAVAILABLE_MESSAGES`), as
+    opposed to Nomad refusing the request (4xx, or a 500 with the reason)."""
     if isinstance(error, requests.RequestException):
         return True
     if isinstance(error, BaseNomadException):
         status = http_status(error)
-        return status is None or status in UNREACHABLE_STATUSES
+        if status is None or status in UNREACHABLE_STATUSES:
+            return True
+        if status == 500:
+            body = error.nomad_resp.text  # type: ignore[attr-defined]
+            return any(message in body for message in UNAVAILABLE_MESSAGES)
     return False
 
 
