@@ -6,6 +6,7 @@ process. Every wait polls with a deadline."""
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from joblife.db.status import set_job_status  # noqa: F401 - the door the servic
 from joblife.lifecycle import dispatch as dispatch_module
 from joblife.lifecycle.cancellation import cancel_and_stop
 from joblife.lifecycle.common import utc_now
+from joblife.lifecycle.monitor import QUEUED_DEADLINE_SECONDS
 from joblife.model import JobStatus
 
 from tests.support.lifecycle import wait_for
@@ -151,34 +153,160 @@ def test_crash_after_queued_commit_is_dispatched_once(
     assert len(cluster.children(PARENT)) == 2
 
 
-def test_nomad_unreachable_jobs_wait_then_resume(make_nomad_world: Callable[..., NomadWorld]):
+def test_nomad_unreachable_jobs_wait_then_resume(
+    make_nomad_world: Callable[..., NomadWorld],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+):
     world = make_nomad_world()
     lc, double = world.lifecycle, world.double
     ids = lc.add_jobs(*({} for _ in range(4)))
+    calls: list[int] = []
+    dispatch = world.executor.dispatch
+
+    def counted(request: Any, token: str) -> str:
+        calls.append(request.job_id)
+        return dispatch(request, token)
+
+    monkeypatch.setattr(world.executor, "dispatch", counted)
     double.stop_listening()
 
+    caplog.set_level(logging.WARNING, logger="joblife")
     report = lc.dispatch()
-    assert report.failed == 4 and report.dispatched == 0
-    for job_id in ids:
-        change = lc.last_change(job_id)
-        assert change.status == S.EXTERNAL_ERROR
-        assert f"Nomad at {double.address} does not answer (connection refused)" in change.message
-    lc.monitor_cycle()  # automatic retry: ready again (no backoff in this test)
-    assert statuses(world, ids) == [S.READY] * 4
-    for _ in range(3):  # while Nomad does not answer, ready jobs stay ready
-        report = lc.dispatch()
-        assert report.dispatched == 0 and report.failed == 0
-        time.sleep(0.1)
-    assert statuses(world, ids) == [S.READY] * 4
-    assert world.executor.capacity("extra_small") == 0
+    down = f"Nomad at {double.address} does not answer (connection refused)"
+    assert (report.dispatched, report.failed, report.waiting) == (0, 0, 4)
+    assert report.unavailable == down
+    assert len(calls) == 1  # the first failure ends the cycle's dispatching
+    assert f"nomad executor unavailable: {down}; 4 queued jobs wait" in caplog.text
+    for job_id in ids:  # waiting, attempt kept, nothing failed
+        job = lc.job(job_id)
+        assert (job.status, job.attempt, job.nomad_job_id) == (S.QUEUED, 1, None)
+        assert S.EXTERNAL_ERROR not in [c.status for c in lc.history(job_id)]
 
-    double.start()  # Nomad is back: the next probe finds it, dispatch resumes
+    report = lc.monitor_cycle()  # its re-dispatch waits the same way
+    assert report.redispatched == 0 and report.unavailable == down
+    assert len(calls) == 2
+    assert [lc.job(i).attempt for i in ids] == [1] * 4
+    assert statuses(world, ids) == [S.QUEUED] * 4
+    assert world.executor.capacity("extra_small") == 0  # nothing new is claimed
+    assert lc.dispatch().waiting == 0
+
+    double.start()  # Nomad is back: the next probe finds it, the monitor re-dispatches
     drive(world, lambda: statuses(world, ids) == [S.DONE] * 4)
     for job_id in ids:
         job = lc.job(job_id)
-        assert job.attempt == 2  # the attempt whose dispatch failed, then one that ran
+        assert job.attempt == 1  # the outage cost no attempt
         assert double.cluster.task_runs[job.nomad_job_id] == 1
+        assert double.cluster.get(job.nomad_job_id)["DispatchIdempotencyToken"] == f"{job_id}-1"
+        assert S.EXTERNAL_ERROR not in [c.status for c in lc.history(job_id)]
     assert len(double.cluster.children(PARENT)) == 4
+
+
+def test_nomad_refusal_fails_the_attempt_and_dispatch_goes_on(
+    make_nomad_world: Callable[..., NomadWorld],
+):
+    world = make_nomad_world()
+    lc, cluster = world.lifecycle, world.double.cluster
+    ids = lc.add_jobs({}, {})
+    cluster.stop(PARENT)  # a stopped parameterized job: Nomad refuses its dispatches
+
+    report = lc.dispatch()
+    assert (report.dispatched, report.failed, report.waiting) == (0, 2, 0)
+    assert report.unavailable is None
+    for job_id in ids:
+        change = lc.last_change(job_id)
+        assert change.status == S.EXTERNAL_ERROR
+        assert change.message == (
+            f"dispatch failed: Nomad refused the dispatch of job {job_id} attempt 1 to "
+            f"'{PARENT}': HTTP 500: Specified job \"{PARENT}\" is stopped"
+        )
+    assert world.executor.capacity("extra_small") is None  # Nomad answers: not an outage
+
+    world.deploy()  # registered again: the retries run
+    drive(world, lambda: statuses(world, ids) == [S.DONE, S.DONE])
+    assert [lc.job(i).attempt for i in ids] == [2, 2]
+
+
+def test_one_monitor_pass_lists_the_children_once(make_nomad_world: Callable[..., NomadWorld]):
+    world = make_nomad_world(slots=0, batch_size=5)  # nothing placed: outcomes set below
+    lc, double = world.lifecycle, world.double
+    ids = lc.add_jobs(*({} for _ in range(12)))
+    while lc.dispatch().dispatched:
+        pass
+    children = [child_of(world, i) for i in ids]
+    for index, code in ((1, 0), (6, 2), (11, 137)):  # one ended child in each batch
+        double.cluster.finish(children[index], code)
+    double.requests.clear()
+
+    reports = [lc.monitor_cycle() for _ in range(3)]  # batches of 5, 5, 2: one pass
+    assert [(r.checked, r.ended) for r in reports] == [(5, 1), (5, 1), (2, 1)]
+    assert double.requests == {"GET /v1/jobs": 1, "GET /v1/job/:id/allocations": 3}
+    for index in (1, 6, 11):
+        assert S.EXTERNAL_ERROR in [c.status for c in lc.history(ids[index])]
+    assert lc.monitor_cycle().checked == 5  # the next pass lists them again
+    assert double.requests["GET /v1/jobs"] == 2
+
+
+def test_monitor_asks_again_what_nomad_could_not_answer(
+    make_nomad_world: Callable[..., NomadWorld],
+):
+    world = make_nomad_world(slots=0, batch_size=2)
+    lc, double = world.lifecycle, world.double
+    ids = lc.add_jobs({}, {}, {}, {})
+    while lc.dispatch().dispatched:
+        pass
+    double.cluster.finish(child_of(world, ids[3]), 2)
+    double.stop_listening()
+    first = lc.monitor_cycle()  # the pass begins while Nomad does not answer
+    assert (first.checked, first.unknown, first.ended) == (2, 2, 0)
+
+    double.start()
+    time.sleep(0.35)  # nomad_unavailable_retry_seconds of the test settings
+    double.requests.clear()
+    second = lc.monitor_cycle()  # the rest of the pass, asked again at once
+    assert (second.checked, second.unknown, second.ended) == (2, 0, 1)
+    assert double.requests["GET /v1/jobs"] == 1
+    [failure] = [c for c in lc.history(ids[3]) if c.status == S.EXTERNAL_ERROR]
+    assert failure.message.startswith("execution ended while the job was queued: worker exited 2")
+
+
+def test_queued_deadline_stops_a_child_that_never_starts(
+    make_nomad_world: Callable[..., NomadWorld],
+):
+    world = make_nomad_world(slots=0)  # no node can take it: never placed
+    lc, cluster = world.lifecycle, world.double.cluster
+    [job_id] = lc.add_jobs({})
+    assert lc.dispatch().dispatched == 1
+    child = child_of(world, job_id)
+    # Counted from when Nomad accepted the child (as if it had been dispatched 2 h after
+    # the job was queued, at the end of an outage), not from the queued status.
+    with lc.session() as session:
+        session.execute(
+            dispatch_module.text(
+                "UPDATE jobs SET heartbeat_at = heartbeat_at + interval '2 hours' WHERE id = :id"
+            ),
+            {"id": job_id},
+        )
+        session.commit()
+    accepted = lc.job(job_id).heartbeat_at
+    deadline = timedelta(seconds=QUEUED_DEADLINE_SECONDS)
+    assert lc.monitor_cycle(accepted + deadline - timedelta(minutes=1)).never_started == 0
+    assert lc.status(job_id) is S.QUEUED and cluster.stop_requests == []
+
+    report = lc.monitor_cycle(accepted + deadline + timedelta(minutes=1))
+    assert report.never_started == 1
+    assert cluster.stop_requests == [child] and cluster.get(child)["Stop"] is True
+    [failure] = [c for c in lc.history(job_id) if c.status == S.EXTERNAL_ERROR]
+    assert failure.message == (
+        f"execution never started: accepted by the executor at {accepted.isoformat()}, "
+        "past the queued deadline of 3600 s; execution stopped"
+    )
+    assert failure.details == {
+        "attempt": 1,
+        "reference": child,
+        "queued_deadline_seconds": QUEUED_DEADLINE_SECONDS,
+    }
+    assert lc.status(job_id) is S.READY  # retried (no backoff in these tests)
 
 
 def test_lost_allocation_is_retried(make_nomad_world: Callable[..., NomadWorld]):

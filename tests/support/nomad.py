@@ -89,6 +89,8 @@ def make_nomad_world(
     made: list[NomadDouble] = []
 
     def make(slots: int = 8, **overrides: Any) -> NomadWorld:
+        """A world whose double runs ``slots`` tasks at once (0: none is ever placed),
+        with the test settings and ``overrides``."""
         task_env = {
             "JOBLIFE_DATABASE_URL": joblife_env,
             "JOBLIFE_HEARTBEAT_INTERVAL_SECONDS": "0.5",
@@ -102,16 +104,15 @@ def make_nomad_world(
             slots=slots,
         ).start()
         made.append(double)
-        settings = nomad_test_settings(
-            double.address,
-            database_url=joblife_env,
-            data_dir=data_dir,
-            batch_size=50,
-            retry_backoff_seconds=0,
-            redispatch_grace_seconds=0,
-            heartbeat_interval_seconds=0.5,
-            **overrides,
-        )
+        values: dict[str, Any] = {
+            "database_url": joblife_env,
+            "data_dir": data_dir,
+            "batch_size": 50,
+            "retry_backoff_seconds": 0,
+            "redispatch_grace_seconds": 0,
+            "heartbeat_interval_seconds": 0.5,
+        }
+        settings = nomad_test_settings(double.address, **{**values, **overrides})
         executor = NomadExecutor.from_settings(settings)
         world = NomadWorld(double, settings, executor, Lifecycle(engine, settings, executor))  # type: ignore[arg-type]
         world.deploy()

@@ -10,7 +10,13 @@ A cycle, serialised between dispatchers by a transaction-level advisory lock:
 4. only then calls the executor with the token ``<job id>-<attempt>`` and records the
    reference. A crash between 3 and 4 leaves a queued job without a reference: the monitor
    dispatches it again with the same token, and the executor runs it once.
-A failed dispatch becomes ``external_error`` with the reason; the others go on.
+
+A dispatch the executor **refuses** becomes ``external_error`` with the reason (the
+attempt is spent, the retry policy decides); the others go on. An executor that is
+**unavailable** (:class:`~joblife.executors.base.ExecutorUnavailable`: Nomad not answering)
+ends the cycle's dispatching: that job and the rest of the batch stay ``queued`` without a
+reference, their attempt kept, and the monitor dispatches them again with the same token
+once the executor answers; the report says why (``unavailable``) and how many wait.
 """
 
 from __future__ import annotations
@@ -25,7 +31,12 @@ from sqlalchemy.orm import Session
 
 from joblife.db.status import set_job_status
 from joblife.errors import StatusError
-from joblife.executors.base import ExecutionRequest, Executor, execution_token
+from joblife.executors.base import (
+    ExecutionRequest,
+    Executor,
+    ExecutorUnavailable,
+    execution_token,
+)
 from joblife.lifecycle.common import ServiceContext, job_logger
 from joblife.model import Job, JobStatus
 from joblife.model.job import READY_INDEX_WHERE
@@ -42,9 +53,15 @@ class DispatchReport:
     """What one dispatch cycle did."""
 
     dispatched: int = 0
+    #: Refused by the executor: external_error.
     failed: int = 0
     unknown_type: int = 0
     capped: dict[str, int] = field(default_factory=dict)
+    #: Claimed but left queued without an execution because the executor is unavailable
+    #: (dispatched again by the monitor, same token, when it answers).
+    waiting: int = 0
+    #: Why the executor is unavailable, when it was this cycle.
+    unavailable: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,10 +82,28 @@ def dispatch_jobs(context: ServiceContext, executor: Executor) -> DispatchReport
         claimed = _claim(session, context, executor, report)
         session.commit()  # queued + attempt are durable before any execution starts
         references = {}
-        for job in claimed:
-            reference = start_execution(
-                session, context, executor, job.job_id, job.attempt, job.job_type, job.worker_flavor
-            )
+        for index, job in enumerate(claimed):
+            try:
+                reference = start_execution(
+                    session,
+                    context,
+                    executor,
+                    job.job_id,
+                    job.attempt,
+                    job.job_type,
+                    job.worker_flavor,
+                )
+            except ExecutorUnavailable as exc:
+                report.waiting = len(claimed) - index
+                report.unavailable = str(exc)
+                log.warning(
+                    "%s executor unavailable: %s; %d queued jobs wait without execution "
+                    "(attempt kept) and are dispatched again, same token, when it answers",
+                    executor.name,
+                    exc,
+                    report.waiting,
+                )
+                break
             if reference is None:
                 report.failed += 1
             else:
@@ -88,8 +123,10 @@ def start_execution(
     job_type: str,
     worker_flavor: str,
 ) -> str | None:
-    """Start one queued attempt through the executor; on failure the job becomes
-    external_error with the reason (committed) and None is returned."""
+    """Start one queued attempt through the executor and return its reference. When the
+    executor refuses, the job becomes external_error with the reason (committed) and None
+    is returned; when it is unavailable, :class:`ExecutorUnavailable` is raised and the
+    job stays queued without a reference."""
     cls = context.job_types.get(job_type)
     request = ExecutionRequest(
         job_id=job_id,
@@ -100,8 +137,12 @@ def start_execution(
     )
     try:
         return executor.dispatch(request, execution_token(job_id, attempt))
+    except ExecutorUnavailable:
+        raise
     except Exception as exc:
-        log.warning("job %s: dispatch failed: %s", job_id, exc)
+        log.job(job_id, job_type=job_type, attempt=attempt, status=S.QUEUED).warning(
+            "dispatch failed: %s", exc
+        )
         try:
             set_job_status(
                 session,
@@ -118,14 +159,20 @@ def start_execution(
 
 
 def record_references(session: Session, references: dict[int, tuple[int, str]]) -> None:
-    """Record each started attempt's executor reference (only if still that attempt)."""
+    """Record each started attempt's executor reference (only if still that attempt).
+    ``heartbeat_at`` is stamped too unless the worker beat already: for a queued job it is
+    when the executor accepted the execution, from which the monitor's queued deadline
+    runs (the worker's own beats replace it once it started)."""
     if not references:
         return
     jobs = Job.__table__
     session.connection().execute(
         update(jobs)
         .where(jobs.c.id == bindparam("job_id"), jobs.c.attempt == bindparam("job_attempt"))
-        .values(nomad_job_id=bindparam("reference")),
+        .values(
+            nomad_job_id=bindparam("reference"),
+            heartbeat_at=func.coalesce(jobs.c.heartbeat_at, func.now()),
+        ),
         [
             {"job_id": job_id, "job_attempt": attempt, "reference": reference}
             for job_id, (attempt, reference) in references.items()

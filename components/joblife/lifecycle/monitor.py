@@ -1,16 +1,27 @@
 """Monitor: reconcile the database with the executor, and retry what may be retried.
 
 Each cycle, in bounded batches:
-1. **executions**: in-flight jobs (queued ... post_processing) with a reference are checked
-   with the executor in one call per batch; an execution that ended or vanished while the
-   database still says in flight becomes ``external_error`` with the exit code and reason
-   (compare-and-set on the status seen, so a worker that just finished wins);
+1. **executions**: in-flight jobs (queued ... post_processing) with a reference, a batch
+   per cycle in id order; a **pass** is the cycles from the first batch to the last. At
+   its start the executor is asked once for every in-flight reference (for Nomad: one
+   prefix listing per parameterized job, plus the allocations of the children that
+   ended), and each batch is decided from that answer: an execution that ended or
+   vanished while the database still says in flight becomes ``external_error`` with the
+   exit code and reason (compare-and-set on the status seen, so a worker that just
+   finished wins). References the executor could not answer for are asked again, at once,
+   at the next batch that holds one; an attempt dispatched after the pass began waits for
+   the next pass;
 2. **heartbeats**: a started job whose worker has not beaten for ``heartbeat_timeout_seconds``
    has its execution stopped and becomes ``external_error``;
-3. **lost dispatches**: a queued job without a reference for ``redispatch_grace_seconds``
-   (a crash between the queued commit and the dispatch) is dispatched again with the same
-   token, so the executor runs it once;
-4. **retries**: ``external_error`` → ``ready`` after an exponential backoff while
+3. **queued deadline**: a queued job whose execution the executor accepted
+   :data:`QUEUED_DEADLINE_SECONDS` ago (``heartbeat_at``, stamped with the reference) and
+   whose worker never started (e.g. a Nomad child that cannot be placed) has its execution
+   stopped and becomes ``external_error``; it no longer holds a slot of the caps;
+4. **lost dispatches**: a queued job without a reference for ``redispatch_grace_seconds``
+   (a crash between the queued commit and the dispatch, or an executor that was
+   unavailable) is dispatched again with the same token, so the executor runs it once;
+   while the executor is unavailable it stays queued, its attempt kept;
+5. **retries**: ``external_error`` → ``ready`` after an exponential backoff while
    ``attempt < max_attempts``; otherwise ``internal_error`` "attempts exhausted".
 """
 
@@ -26,9 +37,15 @@ from sqlalchemy.orm import Session
 from joblife.config import Settings
 from joblife.db.status import set_job_status
 from joblife.errors import StatusError
-from joblife.executors.base import ExecutionState, Executor
+from joblife.executors.base import (
+    ExecutionState,
+    ExecutionStatus,
+    Executor,
+    ExecutorUnavailable,
+)
 from joblife.lifecycle.common import ServiceContext, job_logger, utc_now
 from joblife.lifecycle.dispatch import record_references, start_execution
+from joblife.logs import JobLogger
 from joblife.model import Job, JobStatus, JobStatusChange
 from joblife.model.status import IN_FLIGHT_STATUSES
 from joblife.publication.outbox import STAGE as PUBLICATION_STAGE
@@ -36,6 +53,14 @@ from joblife.publication.outbox import STAGE as PUBLICATION_STAGE
 log = job_logger("monitor")
 S = JobStatus
 _RUNNING = [int(s) for s in IN_FLIGHT_STATUSES - {S.QUEUED}]
+_IN_FLIGHT = [int(s) for s in IN_FLIGHT_STATUSES]
+#: How long an execution the executor accepted may stay queued, its worker never started,
+#: before the monitor stops it and fails the attempt (a module constant, not a setting:
+#: long enough for an image pull and a busy cluster's placement, and ``joblife jobs
+#: stale``'s default deadline for a queued job, ``stale_after_seconds["queued"]``).
+QUEUED_DEADLINE_SECONDS = 3600.0
+#: The columns of a job the steps that fail executions read.
+_ROW = (Job.id, Job.job_type, Job.status_id, Job.attempt, Job.nomad_job_id)
 
 
 @dataclass
@@ -48,9 +73,13 @@ class MonitorReport:
     unknown: int = 0
     ended: int = 0
     stale: int = 0
+    #: Queued past :data:`QUEUED_DEADLINE_SECONDS`, never started: stopped, external_error.
+    never_started: int = 0
     redispatched: int = 0
     retried: int = 0
     exhausted: int = 0
+    #: Why the executor was unavailable this cycle (queued jobs then wait, attempt kept).
+    unavailable: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,60 +87,95 @@ class MonitorReport:
 
 class Monitor:
     """The monitor service; keeps a cursor so that successive cycles cover every in-flight
-    job even when there are more than one batch of them."""
+    job even when there are more than one batch of them, and the executor's answer for
+    the pass they make (see the module docstring)."""
 
-    def __init__(self, context: ServiceContext, executor: Executor) -> None:
+    def __init__(
+        self,
+        context: ServiceContext,
+        executor: Executor,
+        *,
+        queued_deadline_seconds: float = QUEUED_DEADLINE_SECONDS,
+    ) -> None:
         self.context = context
         self.executor = executor
+        self.queued_deadline_seconds = queued_deadline_seconds
         self._cursor = 0
+        #: The executor's answer of the current pass, by reference.
+        self._pass: dict[str, ExecutionStatus] = {}
+        #: References of the current pass the executor gave no answer for (yet).
+        self._unanswered: set[str] = set()
+
+    @property
+    def pass_in_progress(self) -> bool:
+        """Whether the next cycle goes on with the current pass (False: it starts one)."""
+        return self._cursor != 0
 
     def run_cycle(self, now: datetime | None = None) -> MonitorReport:
+        """One cycle: a batch of executions, then heartbeats, queued deadlines, lost
+        dispatches and retries."""
         now = now or utc_now()
         report = MonitorReport()
         with self.context.session() as session:
             self._reconcile(session, report)
             self._stale_heartbeats(session, now, report)
+            self._queued_deadlines(session, now, report)
             self._redispatch(session, now, report)
             self._retry(session, now, report)
         return report
 
     # -- 1. executions ---------------------------------------------------------------------
     def _reconcile(self, session: Session, report: MonitorReport) -> None:
+        batch_size = self.context.settings.batch_size
+        new_pass = self._cursor == 0
+        if new_pass:
+            references = session.scalars(
+                select(Job.nomad_job_id).where(
+                    Job.status_id.in_(_IN_FLIGHT), Job.nomad_job_id.is_not(None)
+                )
+            ).all()
+            session.rollback()  # no transaction held while the executor answers
+            self._pass, self._unanswered = {}, set()
+            self._ask([r for r in references if r is not None])
         rows = session.execute(
-            select(Job.id, Job.status_id, Job.attempt, Job.nomad_job_id)
+            select(*_ROW)
             .where(
-                Job.status_id.in_([int(s) for s in IN_FLIGHT_STATUSES]),
+                Job.status_id.in_(_IN_FLIGHT),
                 Job.nomad_job_id.is_not(None),
                 Job.id > self._cursor,
             )
             .order_by(Job.id)
-            .limit(self.context.settings.batch_size)
+            .limit(batch_size)
         ).all()
-        session.rollback()  # no transaction held while the executor answers
-        self._cursor = rows[-1].id if len(rows) == self.context.settings.batch_size else 0
+        session.rollback()
+        self._cursor = rows[-1].id if len(rows) == batch_size else 0
+        # Dispatched after the pass began: the next pass checks it.
+        rows = [
+            r for r in rows if r.nomad_job_id in self._pass or r.nomad_job_id in self._unanswered
+        ]
         if not rows:
             return
         report.checked = len(rows)
-        statuses = self.executor.status([r.nomad_job_id for r in rows])
-        if len(statuses) < len(rows):
+        if not new_pass and any(r.nomad_job_id in self._unanswered for r in rows):
+            self._ask(sorted(self._unanswered))  # all of the pass's at once, not per batch
+        unknown = [r for r in rows if r.nomad_job_id not in self._pass]
+        if unknown:
+            report.unknown = len(unknown)
             log.warning(
                 "%s gave no status for %d of %d executions: checked again next cycle",
                 self.executor.name,
-                len(rows) - len(statuses),
+                len(unknown),
                 len(rows),
             )
         for row in rows:
-            execution = statuses.get(row.nomad_job_id)
-            if execution is None:
-                report.unknown += 1
-                continue
-            if not execution.ended:
+            execution = self._pass.get(row.nomad_job_id)
+            if execution is None or not execution.ended:
                 continue
             seen = JobStatus(row.status_id)
             what = "vanished" if execution.state is ExecutionState.LOST else "ended"
             if self._fail(
                 session,
-                row.id,
+                row,
                 seen,
                 f"execution {what} while the job was {seen}: {execution.reason}",
                 {
@@ -123,11 +187,20 @@ class Monitor:
             ):
                 report.ended += 1
 
+    def _ask(self, references: list[str]) -> None:
+        """Ask the executor about ``references`` in one call, for the current pass."""
+        if not references:
+            return
+        answer = self.executor.status(references)
+        self._pass.update(answer)
+        self._unanswered.update(references)
+        self._unanswered.difference_update(answer)
+
     # -- 2. heartbeats -----------------------------------------------------------------------
     def _stale_heartbeats(self, session: Session, now: datetime, report: MonitorReport) -> None:
         limit = now - timedelta(seconds=self.context.settings.heartbeat_timeout_seconds)
         rows = session.execute(
-            select(Job.id, Job.status_id, Job.attempt, Job.nomad_job_id, Job.heartbeat_at)
+            select(*_ROW, Job.heartbeat_at)
             .where(
                 Job.status_id.in_(_RUNNING),
                 or_(Job.heartbeat_at < limit, Job.heartbeat_at.is_(None)),
@@ -141,19 +214,61 @@ class Monitor:
                 try:
                     self.executor.stop(row.nomad_job_id)
                 except Exception as exc:
-                    log.warning("job %s: could not stop %s: %s", row.id, row.nomad_job_id, exc)
+                    # Its worker no longer writes to the database: failed all the same.
+                    _job_log(row).warning("could not stop %s: %s", row.nomad_job_id, exc)
             seen = JobStatus(row.status_id)
             last = row.heartbeat_at.isoformat() if row.heartbeat_at else "never"
             if self._fail(
                 session,
-                row.id,
+                row,
                 seen,
                 f"worker heartbeat stale (last {last}) while the job was {seen}; execution stopped",
                 {"attempt": row.attempt, "reference": row.nomad_job_id},
             ):
                 report.stale += 1
 
-    # -- 3. lost dispatches ------------------------------------------------------------------
+    # -- 3. queued deadline --------------------------------------------------------------------
+    def _queued_deadlines(self, session: Session, now: datetime, report: MonitorReport) -> None:
+        deadline = self.queued_deadline_seconds
+        limit = now - timedelta(seconds=deadline)
+        accepted_at = func.coalesce(Job.heartbeat_at, Job.status_changed_at)
+        rows = session.execute(
+            select(*_ROW, accepted_at.label("accepted_at"))
+            .where(Job.status_id == S.QUEUED, Job.nomad_job_id.is_not(None), accepted_at < limit)
+            .order_by(accepted_at)
+            .limit(self.context.settings.batch_size)
+        ).all()
+        session.rollback()
+        for row in rows:
+            try:
+                self.executor.stop(row.nomad_job_id)
+            except ExecutorUnavailable as exc:
+                # Perhaps why it never started: it waits, and so do the others.
+                report.unavailable = str(exc)
+                log.warning(
+                    "%s executor unavailable (%s): queued deadlines checked again next cycle",
+                    self.executor.name,
+                    exc,
+                )
+                return
+            except Exception as exc:
+                _job_log(row).warning("could not stop %s: %s", row.nomad_job_id, exc)
+            if self._fail(
+                session,
+                row,
+                S.QUEUED,
+                f"execution never started: accepted by the executor at "
+                f"{row.accepted_at.isoformat()}, past the queued deadline of {deadline:.0f} s; "
+                "execution stopped",
+                {
+                    "attempt": row.attempt,
+                    "reference": row.nomad_job_id,
+                    "queued_deadline_seconds": deadline,
+                },
+            ):
+                report.never_started += 1
+
+    # -- 4. lost dispatches ------------------------------------------------------------------
     def _redispatch(self, session: Session, now: datetime, report: MonitorReport) -> None:
         grace = now - timedelta(seconds=self.context.settings.redispatch_grace_seconds)
         rows = session.execute(
@@ -163,32 +278,41 @@ class Monitor:
                 Job.nomad_job_id.is_(None),
                 Job.status_changed_at < grace,
             )
+            .order_by(Job.status_changed_at, Job.id)
             .limit(self.context.settings.batch_size)
             .with_for_update(skip_locked=True)
         ).all()
         references = {}
-        for row in rows:
-            log.warning(
-                "job %s attempt %s: queued without execution, dispatching again",
-                row.id,
-                row.attempt,
-            )
-            reference = start_execution(
-                session,
-                self.context,
-                self.executor,
-                row.id,
-                row.attempt,
-                row.job_type,
-                row.worker_flavor,
-            )
+        for index, row in enumerate(rows):
+            job_log = log.job(row.id, job_type=row.job_type, attempt=row.attempt, status=S.QUEUED)
+            job_log.warning("queued without execution, dispatching again")
+            try:
+                reference = start_execution(
+                    session,
+                    self.context,
+                    self.executor,
+                    row.id,
+                    row.attempt,
+                    row.job_type,
+                    row.worker_flavor,
+                )
+            except ExecutorUnavailable as exc:
+                report.unavailable = str(exc)
+                log.warning(
+                    "%s executor unavailable: %s; %d queued jobs keep waiting without "
+                    "execution (attempt kept)",
+                    self.executor.name,
+                    exc,
+                    len(rows) - index,
+                )
+                break
             if reference is not None:
                 references[row.id] = (row.attempt, reference)
         record_references(session, references)
         session.commit()
         report.redispatched = len(references)
 
-    # -- 4. retries ----------------------------------------------------------------------------
+    # -- 5. retries ----------------------------------------------------------------------------
     def _retry(self, session: Session, now: datetime, report: MonitorReport) -> None:
         settings = self.context.settings
         rows = session.execute(
@@ -228,19 +352,29 @@ class Monitor:
 
     # -- helpers -------------------------------------------------------------------------------
     def _fail(
-        self, session: Session, job_id: int, seen: JobStatus, message: str, details: dict
+        self, session: Session, row: Any, seen: JobStatus, message: str, details: dict
     ) -> bool:
         """external_error if the job is still in the status seen; False if it moved on."""
         try:
             set_job_status(
-                session, job_id, S.EXTERNAL_ERROR, expected=seen, message=message, details=details
+                session, row.id, S.EXTERNAL_ERROR, expected=seen, message=message, details=details
             )
             session.commit()
         except StatusError:
             session.rollback()
             return False
-        log.warning("job %s: %s", job_id, message)
+        _job_log(row, S.EXTERNAL_ERROR).warning("%s", message)
         return True
+
+
+def _job_log(row: Any, status: JobStatus | None = None) -> JobLogger:
+    """The monitor's logger with the job fields of ``row`` (a :data:`_ROW` row)."""
+    return log.job(
+        row.id,
+        job_type=row.job_type,
+        attempt=row.attempt,
+        status=JobStatus(row.status_id) if status is None else status,
+    )
 
 
 def retry_conditions(settings: Settings, now: datetime) -> list[ColumnElement[bool]]:
