@@ -1,7 +1,8 @@
 """The rendered Nomad specs (issue 4): they parse as HCL2 (python-hcl2), carry what joblife
 relies on (restart and reschedule 0, meta_required, the flavor's constraint and
-resources, no secret), and the examples in ``nomad/`` are what ``joblife nomad render``
-writes today."""
+resources), hold no secret of the settings, give each task only the secrets of the
+Nomad variable its part needs, and the examples in ``nomad/`` are what ``joblife nomad
+render`` writes today."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from joblife.model.registry import ENTRY_POINT_GROUP
 from joblife.nomad.specs import render_specs
 
 from tests.nomad_double.jobspec import parse_document, parse_hcl
+from tests.nomad_double.template import template_environment
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -74,10 +76,102 @@ def test_processing_specs_carry_what_joblife_relies_on(settings: Settings):
             "--attempt",
             "${NOMAD_META_attempt}",
         ]
-        # Secrets come from a Nomad variable through a template, never from the spec.
+        # Secrets come from a Nomad variable through a template, never from the spec
+        # (test_no_secret_of_the_settings_in_any_rendered_file), and a change of the
+        # variable does not kill a running attempt (restart attempts 0).
         [template] = task["template"]
         assert "nomadVar" in template["data"] and template["env"] is True
-        assert "password" not in spec.text.lower() and "secret_access" not in spec.text
+        assert template["change_mode"] == "noop"
+
+
+#: Values no rendered file may hold: the secrets of ``secret_settings``.
+SECRETS = {
+    "nomad_token": "3f1c0d9e-nomad-acl-token",
+    "database password": "db-Pa55word-1234",
+    "amqp password": "amqp-Pa55word-5678",
+    "s3 secret": "s3-secret-key-9012",
+}
+
+
+@pytest.fixture
+def secret_settings(settings: Settings) -> Settings:
+    """Settings holding every secret joblife knows of (the token, the database and broker
+    passwords, the S3 keys), as the machine that renders and deploys has them."""
+    return Settings(
+        nomad_addr="https://nomad.example:4646",
+        nomad_token=SECRETS["nomad_token"],
+        database_url=f"postgresql://joblife:{SECRETS['database password']}@db.example/joblife",
+        amqp_url=f"amqp://joblife:{SECRETS['amqp password']}@rabbit.example:5672/%2F",
+        s3_access_key_id="AKIAJOBLIFEEXAMPLE",
+        s3_secret_access_key=SECRETS["s3 secret"],
+    )
+
+
+def test_no_secret_of_the_settings_in_any_rendered_file(secret_settings: Settings):
+    specs = render_specs(secret_settings, load_job_types(secret_settings))
+    assert {s.kind for s in specs} == {"processing", "service", "client"}
+    for spec in specs:
+        for what, secret in {**SECRETS, "S3 key id": "AKIAJOBLIFEEXAMPLE"}.items():
+            assert secret not in spec.text, f"{spec.path} holds the {what}"
+
+
+def _task_environments(settings: Settings, variable: dict[str, str]) -> dict[str, dict]:
+    """What the template of each rendered task puts in its environment, by task name
+    (the processing tasks as "worker:<job>"), given the Nomad variable's items."""
+    environments = {}
+    for spec in render_specs(settings, load_job_types(settings)):
+        if spec.kind == "client":
+            continue
+        for group in parse_hcl(spec.text)["TaskGroups"]:
+            [task] = group["Tasks"]
+            [template] = task["Templates"]
+            assert template["Envvars"] is True
+            name = f"worker:{spec.job_id}" if spec.kind == "processing" else task["Name"]
+            environments[name] = {
+                "env": template_environment(
+                    template["EmbeddedTmpl"], {settings.nomad_variables_path: variable}
+                ),
+                "change_mode": template["ChangeMode"],
+            }
+    return environments
+
+
+def test_each_task_gets_only_the_secrets_of_its_part(settings: Settings):
+    variable = {
+        "database_url": "postgresql://joblife_run:service-pw@db/joblife",
+        "worker_database_url": "postgresql://joblife_worker_login:worker-pw@db/joblife",
+        "amqp_url": "amqp://joblife:amqp-pw@rabbit/%2F",
+        "nomad_token": "token-of-the-services",
+        "nomad_addr": "http://nomad.service.consul:4646",
+        "s3_access_key_id": "key-id",
+        "s3_secret_access_key": "key-secret",
+        "storage_url": "s3://products",
+    }
+    environments = _task_environments(settings, variable)
+    storage = {"JOBLIFE_S3_ACCESS_KEY_ID", "JOBLIFE_S3_SECRET_ACCESS_KEY"}
+    common = {"JOBLIFE_DATABASE_URL", "JOBLIFE_NOMAD_ADDR", "JOBLIFE_STORAGE_URL"}
+    expected = {
+        "create": common | storage,
+        "configure": common | storage,
+        "dispatch": common | {"JOBLIFE_NOMAD_TOKEN"},
+        "monitor": common | {"JOBLIFE_NOMAD_TOKEN"},
+        "publish": common | {"JOBLIFE_AMQP_URL"},
+        "run": common | storage | {"JOBLIFE_NOMAD_TOKEN", "JOBLIFE_AMQP_URL"},
+    }
+    workers = {n: e for n, e in environments.items() if n.startswith("worker:")}
+    assert len(workers) == len(load_job_types(settings))
+    for name, rendered in workers.items():
+        env = rendered["env"]
+        assert set(env) == common | storage, name
+        # The worker role's login, never the services' URL, token or broker.
+        assert env["JOBLIFE_DATABASE_URL"] == variable["worker_database_url"], name
+        assert rendered["change_mode"] == "noop", name
+    services = {n: e for n, e in environments.items() if not n.startswith("worker:")}
+    assert {n: set(e["env"]) for n, e in services.items()} == expected
+    for name, rendered in services.items():
+        assert rendered["env"]["JOBLIFE_DATABASE_URL"] == variable["database_url"], name
+        # One cycle per periodic run: noop; the long-running loop restarts on a change.
+        assert rendered["change_mode"] == ("restart" if name == "run" else "noop"), name
 
 
 def test_service_specs_are_periodic_without_overlap(settings: Settings):

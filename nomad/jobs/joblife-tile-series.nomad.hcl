@@ -51,13 +51,17 @@ job "joblife-tile-series" {
         data        = <<-EOT
           {{- with nomadVar "nomad/jobs/joblife" -}}
           {{- range $key, $value := . }}
+          {{- if eq $key "worker_database_url" }}
+          JOBLIFE_DATABASE_URL={{ $value }}
+          {{- else if not (eq $key "amqp_url" "database_url" "nomad_token") }}
           JOBLIFE_{{ $key | toUpper }}={{ $value }}
+          {{- end }}
           {{- end }}
           {{- end }}
           EOT
         destination = "${NOMAD_SECRETS_DIR}/joblife.env"
         env         = true
-        change_mode = "restart"
+        change_mode = "noop"
       }
 
       env {

@@ -37,13 +37,15 @@ job "joblife-configure" {
         data        = <<-EOT
           {{- with nomadVar "nomad/jobs/joblife" -}}
           {{- range $key, $value := . }}
+          {{- if not (eq $key "amqp_url" "nomad_token" "worker_database_url") }}
           JOBLIFE_{{ $key | toUpper }}={{ $value }}
+          {{- end }}
           {{- end }}
           {{- end }}
           EOT
         destination = "${NOMAD_SECRETS_DIR}/joblife.env"
         env         = true
-        change_mode = "restart"
+        change_mode = "noop"
       }
 
       resources {

@@ -37,13 +37,15 @@ job "joblife-monitor" {
         data        = <<-EOT
           {{- with nomadVar "nomad/jobs/joblife" -}}
           {{- range $key, $value := . }}
+          {{- if not (eq $key "amqp_url" "s3_access_key_id" "s3_secret_access_key" "worker_database_url") }}
           JOBLIFE_{{ $key | toUpper }}={{ $value }}
+          {{- end }}
           {{- end }}
           {{- end }}
           EOT
         destination = "${NOMAD_SECRETS_DIR}/joblife.env"
         env         = true
-        change_mode = "restart"
+        change_mode = "noop"
       }
 
       resources {

@@ -28,7 +28,9 @@ job "joblife-services" {
         data        = <<-EOT
           {{- with nomadVar "nomad/jobs/joblife" -}}
           {{- range $key, $value := . }}
+          {{- if not (eq $key "worker_database_url") }}
           JOBLIFE_{{ $key | toUpper }}={{ $value }}
+          {{- end }}
           {{- end }}
           {{- end }}
           EOT

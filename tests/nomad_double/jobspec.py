@@ -108,7 +108,9 @@ def _task(name: str, body: dict[str, Any]) -> dict[str, Any]:
         "Env": _first(body, "env") or None,
         "Templates": [
             {
-                "EmbeddedTmpl": t.get("data"),
+                # python-hcl2 turns a heredoc into a quoted string, escaping its quotes;
+                # Nomad keeps a heredoc's text as it is.
+                "EmbeddedTmpl": _heredoc(t.get("data")),
                 "DestPath": t.get("destination"),
                 "Envvars": t.get("env", False),
                 "ChangeMode": t.get("change_mode", "restart"),
@@ -161,3 +163,8 @@ def _labelled(block: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 def _labelled_blocks(body: dict[str, Any], name: str) -> list[tuple[str, dict[str, Any]]]:
     return [pair for block in body.get(name) or [] for pair in _labelled(block)]
+
+
+def _heredoc(value: Any) -> Any:
+    """A heredoc's text as written (python-hcl2 gives it with its quotes escaped)."""
+    return value.replace('\\"', '"') if isinstance(value, str) else value

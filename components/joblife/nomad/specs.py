@@ -11,7 +11,12 @@ registered job types, the flavor catalogue and the settings (``joblife nomad ren
 - a **client configuration** per flavor (node class, driver plugin).
 
 Secrets never appear in a spec or in dispatch meta: every task reads them from a Nomad
-variable (``nomad_variables_path``) through a template rendered into its environment.
+variable (``nomad_variables_path``) through a template rendered into its environment, and
+each task gets only the secret keys its part needs (:data:`SECRETS_OF`): a processing task
+the worker role's database URL (key ``worker_database_url``) and the storage keys, never
+the Nomad token, the broker URL or the services' database URL; the Nomad token goes only to
+the services that dispatch and monitor. The variable's other keys (non-secret settings)
+reach every task.
 """
 
 from __future__ import annotations
@@ -37,6 +42,30 @@ SERVICE_REPLICAS = 2
 SERVICE_CPU_MHZ = 500
 SERVICE_MEMORY_MIB = 512
 DOCKER_SOCKET = "/var/run/docker.sock"
+
+#: The keys of the Nomad variable that hold secrets, and the setting each becomes
+#: (``JOBLIFE_<SETTING>``): the workers' database URL (the ``joblife_worker`` role's login)
+#: is their ``database_url``.
+SECRET_KEYS = {
+    "database_url": "database_url",
+    "worker_database_url": "database_url",
+    "amqp_url": "amqp_url",
+    "nomad_token": "nomad_token",
+    "s3_access_key_id": "s3_access_key_id",
+    "s3_secret_access_key": "s3_secret_access_key",
+}
+_STORAGE = ("s3_access_key_id", "s3_secret_access_key")
+#: The secret keys each task gets: the processing task ("worker"), each service, and the
+#: long-running ``joblife run`` ("run", every service). Any other secret key is withheld.
+SECRETS_OF: dict[str, tuple[str, ...]] = {
+    "worker": ("worker_database_url", *_STORAGE),
+    "create": ("database_url", *_STORAGE),  # discovery lists the storage
+    "configure": ("database_url", *_STORAGE),  # a type's hooks may look at the storage
+    "dispatch": ("database_url", "nomad_token"),
+    "monitor": ("database_url", "nomad_token"),
+    "publish": ("database_url", "amqp_url"),
+    "run": ("database_url", "amqp_url", "nomad_token", *_STORAGE),
+}
 
 HEADER = (
     "Rendered by `joblife nomad render` from joblife's settings, job types and flavor",
@@ -108,7 +137,7 @@ def processing_job(name: str, job_type: str, flavor: WorkerFlavor, settings: Set
     _no_retries(group)
     group.block("ephemeral_disk").attr("size", flavor.disk_gib * 1024)
     args = ["worker", "run", "${NOMAD_META_job_id}", "--attempt", "${NOMAD_META_attempt}"]
-    task = _task(group, PROCESSING_TASK, args, settings, docker_socket=True)
+    task = _task(group, PROCESSING_TASK, args, settings, "worker", docker_socket=True)
     task.block("env").attr("JOBLIFE_DATA_DIR", "${NOMAD_ALLOC_DIR}/joblife")
     task.block("resources").attr("cores", flavor.vcpus).attr("memory", flavor.memory_mib)
     task.attr("kill_timeout", "30s")
@@ -125,7 +154,7 @@ def periodic_service_job(service: str, settings: Settings) -> Block:
     _no_retries(group)  # the next period is the retry
     # `run --once --services X`: one cycle of X, the same for every service (publish
     # included, whose own command loops).
-    task = _task(group, service, ["run", "--once", "--services", service], settings)
+    task = _task(group, service, ["run", "--once", "--services", service], settings, service)
     _service_resources(task)
     return job
 
@@ -136,7 +165,7 @@ def long_running_services_job(settings: Settings) -> Block:
     group = job.block("group", "run").attr("count", SERVICE_REPLICAS)
     restart = group.block("restart")
     restart.attr("attempts", 10).attr("interval", "30m").attr("delay", "15s").attr("mode", "delay")
-    task = _task(group, "run", ["run"], settings)
+    task = _task(group, "run", ["run"], settings, "run", change_mode="restart")
     task.attr("kill_signal", "SIGTERM").attr("kill_timeout", "30s")
     _service_resources(task)
     return job
@@ -174,8 +203,22 @@ def _no_retries(group: Block) -> None:
 
 
 def _task(
-    group: Block, name: str, args: list[str], settings: Settings, docker_socket: bool = False
+    group: Block,
+    name: str,
+    args: list[str],
+    settings: Settings,
+    part: str,
+    docker_socket: bool = False,
+    change_mode: str = "noop",
 ) -> Block:
+    """A task running ``joblife <args>`` with the secrets of ``part`` (:data:`SECRETS_OF`).
+
+    ``change_mode`` says what a change of the variable does to a running task. The
+    processing tasks and the periodic services run once (restart attempts 0): ``restart``
+    would kill the running attempt or cycle, and Nomad would not start it again; with
+    ``noop`` it finishes with the values it started with and the next one reads the new
+    values. The long-running ``joblife run`` restarts to pick them up (its loop is
+    stateless and stops gracefully on SIGTERM)."""
     task = group.block("task", name)
     if settings.nomad_task_driver == "raw_exec":
         task.attr("driver", "raw_exec")
@@ -187,9 +230,9 @@ def _task(
         if docker_socket:
             config.attr("volumes", [f"{DOCKER_SOCKET}:{DOCKER_SOCKET}"])
     template = task.block("template")
-    template.attr("data", _secrets_template(settings.nomad_variables_path))
+    template.attr("data", secrets_template(settings.nomad_variables_path, SECRETS_OF[part]))
     template.attr("destination", "${NOMAD_SECRETS_DIR}/joblife.env")
-    template.attr("env", True).attr("change_mode", "restart")
+    template.attr("env", True).attr("change_mode", change_mode)
     return task
 
 
@@ -197,13 +240,27 @@ def _service_resources(task: Block) -> None:
     task.block("resources").attr("cpu", SERVICE_CPU_MHZ).attr("memory", SERVICE_MEMORY_MIB)
 
 
-def _secrets_template(path: str) -> str:
-    # Every key of the variable becomes JOBLIFE_<KEY> (database_url, amqp_url, nomad_token,
-    # s3_secret_access_key...), in the task's environment only.
-    return (
-        f'{{{{- with nomadVar "{path}" -}}}}\n'
-        "{{- range $key, $value := . }}\n"
-        "JOBLIFE_{{ $key | toUpper }}={{ $value }}\n"
-        "{{- end }}\n"
-        "{{- end }}\n"
-    )
+def secrets_template(path: str, secrets: tuple[str, ...]) -> str:
+    """The template putting the Nomad variable at ``path`` into a task's environment:
+    each of its keys becomes ``JOBLIFE_<KEY>``, except the secret keys (:data:`SECRET_KEYS`)
+    not in ``secrets``, which are withheld, and a secret key that names another setting
+    (``worker_database_url``), which becomes that setting's variable."""
+    withheld = sorted(set(SECRET_KEYS) - set(secrets))
+    renamed = sorted(k for k in secrets if SECRET_KEYS[k] != k)
+    lines = [f'{{{{- with nomadVar "{path}" -}}}}', "{{- range $key, $value := . }}"]
+    for index, key in enumerate(renamed):
+        lines.append(f'{{{{- {"else " if index else ""}if eq $key "{key}" }}}}')
+        lines.append(f"JOBLIFE_{SECRET_KEYS[key].upper()}={{{{ $value }}}}")
+    keyword = "else if" if renamed else "if"
+    if withheld:
+        listed = " ".join(f'"{k}"' for k in withheld)
+        lines.append(f"{{{{- {keyword} not (eq $key {listed}) }}}}")
+    else:
+        lines.append(f"{{{{- {keyword} true }}}}")
+    lines += [
+        "JOBLIFE_{{ $key | toUpper }}={{ $value }}",
+        "{{- end }}",
+        "{{- end }}",
+        "{{- end }}",
+    ]
+    return "\n".join(lines) + "\n"
