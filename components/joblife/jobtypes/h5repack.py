@@ -28,8 +28,8 @@ from sqlalchemy import BigInteger, Integer, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from joblife.config import Settings, get_settings
-from joblife.errors import ExternalJobError
-from joblife.jobtypes import discovery
+from joblife.jobtypes import discovery, science_runner
+from joblife.jobtypes.science_runner import run_spec
 from joblife.model.template import JobsToCreate, JobTemplate
 from joblife.science import outcome
 
@@ -154,49 +154,4 @@ _DIRS = ("WORK_DIR", "INPUT_DIR", "OUTPUT_DIR", "AUX_DIR")
 def choose_runner(settings: Settings) -> str:
     """``docker`` or ``process`` for the ``h5repack_runner`` setting (``auto``: docker
     when the engine answers and has ``h5repack_image``)."""
-    if settings.h5repack_runner != "auto":
-        return settings.h5repack_runner
-    return "docker" if image_available(settings) else "process"
-
-
-def image_available(settings: Settings) -> bool:
-    """Whether the container engine answers and has ``h5repack_image`` (never pulls)."""
-    try:
-        import docker.errors
-        import requests
-
-        from joblife.runners.docker import DockerRunner
-    except ImportError:  # pragma: no cover - docker is a dependency
-        return False
-    runner = DockerRunner(settings.container_engine_url, pull_missing=False, api_timeout=5)
-    try:
-        client = runner.client()
-    except ExternalJobError:
-        return False
-    try:
-        client.images.get(settings.h5repack_image)
-        return True
-    except (docker.errors.DockerException, requests.RequestException):
-        return False
-    finally:
-        client.close()
-
-
-def run_spec(job: JobTemplate, context: WorkerContext, kind: str, spec: RunSpec) -> int:
-    """Run ``spec`` with the ``kind`` runner and record it as the default processing step
-    does (figures, image, log tail of a failure, timeout as an external error)."""
-    result = context.runner(kind).run(spec)
-    context.figures["processing"] = result.summary
-    if result.image:
-        job.science_image = result.image
-    cls = type(job)
-    if result.timed_out or result.return_code not in (
-        cls.PRODUCT_RETURN_CODES | cls.NO_PRODUCT_RETURN_CODES
-    ):
-        context.log_tail = result.log_tail
-    if result.timed_out:
-        raise ExternalJobError(
-            f"science step killed at its timeout ({spec.timeout:g} s); last log lines "
-            "in the status details"
-        )
-    return result.return_code
+    return science_runner.choose_runner(settings.h5repack_runner, settings.h5repack_image, settings)
