@@ -18,7 +18,6 @@ from joblife.db.status import set_job_status  # noqa: F401 - the door the servic
 from joblife.lifecycle import dispatch as dispatch_module
 from joblife.lifecycle.cancellation import cancel_and_stop
 from joblife.lifecycle.common import utc_now
-from joblife.lifecycle.monitor import QUEUED_DEADLINE_SECONDS
 from joblife.model import JobStatus
 
 from tests.support.lifecycle import wait_for
@@ -289,7 +288,7 @@ def test_queued_deadline_stops_a_child_that_never_starts(
         )
         session.commit()
     accepted = lc.job(job_id).heartbeat_at
-    deadline = timedelta(seconds=QUEUED_DEADLINE_SECONDS)
+    deadline = timedelta(seconds=lc.settings.queued_deadline_seconds)
     assert lc.monitor_cycle(accepted + deadline - timedelta(minutes=1)).never_started == 0
     assert lc.status(job_id) is S.QUEUED and cluster.stop_requests == []
 
@@ -304,7 +303,7 @@ def test_queued_deadline_stops_a_child_that_never_starts(
     assert failure.details == {
         "attempt": 1,
         "reference": child,
-        "queued_deadline_seconds": QUEUED_DEADLINE_SECONDS,
+        "queued_deadline_seconds": lc.settings.queued_deadline_seconds,
     }
     assert lc.status(job_id) is S.READY  # retried (no backoff in these tests)
 

@@ -114,6 +114,13 @@ class Settings(BaseSettings):
     redispatch_grace_seconds: float = Field(
         30.0, ge=0, description="Age of a queued job without reference before re-dispatch."
     )
+    queued_deadline_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="A queued job whose execution the executor accepted this long ago and "
+        "that never started (e.g. an unplaceable Nomad child) is stopped and fails "
+        "(external_error).",
+    )
     retry_backoff_seconds: float = Field(
         30.0, ge=0, description="Wait before the first automatic retry; doubles each attempt."
     )
@@ -272,7 +279,8 @@ class Settings(BaseSettings):
     nomad_variables_path: str = Field(
         "nomad/jobs/joblife",
         description="Nomad variable holding the services' and workers' secrets "
-        "(database_url, amqp_url, storage keys); read by the specs' templates.",
+        "(database_url, worker_database_url, amqp_url, nomad_token, storage keys); each "
+        "task's template reads only the keys its part needs.",
     )
     nomad_service_cron: str = Field(
         "* * * * *", description="Cron of the periodic service jobs (prohibit_overlap)."

@@ -14,7 +14,7 @@ Each cycle, in bounded batches:
 2. **heartbeats**: a started job whose worker has not beaten for ``heartbeat_timeout_seconds``
    has its execution stopped and becomes ``external_error``;
 3. **queued deadline**: a queued job whose execution the executor accepted
-   :data:`QUEUED_DEADLINE_SECONDS` ago (``heartbeat_at``, stamped with the reference) and
+   ``queued_deadline_seconds`` ago (``heartbeat_at``, stamped with the reference) and
    whose worker never started (e.g. a Nomad child that cannot be placed) has its execution
    stopped and becomes ``external_error``; it no longer holds a slot of the caps;
 4. **lost dispatches**: a queued job without a reference for ``redispatch_grace_seconds``
@@ -54,11 +54,6 @@ log = job_logger("monitor")
 S = JobStatus
 _RUNNING = [int(s) for s in IN_FLIGHT_STATUSES - {S.QUEUED}]
 _IN_FLIGHT = [int(s) for s in IN_FLIGHT_STATUSES]
-#: How long an execution the executor accepted may stay queued, its worker never started,
-#: before the monitor stops it and fails the attempt (a module constant, not a setting:
-#: long enough for an image pull and a busy cluster's placement, and ``joblife jobs
-#: stale``'s default deadline for a queued job, ``stale_after_seconds["queued"]``).
-QUEUED_DEADLINE_SECONDS = 3600.0
 #: The columns of a job the steps that fail executions read.
 _ROW = (Job.id, Job.job_type, Job.status_id, Job.attempt, Job.nomad_job_id)
 
@@ -73,7 +68,7 @@ class MonitorReport:
     unknown: int = 0
     ended: int = 0
     stale: int = 0
-    #: Queued past :data:`QUEUED_DEADLINE_SECONDS`, never started: stopped, external_error.
+    #: Queued past ``queued_deadline_seconds``, never started: stopped, external_error.
     never_started: int = 0
     redispatched: int = 0
     retried: int = 0
@@ -94,12 +89,9 @@ class Monitor:
         self,
         context: ServiceContext,
         executor: Executor,
-        *,
-        queued_deadline_seconds: float = QUEUED_DEADLINE_SECONDS,
     ) -> None:
         self.context = context
         self.executor = executor
-        self.queued_deadline_seconds = queued_deadline_seconds
         self._cursor = 0
         #: The executor's answer of the current pass, by reference.
         self._pass: dict[str, ExecutionStatus] = {}
@@ -229,7 +221,7 @@ class Monitor:
 
     # -- 3. queued deadline --------------------------------------------------------------------
     def _queued_deadlines(self, session: Session, now: datetime, report: MonitorReport) -> None:
-        deadline = self.queued_deadline_seconds
+        deadline = self.context.settings.queued_deadline_seconds
         limit = now - timedelta(seconds=deadline)
         accepted_at = func.coalesce(Job.heartbeat_at, Job.status_changed_at)
         rows = session.execute(
