@@ -29,18 +29,31 @@ class Topology:
     declare: bool = True
 
     def __post_init__(self) -> None:
+        """Refuse a routing-key template that could not make a key (ConfigurationError):
+        bad syntax, unknown placeholders, a conversion or format specification that
+        fails."""
+        known = ", ".join(f"{{{name}}}" for name in ROUTING_KEY_FIELDS)
         try:
             fields = [f for _, f, _, _ in string.Formatter().parse(self.routing_key_template)]
         except ValueError as exc:
             raise ConfigurationError(
-                f"amqp_routing_key_template {self.routing_key_template!r}: {exc}"
+                f"amqp_routing_key_template {self.routing_key_template!r}: {exc} "
+                f"(placeholders: {known})"
             ) from None
         unknown = sorted({f for f in fields if f is not None} - set(ROUTING_KEY_FIELDS))
         if unknown:
             raise ConfigurationError(
                 f"amqp_routing_key_template {self.routing_key_template!r} uses unknown "
-                f"placeholders {unknown} (known: {', '.join(ROUTING_KEY_FIELDS)})"
+                f"placeholders {', '.join(f'{{{name}}}' for name in unknown)} (known: {known})"
             )
+        try:  # a conversion or format spec is only checked when a key is made
+            self.routing_key("job_type", "product")
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            raise ConfigurationError(
+                f"amqp_routing_key_template {self.routing_key_template!r} cannot make a "
+                f"routing key: {exc} (placeholders: {known}, without conversions or format "
+                "specifications)"
+            ) from None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
