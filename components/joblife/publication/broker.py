@@ -379,11 +379,28 @@ class ConfirmingPublisher:
     def _on_channel_closed(self, channel: pika.channel.Channel, reason: BaseException) -> None:
         # A channel closes on a refused declaration (e.g. the exchange does not exist and
         # the topology is not ours) or a protocol error: the connection is no use then.
-        what = "feedback channel" if channel is self._feedback_channel else "channel"
-        self._lost(f"{what} closed: {_describe(reason)}")
+        feedback = channel is self._feedback_channel
+        what = "feedback channel" if feedback else "channel"
+        self._lost(f"{what} closed: {_describe(reason)}{self._declaration_hint(reason, feedback)}")
         connection = self._connection
         if connection is not None and connection.is_open:
             connection.close()
+
+    def _declaration_hint(self, reason: BaseException, feedback: bool) -> str:
+        """What to do when the broker refused the check of a topology that is not ours
+        (``amqp_declare_topology`` false: the exchange or feedback queue must exist)."""
+        refused = isinstance(reason, pika.exceptions.ChannelClosedByBroker)
+        if self._ready or self.topology.declare or not refused or reason.reply_code != 404:
+            return ""
+        what = (
+            f"feedback queue {self.feedback_queue!r}"
+            if feedback
+            else f"exchange {self.topology.exchange!r}"
+        )
+        return (
+            f"; the {what} does not exist and amqp_declare_topology is false (joblife only "
+            "checks it): declare it on the broker, or set amqp_declare_topology=true"
+        )
 
     def _on_return(
         self,
