@@ -19,11 +19,13 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pika.exceptions
 import pytest
 from joblife.cli.main import app
 from joblife.config import Settings, get_settings
 from joblife.db.engine import create_joblife_engine
 from joblife.db.status import set_job_status
+from joblife.errors import ConfigurationError
 from joblife.lifecycle.common import ServiceContext
 from joblife.lifecycle.orchestrator import Orchestrator
 from joblife.model import Job, JobStatus, JobStatusChange, Publication
@@ -52,11 +54,13 @@ PRODUCTS = ExampleJob.OUTPUT_PRODUCTS_LIST
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def processed_jobs(session: Session, count: int, prefix: str = "P", attempt: int = 1) -> list[int]:
-    """``count`` ExampleJobs in ``processed`` at ``attempt``, each with the outbox rows the
-    worker writes for it."""
+def processed_jobs(
+    session: Session, count: int, prefix: str = "P", attempt: int = 1, **fields: Any
+) -> list[int]:
+    """``count`` ExampleJobs (with ``fields``) in ``processed`` at ``attempt``, each with
+    the outbox rows the worker writes for it."""
     base = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
-    jobs = make_jobs(session, count, prefix=prefix, input_publication_date=base)
+    jobs = make_jobs(session, count, prefix=prefix, input_publication_date=base, **fields)
     ids = [job.id for job in jobs]
     move_to(session, ids, S.PROCESSED)
     session.execute(
@@ -510,6 +514,183 @@ def test_feedback_queue_reports_map_to_the_job_by_message_id(
     assert "catalogue refused" in message and target.message_id in message
     assert next(r for r in rows(session) if r.id == target.id).error == "catalogue refused"
     assert amqp.depth(feedback) == 0  # the malformed one was rejected, not requeued
+
+
+# -- topology from the configuration ------------------------------------------------------
+def refusal(amqp: AmqpTestBroker, exchange: str, exchange_type: str, durable: bool) -> str | None:
+    """Why the broker refuses to declare ``exchange`` so (None: accepted, i.e. it exists
+    with that type and durability, or did not exist)."""
+    try:
+        with amqp.channel() as channel:
+            channel.exchange_declare(exchange, exchange_type, durable=durable)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        return exc.reply_text
+    return None
+
+
+def test_routing_key_template_from_the_settings(
+    session: Session, make_service: Callable[..., PublicationService], amqp: AmqpTestBroker
+):
+    template = "{input_product_type}.{tile_id}.{job_type}.{product}"
+    [tiled] = processed_jobs(session, 1, prefix="T", tile_id="31TCJ")
+    [untiled] = processed_jobs(session, 1, prefix="U")  # no tile: "none"
+    exchange = amqp.exchange("products")
+    everything = amqp.queue("all", exchange, "#")
+    tile = amqp.queue("tile", exchange, "s2.31TCJ.#")
+    masks = amqp.queue("masks", exchange, "*.*.example.mask")
+
+    report = make_service(amqp_routing_key_template=template).run_cycle()
+
+    assert report.error is None and report.result.done == 2
+    keys = {
+        (job_id, f"s2.{tile_id}.example.{product}")
+        for job_id, tile_id in ((tiled, "31TCJ"), (untiled, "none"))
+        for product in PRODUCTS
+    }
+    assert {(m.properties.headers["job_id"], m.routing_key) for m in amqp.drain(everything)} == keys
+    assert {m.routing_key for m in amqp.drain(tile)} == {f"s2.31TCJ.example.{p}" for p in PRODUCTS}
+    assert sorted(m.routing_key for m in amqp.drain(masks)) == [
+        "s2.31TCJ.example.mask",
+        "s2.none.example.mask",
+    ]
+    assert {(r.job_id, r.routing_key) for r in rows(session)} == keys  # recorded as sent
+
+
+@pytest.mark.parametrize(
+    ("exchange_type", "bindings", "routed"),
+    [
+        # A direct exchange matches keys exactly: "#" is no wildcard there.
+        pytest.param("direct", [("example.mask", None), ("#", None)], {"mask"}, id="direct"),
+        # A fanout exchange ignores the routing key.
+        pytest.param("fanout", [("unrelated", None)], {"mask", "quicklook"}, id="fanout"),
+        # A headers exchange routes on the message headers, not the key.
+        pytest.param(
+            "headers",
+            [("example.mask", {"x-match": "all", "job_type": "example", "product": "quicklook"})],
+            {"quicklook"},
+            id="headers",
+        ),
+    ],
+)
+def test_exchange_declared_with_the_configured_type(
+    exchange_type: str,
+    bindings: list[tuple[str, dict[str, Any] | None]],
+    routed: set[str],
+    session: Session,
+    make_service: Callable[..., PublicationService],
+    amqp: AmqpTestBroker,
+):
+    exchange = amqp.name("products")
+    assert not amqp.exchange_exists(exchange)
+    service = make_service(amqp_exchange_type=exchange_type)
+    assert service.run_cycle().connected  # nothing to publish: connects and declares
+    assert refusal(amqp, exchange, exchange_type, durable=True) is None  # as declared
+    other = "topic" if exchange_type != "topic" else "direct"
+    assert "inequivalent arg 'type'" in (refusal(amqp, exchange, other, durable=True) or "")
+    assert "inequivalent arg 'durable'" in (
+        refusal(amqp, exchange, exchange_type, durable=False) or ""
+    )
+    queue = amqp.queue("bound")
+    for routing_key, arguments in bindings:
+        amqp.bind(queue, exchange, routing_key, arguments)
+    [job_id] = processed_jobs(session, 1)
+
+    report = service.run_cycle()
+
+    received = amqp.drain(queue)
+    assert sorted(m.properties.headers["product"] for m in received) == sorted(routed)
+    unroutable = sorted(set(PRODUCTS) - routed)
+    assert (report.result.confirmed, report.result.returned) == (len(routed), len(unroutable))
+    if not unroutable:
+        assert statuses(session, [job_id]) == {job_id: S.DONE}
+        return
+    assert statuses(session, [job_id]) == {job_id: S.EXTERNAL_ERROR}
+    _, message = history(session, job_id)[-1]
+    assert "NO_ROUTE" in message and all(product in message for product in unroutable)
+
+
+def test_topology_not_ours_is_only_checked(
+    session: Session,
+    make_service: Callable[..., PublicationService],
+    amqp: AmqpTestBroker,
+    joblife_env: str,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """``amqp_declare_topology=false``: joblife declares nothing; a missing exchange (or
+    feedback queue) is a clear error and the messages wait; once it exists, they go."""
+    ids = processed_jobs(session, 2)
+    exchange = amqp.name("products")
+    service = make_service(amqp_declare_topology=False)
+
+    report = service.run_cycle()
+
+    assert not report.connected and report.error is not None
+    assert "404" in report.error and f"exchange {exchange!r} does not exist" in report.error
+    assert "amqp_declare_topology" in report.error
+    assert not amqp.exchange_exists(exchange)  # checked, not declared
+    monkeypatch.setenv("JOBLIFE_AMQP_URL", amqp.url)
+    monkeypatch.setenv("JOBLIFE_AMQP_EXCHANGE", exchange)
+    monkeypatch.setenv("JOBLIFE_AMQP_DECLARE_TOPOLOGY", "false")
+    get_settings.cache_clear()
+    published = run("publish", "--once")
+    assert published.exit_code == 1 and f"exchange {exchange!r} does not exist" in published.output
+    assert statuses(session, ids) == dict.fromkeys(ids, S.PROCESSED)
+    assert all(r.published_at is None for r in rows(session))
+
+    # The exchange is the broker administrators' (here of another type than the setting's:
+    # it is not declared, so its type is not checked either).
+    queue = amqp.queue("all", amqp.exchange("products", "fanout"), "")
+    wait_for(
+        lambda: service.run_cycle(max_batches=0).result.done, timeout=10, message="publication"
+    )
+    assert len(amqp.drain(queue)) == 4
+    assert statuses(session, ids) == dict.fromkeys(ids, S.DONE)
+
+    feedback = amqp.name("feedback")  # a feedback queue is checked the same way
+    missing = make_service(amqp_declare_topology=False, amqp_feedback_queue=feedback)
+    report = missing.run_cycle()
+    assert (
+        report.error is not None and f"feedback queue {feedback!r} does not exist" in report.error
+    )
+
+
+KNOWN_PLACEHOLDERS = "{job_type}, {product}, {input_product_type}, {tile_id}"
+
+
+@pytest.mark.parametrize(
+    ("template", "complaint"),
+    [
+        ("{job_type}.{produkt}", "uses unknown placeholders {produkt}"),
+        ("{job_type}.{}", "uses unknown placeholders {}"),
+        ("{job_type.upper}", "uses unknown placeholders {job_type.upper}"),
+        ("{job_type}.{product", "expected '}' before end of string"),
+        ("{product!x}", "Unknown conversion specifier x"),
+        ("{product:d}", "Unknown format code 'd'"),
+    ],
+)
+def test_routing_key_template_is_checked_before_anything_is_sent(
+    template: str,
+    complaint: str,
+    session: Session,
+    amqp: AmqpTestBroker,
+    joblife_env: str,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    with pytest.raises(ConfigurationError) as refused:
+        Topology.from_settings(Settings(amqp_routing_key_template=template))
+    assert complaint in str(refused.value) and KNOWN_PLACEHOLDERS in str(refused.value)
+    assert f"amqp_routing_key_template {template!r}" in str(refused.value)
+
+    ids = processed_jobs(session, 1)
+    monkeypatch.setenv("JOBLIFE_AMQP_URL", amqp.url)
+    monkeypatch.setenv("JOBLIFE_AMQP_EXCHANGE", amqp.track_exchange(amqp.name("products")))
+    monkeypatch.setenv("JOBLIFE_AMQP_ROUTING_KEY_TEMPLATE", template)
+    get_settings.cache_clear()
+    for command in (["publish", "--once"], ["run", "--once", "--services", "publish"]):
+        result = run(*command)
+        assert result.exit_code == 1 and complaint in result.output, result.output
+    assert not amqp.exchange_exists(amqp.name("products"))  # refused before connecting
+    assert statuses(session, ids) == {ids[0]: S.PROCESSED}
 
 
 # -- timeliness ------------------------------------------------------------------------------

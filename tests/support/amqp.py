@@ -124,6 +124,28 @@ class AmqpTestBroker:
         self.queues.append(name)
         return name
 
+    def bind(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        """Bind ``queue`` to ``exchange`` once more (``arguments``: a headers binding)."""
+        with self.channel() as channel:
+            channel.queue_bind(queue, exchange, routing_key, arguments=arguments)
+
+    def exchange_exists(self, name: str) -> bool:
+        """Whether the broker has an exchange called ``name`` (a passive declaration)."""
+        try:
+            with self.channel() as channel:
+                channel.exchange_declare(name, passive=True)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code == 404:
+                return False
+            raise
+        return True
+
     def publish(self, queue: str, body: bytes, **properties: Any) -> None:
         """Send a message straight to ``queue`` (default exchange)."""
         with self.channel() as channel:
