@@ -4,6 +4,7 @@ left behind, external errors when the step cannot run at all)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -44,6 +45,20 @@ def test_docker_runs_with_the_work_dir_environment_and_limits(
     assert result.image and result.image.startswith(f"{container_engine.image}@sha256:")
     assert result.duration > 0 and not result.timed_out
     assert container_engine.leftovers() == []
+
+
+def test_docker_times_create_and_remove_apart_from_the_run(
+    container_engine: ContainerEngine, tmp_path: Path
+):
+    """``duration`` is start → end of the wait; creating and removing are timed apart."""
+    spec = _spec(tmp_path, ["sleep", "1"], image=container_engine.image)
+    start = time.monotonic()
+    result = DockerRunner(container_engine.base_url).run(spec)
+    elapsed = time.monotonic() - start
+    create, remove = result.details["create_seconds"], result.details["remove_seconds"]
+    assert 1 <= result.duration < elapsed - create - remove + 0.01
+    assert 0 < create < elapsed - 1 and 0 < remove < elapsed - 1
+    assert result.summary["create_seconds"] == create  # in the status details
 
 
 def test_docker_applies_user_network_and_flavor_limits(
@@ -161,3 +176,39 @@ def test_process_crash_by_signal_reports_128_plus_the_signal(tmp_path: Path):
 def test_process_missing_executable_is_an_external_error(tmp_path: Path):
     with pytest.raises(ExternalJobError, match="cannot start the science command"):
         ProcessRunner().run(_spec(tmp_path, ["/nonexistent/science-code"]))
+
+
+#: Every write to it fails with ENOSPC, as on a full disk.
+FULL_DEVICE = Path("/dev/full")
+
+
+def test_process_log_on_a_full_disk_drains_the_output_and_reports_it(tmp_path: Path):
+    """The step writes far more than a pipe holds: were the pipe not drained once the log
+    cannot be written, it would block until its timeout."""
+    spec = dataclasses.replace(
+        _spec(tmp_path, ["sh", "-c", "yes output | head -c 700000; echo the end"], 20),
+        log_path=FULL_DEVICE,
+    )
+    start = time.monotonic()
+    result = ProcessRunner().run(spec)
+    assert time.monotonic() - start < 10
+    assert result.return_code == 0 and not result.timed_out
+    assert result.log_tail[-2:] == ["output", "the end"]  # still kept in memory
+    assert result.details["log_error"] == (
+        f"could not write {FULL_DEVICE} (700008 of 700008 bytes of output dropped): "
+        "No space left on device"
+    )
+
+
+def test_docker_log_on_a_full_disk_keeps_the_tail_and_reports_it(
+    container_engine: ContainerEngine, tmp_path: Path
+):
+    spec = dataclasses.replace(
+        _spec(tmp_path, ["sh", "-c", "echo first; echo last"], image=container_engine.image),
+        log_path=FULL_DEVICE,
+    )
+    result = DockerRunner(container_engine.base_url).run(spec)
+    assert result.return_code == 0
+    assert result.log_tail == ["first", "last"]
+    assert "No space left on device" in result.details["log_error"]
+    assert container_engine.leftovers() == []

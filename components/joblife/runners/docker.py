@@ -4,6 +4,9 @@ daemon, or podman's Docker-compatible API).
 The work dir is bind-mounted read-write at ``spec.mount_point``; the container gets the
 spec's environment, user, network mode and the flavor's CPU and memory limits; its output is
 streamed to the job's log file; it is killed at the timeout and always removed.
+
+The result's ``duration`` runs from ``container.start()`` to the end of the wait (the step
+itself, as the engine ran it); ``details`` add ``create_seconds`` and ``remove_seconds``.
 """
 
 from __future__ import annotations
@@ -93,11 +96,20 @@ class DockerRunner(Runner):
         try:
             image = self.image(client, spec.image)
             ran = f"{spec.image}@{image.id}"
+            created = time.monotonic()
             container = self._create(client, image, spec)
+            started = time.monotonic()
             try:
-                return self._run(container, spec, ran)
+                result = self._run(container, spec, ran)
             finally:
+                stopped = time.monotonic()
                 _remove(container)
+            # duration runs from start to the end of the wait; create and remove apart.
+            result.details.update(
+                create_seconds=round(started - created, 3),
+                remove_seconds=round(time.monotonic() - stopped, 3),
+            )
+            return result
         finally:
             client.close()
 
@@ -153,7 +165,9 @@ class DockerRunner(Runner):
                 reader.join(timeout=10)
             lines = tail.close()
         duration = time.monotonic() - start
-        return RunResult(code, duration, lines, timed_out=timed_out, image=ran)
+        return RunResult(
+            code, duration, lines, timed_out=timed_out, image=ran, details=tail.problem()
+        )
 
 
 def _pump(container: Container, tail: LogTail) -> None:

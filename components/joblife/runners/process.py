@@ -54,13 +54,17 @@ class ProcessRunner(Runner):
         duration = time.monotonic() - start
         lines = tail.close()
         code = TIMEOUT_RETURN_CODE if timed_out else _return_code(process.returncode)
-        return RunResult(code, duration, lines, timed_out=timed_out)
+        return RunResult(code, duration, lines, timed_out=timed_out, details=tail.problem())
 
 
 def _pump(process: subprocess.Popen[bytes], tail: LogTail) -> None:
+    """Copy the step's output to the log until it closes its end of the pipe. The pipe is
+    always drained to the end (a log that cannot be written loses the output, not the
+    step: :class:`LogTail` never raises), or the step would block writing to it."""
     assert process.stdout is not None
-    for chunk in iter(lambda: process.stdout.read1(65536), b""):  # type: ignore[union-attr]
-        tail.write(chunk)
+    with process.stdout:
+        for chunk in iter(lambda: process.stdout.read1(65536), b""):  # type: ignore[union-attr]
+            tail.write(chunk)
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
