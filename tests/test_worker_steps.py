@@ -6,8 +6,9 @@ work dir removed and no container left."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from sqlalchemy.orm import Session
 from tests.support.containers import ContainerEngine
 from tests.support.example_type import ExampleJob
 from tests.support.s3 import S3Bucket
-from tests.support.services import IN_CI, unavailable
+from tests.support.services import unavailable
 
 S = JobStatus
 MB = 1_000_000
@@ -347,31 +348,134 @@ def test_output_upload_failure_is_an_external_error(docker_job: World, s3_bucket
     _fails(docker_job, job_id, S.EXTERNAL_ERROR, EXIT_RELAUNCH, "NoSuchBucket")
 
 
+SmallDisk = Callable[..., Path]
+
+
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs (needs root: mount)."""
-    mount_point = tmp_path / "small-disk"
-    mount_point.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        if IN_CI:
-            unavailable(f"cannot mount a small tmpfs: {done.stderr.strip()}")
-        pytest.skip(f"cannot mount a small tmpfs: {done.stderr.strip()}")
-    yield mount_point
-    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    """Mounts a real, small tmpfs (``mount`` needs root, as here and in CI): called with
+    extra mount options (``nr_inodes=4``), it returns the mount point; the worker's work
+    root is put on it by :func:`_work_on`. Unmounted at the end."""
+    mounted: list[Path] = []
+
+    def mount(*options: str) -> Path:
+        mount_point = tmp_path / f"small-disk-{len(mounted)}"
+        mount_point.mkdir()
+        option = ",".join(("size=1m", *options))
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", option, "tmpfs", str(mount_point)],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            unavailable(f"cannot mount a small tmpfs: {done.stderr.strip()}")  # fails in CI
+        mounted.append(mount_point)
+        return mount_point
+
+    yield mount
+    for mount_point in mounted:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
-def test_full_disk_is_an_external_error(
-    world: World, small_disk: Path, monkeypatch: pytest.MonkeyPatch
+def _work_on(world: World, disk: Path) -> None:
+    """The worker's work dirs on ``disk``; the storage stays on the big disk."""
+    world.work_root = disk / "work"
+    world.configure(work_root=world.work_root)
+
+
+def _fill(disk: Path) -> None:
+    """Take every free byte of ``disk`` (as another job's leftovers would)."""
+    subprocess.run(["dd", "if=/dev/zero", f"of={disk}/filler", "bs=64k"], capture_output=True)
+    assert shutil.disk_usage(disk).free == 0
+
+
+FULL = "the worker's disk is full"
+
+
+def _process_job(world: World, monkeypatch: pytest.MonkeyPatch, command: str, **fields: Any) -> int:
+    """A process-runner job without dependencies whose science step is ``sh -c command``."""
+    monkeypatch.setattr(WorkerJob, "SCIENCE_RUNNER", "process")
+    monkeypatch.setattr(WorkerJob, "EXTERNAL_DEPENDENCIES", {})
+    monkeypatch.setattr(WorkerJob, "SCIENCE_COMMAND", ["sh", "-c", command])
+    (world.tmp / "storage" / "in").mkdir(parents=True, exist_ok=True)
+    (world.tmp / "storage" / "in" / "x").write_bytes(b"x")
+    return world.job(input_path="in/x", **fields)
+
+
+def test_full_disk_during_the_download_is_an_external_error(
+    world: World, small_disk: SmallDisk, monkeypatch: pytest.MonkeyPatch
 ):
     monkeypatch.setattr(WorkerJob, "SCIENCE_RUNNER", "process")
-    world.work_root = small_disk / "work"
-    world.configure(work_root=world.work_root)
+    _work_on(world, small_disk())
     (world.tmp / "storage" / "in").mkdir(parents=True)
     (world.tmp / "storage" / "in" / "big.dat").write_bytes(b"\0" * 3 * MB)
     job_id = world.job(input_path="in/big.dat")
-    _fails(world, job_id, S.EXTERNAL_ERROR, EXIT_RELAUNCH, "no space left on the worker's disk")
+    details = _fails(world, job_id, S.EXTERNAL_ERROR, EXIT_RELAUNCH, f"{FULL}: no space left")
+    assert "during download" in world.last(job_id).message
+    assert details["disk"]["total_bytes"] == 1024 * 1024
+    assert details["disk"]["free_bytes"] < 64 * 1024
+
+
+def test_full_disk_making_the_work_dir_is_an_external_error(
+    world: World, small_disk: SmallDisk, monkeypatch: pytest.MonkeyPatch
+):
+    _work_on(world, small_disk("nr_inodes=5"))  # no inode left for every sub-dir
+    job_id = _process_job(world, monkeypatch, "true")
+    _fails(world, job_id, S.EXTERNAL_ERROR, EXIT_RELAUNCH, f"{FULL}: no space left during pre-")
+    message = world.last(job_id).message
+    assert f"writing {world.work_root}/" in message and "bytes free of 1048576" in message
+
+
+def test_full_disk_fetching_the_previous_manifest_is_an_external_error(
+    world: World, small_disk: SmallDisk, monkeypatch: pytest.MonkeyPatch
+):
+    disk = small_disk()
+    _work_on(world, disk)
+    manifest = world.tmp / "storage" / "out" / "P1" / MANIFEST
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"files": {"o": 1}}))  # an earlier attempt's
+    job_id = _process_job(world, monkeypatch, "true", output_path="out/P1")
+    _fill(disk)
+    details = _fails(world, job_id, S.EXTERNAL_ERROR, EXIT_RELAUNCH, f"{FULL}: no space left")
+    assert "during pre-processing" in world.last(job_id).message
+    assert details["disk"]["free_bytes"] == 0
+
+
+def test_full_disk_writing_the_manifest_is_an_external_error(
+    world: World, small_disk: SmallDisk, monkeypatch: pytest.MonkeyPatch
+):
+    """The science step fills the disk with its outputs and still reports a product."""
+    _work_on(world, small_disk())
+    fill = "dd if=/dev/zero of={output_dir}/big bs=64k; exit 0"
+    job_id = _process_job(world, monkeypatch, fill)
+    details = _fails(world, job_id, S.EXTERNAL_ERROR, EXIT_RELAUNCH, f"{FULL}: no space left")
+    assert "during post-processing" in world.last(job_id).message
+    assert details["disk"]["free_bytes"] == 0
+    assert "upload" not in details  # nothing uploaded without its manifest
+
+
+def test_science_failing_on_a_full_disk_says_so(
+    world: World, small_disk: SmallDisk, monkeypatch: pytest.MonkeyPatch
+):
+    """Its own return code still decides (internal here), the message names the disk."""
+    _work_on(world, small_disk())
+    job_id = _process_job(world, monkeypatch, "dd if=/dev/zero of={output_dir}/big bs=64k")
+    details = _fails(world, job_id, S.INTERNAL_ERROR, EXIT_DO_NOT_RELAUNCH, "return code 1")
+    message = world.last(job_id).message
+    assert f"{FULL} (0 bytes free of 1048576 on the file system of " in message
+    assert details["disk"] == {
+        "path": str(world.work_root / str(world.load(job_id).unique_id)),
+        "free_bytes": 0,
+        "total_bytes": 1024 * 1024,
+    }
+    # the science log (on the same disk) could not be written: its tail is still kept
+    assert any("No space left on device" in line for line in details["log_tail"])
+    assert "could not write" in details["processing"]["log_error"]
+
+
+def test_science_failing_with_room_on_the_disk_does_not_blame_it(
+    world: World, monkeypatch: pytest.MonkeyPatch
+):
+    job_id = _process_job(world, monkeypatch, "exit 1")
+    details = _fails(world, job_id, S.INTERNAL_ERROR, EXIT_DO_NOT_RELAUNCH, "return code 1")
+    assert "disk" not in world.last(job_id).message and "disk" not in details

@@ -22,6 +22,43 @@ from joblife.worker.heartbeat import Heartbeat
 
 #: The work dir's layout (``<work root>/<unique_id>/<name>``).
 WORK_SUBDIRS = ("input", "output", "aux", "logs")
+#: The errors of a full disk (no space left, quota exceeded).
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: A file system counts as nearly full with less than this free (or 5 % of it, if less).
+NEARLY_FULL_BYTES = 64 * 1024 * 1024
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is an out-of-space error (ENOSPC, EDQUOT)."""
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
+
+
+@dataclass(frozen=True)
+class DiskSpace:
+    """Free and total bytes of the file system holding ``path``."""
+
+    path: Path
+    free: int
+    total: int
+
+    @classmethod
+    def of(cls, path: Path) -> DiskSpace:
+        """The space of ``path``'s file system (its nearest existing ancestor's)."""
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        usage = shutil.disk_usage(path)
+        return cls(path, usage.free, usage.total)
+
+    @property
+    def nearly_full(self) -> bool:
+        """Less than :data:`NEARLY_FULL_BYTES` (or 5 % of the file system) is free."""
+        return self.free < min(NEARLY_FULL_BYTES, self.total // 20)
+
+    def describe(self) -> str:
+        return f"{self.free} bytes free of {self.total} on the file system of {self.path}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "free_bytes": self.free, "total_bytes": self.total}
 
 
 def work_root(settings: Settings) -> Path:
@@ -115,22 +152,49 @@ class WorkerContext:
         """The runner called ``kind`` (``docker`` or ``process``)."""
         return make_runner(kind, self.settings)
 
+    # -- the worker's disk --------------------------------------------------------------------
+    def disk_space(self) -> DiskSpace:
+        """The free and total space of the work dir's file system."""
+        return DiskSpace.of(self.work_dir)
+
+    @contextmanager
+    def disk_full_is_external(self, step: str) -> Iterator[None]:
+        """Run a step of the worker's own: an out-of-space error (ENOSPC, EDQUOT) on the
+        worker's disk becomes an ExternalJobError (retried elsewhere or later) saying so,
+        with the file being written and the space left; the disk figures are recorded."""
+        try:
+            yield
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            space = self.disk_space()
+            self.figures["disk"] = space.as_dict()
+            where = exc.filename or f"a file in {self.work_dir}"
+            raise ExternalJobError(
+                f"the worker's disk is full: no space left during {step} writing {where} "
+                f"({space.describe()}): {exc.strerror or exc}"
+            ) from exc
+
+    def disk_full_note(self) -> str:
+        """For the message of a failed science step: ``"; the worker's disk is full (...)"``
+        when the work dir's file system is (nearly) full, else ``""``. The disk figures
+        are recorded then."""
+        space = self.disk_space()
+        if not space.nearly_full:
+            return ""
+        self.figures["disk"] = space.as_dict()
+        return f"; the worker's disk is full ({space.describe()})"
+
     # -- figures -----------------------------------------------------------------------------
     @contextmanager
     def measure(self, step: str) -> Iterator[StepFigures]:
-        """Time a transfer step and accumulate its figures under ``figures[step]``; an
-        out-of-space error on the worker's disk becomes an ExternalJobError saying so."""
+        """Time a transfer step and accumulate its figures under ``figures[step]``; a full
+        disk is reported as :meth:`disk_full_is_external` does."""
         figures = StepFigures(**self.figures.get(step, {}))
         start = time.perf_counter()
         try:
-            yield figures
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise ExternalJobError(
-                    f"no space left on the worker's disk during {step} "
-                    f"(work dir {self.work_dir}): {exc}"
-                ) from exc
-            raise
+            with self.disk_full_is_external(step):
+                yield figures
         finally:
             figures.seconds += time.perf_counter() - start
             self.figures[step] = figures.as_dict()

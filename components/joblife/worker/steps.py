@@ -9,6 +9,10 @@ type gets for free, driven by its class attributes (``SCIENCE_IMAGE``, ``SCIENCE
 - :func:`processing`: the science step through the type's runner.
 - :func:`post_processing`: the return code's class decides; outputs are uploaded under the
   job's ``output_path`` with a manifest last; the logs are uploaded; the work dir removed.
+
+A full disk (ENOSPC, EDQUOT) anywhere in these steps is an external error saying so
+(:meth:`WorkerContext.disk_full_is_external`); a science step that fails on a (nearly) full
+disk keeps the class of its return code, and its message names the disk.
 """
 
 from __future__ import annotations
@@ -40,25 +44,28 @@ MOUNT_POINT = "/work"
 # -- pre-processing ------------------------------------------------------------------------------
 def pre_processing(job: JobTemplate, context: WorkerContext) -> None:
     """Work dir, skip check, inputs and external dependencies (see the module docstring)."""
-    cls = type(job)
-    context.make_work_dir()
-    if not job.output_path:
-        job.output_path = job.default_output_path()
-    fields = job_fields(job, context, inside=False)
-    context.logs_location = cls.LOGS_LOCATION.format_map(fields)
-    if cls.SKIP_IF_OUTPUT_EXISTS and outputs_exist(job, context):
-        context.skip_science = True
-        storage, key = context.storage_for(job.output_path)
-        context.figures["skipped"] = f"every output already exists at {storage.url(key)}"
-        return
-    if not job.input_path:
-        raise InternalJobError(f"job {job.id} has no input_path: nothing to process")
-    downloaded = fetch(context, job.input_path, context.input_dir, cls.INPUT_PATTERN, "input")
-    for name, template in cls.EXTERNAL_DEPENDENCIES.items():
-        location = template.format_map(fields)
-        downloaded += fetch(context, location, context.aux_dir / name, None, f"dependency {name}")
-    for path in downloaded:
-        job.check_input(path)
+    with context.disk_full_is_external("pre-processing"):
+        cls = type(job)
+        context.make_work_dir()
+        if not job.output_path:
+            job.output_path = job.default_output_path()
+        fields = job_fields(job, context, inside=False)
+        context.logs_location = cls.LOGS_LOCATION.format_map(fields)
+        if cls.SKIP_IF_OUTPUT_EXISTS and outputs_exist(job, context):
+            context.skip_science = True
+            storage, key = context.storage_for(job.output_path)
+            context.figures["skipped"] = f"every output already exists at {storage.url(key)}"
+            return
+        if not job.input_path:
+            raise InternalJobError(f"job {job.id} has no input_path: nothing to process")
+        downloaded = fetch(context, job.input_path, context.input_dir, cls.INPUT_PATTERN, "input")
+        for name, template in cls.EXTERNAL_DEPENDENCIES.items():
+            location = template.format_map(fields)
+            downloaded += fetch(
+                context, location, context.aux_dir / name, None, f"dependency {name}"
+            )
+        for path in downloaded:
+            job.check_input(path)
 
 
 def fetch(
@@ -128,24 +135,25 @@ def outputs_exist(job: JobTemplate, context: WorkerContext) -> bool:
 # -- processing ----------------------------------------------------------------------------------
 def processing(job: JobTemplate, context: WorkerContext) -> int:
     """Run the science step (or skip it); return its return code."""
-    cls = type(job)
-    if context.skip_science:
-        context.figures["processing"] = {"skipped": True, "seconds": 0.0}
-        return min(cls.PRODUCT_RETURN_CODES)
-    spec = science_spec(job, context)
-    result = context.runner(cls.SCIENCE_RUNNER).run(spec)
-    context.figures["processing"] = result.summary
-    if result.image:
-        job.science_image = result.image
-    expected = cls.PRODUCT_RETURN_CODES | cls.NO_PRODUCT_RETURN_CODES
-    if result.timed_out or result.return_code not in expected:
-        context.log_tail = result.log_tail
-    if result.timed_out:
-        raise ExternalJobError(
-            f"science step killed at its timeout ({spec.timeout:g} s); last log lines "
-            "in the status details"
-        )
-    return result.return_code
+    with context.disk_full_is_external("processing"):
+        cls = type(job)
+        if context.skip_science:
+            context.figures["processing"] = {"skipped": True, "seconds": 0.0}
+            return min(cls.PRODUCT_RETURN_CODES)
+        spec = science_spec(job, context)
+        result = context.runner(cls.SCIENCE_RUNNER).run(spec)
+        context.figures["processing"] = result.summary
+        if result.image:
+            job.science_image = result.image
+        expected = cls.PRODUCT_RETURN_CODES | cls.NO_PRODUCT_RETURN_CODES
+        if result.timed_out or result.return_code not in expected:
+            context.log_tail = result.log_tail
+        if result.timed_out:
+            raise ExternalJobError(
+                f"science step killed at its timeout ({spec.timeout:g} s); last log lines "
+                "in the status details"
+            )
+        return result.return_code
 
 
 def science_spec(job: JobTemplate, context: WorkerContext) -> RunSpec:
@@ -216,25 +224,29 @@ def job_fields(job: JobTemplate, context: WorkerContext, inside: bool) -> dict[s
 # -- post-processing -----------------------------------------------------------------------------
 def post_processing(job: JobTemplate, context: WorkerContext, return_code: int) -> None:
     """Classify the return code, upload the outputs and logs, remove the work dir."""
-    cls = type(job)
-    if context.skip_science:
+    with context.disk_full_is_external("post-processing"):
+        cls = type(job)
+        if context.skip_science:
+            context.close()
+            return
+        if return_code in cls.PRODUCT_RETURN_CODES:
+            upload_outputs(job, context)
+        elif return_code in cls.NO_PRODUCT_RETURN_CODES:
+            context.figures["product"] = False
+        elif return_code in cls.RETRYABLE_RETURN_CODES:
+            raise ExternalJobError(
+                f"science step returned {return_code}, a retryable code for job type "
+                f"{cls.JOB_NAME}; last log lines in the status details" + context.disk_full_note()
+            )
+        else:
+            # The science code's return code decides the class, even on a full disk: the
+            # worker cannot tell whether the disk made the step fail, and outputs too big
+            # for the flavor's disk would fail every retry; the message says so, though.
+            raise InternalJobError(
+                f"science step failed with return code {return_code}; last log lines in the "
+                "status details" + context.disk_full_note()
+            )
         context.close()
-        return
-    if return_code in cls.PRODUCT_RETURN_CODES:
-        upload_outputs(job, context)
-    elif return_code in cls.NO_PRODUCT_RETURN_CODES:
-        context.figures["product"] = False
-    elif return_code in cls.RETRYABLE_RETURN_CODES:
-        raise ExternalJobError(
-            f"science step returned {return_code}, a retryable code for job type "
-            f"{cls.JOB_NAME}; last log lines in the status details"
-        )
-    else:
-        raise InternalJobError(
-            f"science step failed with return code {return_code}; last log lines in the "
-            "status details"
-        )
-    context.close()
 
 
 def upload_outputs(job: JobTemplate, context: WorkerContext) -> None:
