@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from joblife.storage import (
 )
 from joblife.storage.s3 import S3Storage
 
-from tests.support.s3 import TEST_CREDENTIALS, S3Bucket
+from tests.support.s3 import TEST_CREDENTIALS, S3Bucket, S3Requests
 
 MIB = 1024 * 1024
 
@@ -78,6 +79,76 @@ def test_many_files_move_concurrently_and_whole(storage: Storage, tmp_path: Path
     assert storage.download_many(back) == moved
     for path in files:
         assert (tmp_path / "down" / path.name).read_bytes() == path.read_bytes()
+
+
+def _s3(bucket: S3Bucket, tmp_path: Path, **settings: object) -> S3Storage:
+    """joblife's S3 storage of ``bucket`` (under ``root/``), opened from its settings."""
+    config = Settings(data_dir=tmp_path, s3_endpoint_url=bucket.endpoint, **settings)
+    storage = open_storage(bucket.url("root"), config)
+    assert isinstance(storage, S3Storage)
+    return storage
+
+
+@pytest.mark.parametrize("concurrency", [4, 1])
+def test_s3_transfers_of_many_files_overlap_in_time(
+    s3_bucket: S3Bucket, tmp_path: Path, concurrency: int
+):
+    """Each request is slowed down by 0.3 s: with ``storage_transfer_concurrency`` files
+    at a time, that many are in flight at once, up and down (1: one after the other)."""
+    storage = _s3(s3_bucket, tmp_path, storage_transfer_concurrency=concurrency)
+    files = [_file(tmp_path / "up" / f"f{i}.bin", os.urandom(1000 + i)) for i in range(8)]
+    for operation, transfer in (
+        ("PutObject", lambda: storage.upload_many([Transfer(p.name, p) for p in files])),
+        (
+            "GetObject",
+            lambda: storage.download_many(
+                [Transfer(p.name, tmp_path / "down" / p.name) for p in files]
+            ),
+        ),
+    ):
+        requests = S3Requests(storage.client, (operation,), delay=0.3)
+        start = time.monotonic()
+        transfer()
+        elapsed = time.monotonic() - start
+        assert len(requests.intervals) == 8, operation
+        assert requests.max_overlap() == concurrency, operation
+        assert elapsed >= 8 / concurrency * 0.3
+        if concurrency > 1:
+            assert elapsed < 8 * 0.3 * 0.75, operation  # well below one after the other
+    for path in files:
+        assert (tmp_path / "down" / path.name).read_bytes() == path.read_bytes()
+
+
+def test_s3_transient_failures_are_retried(s3_bucket: S3Bucket, tmp_path: Path):
+    """A 503 answer to the first attempt of each upload: retried, every file arrives."""
+    storage = _s3(s3_bucket, tmp_path, s3_max_attempts=3)
+    requests = S3Requests(storage.client, ("PutObject",), fail_first=1)
+    files = [_file(tmp_path / f"f{i}.bin", b"x" * (i + 1)) for i in range(3)]
+    assert storage.upload_many([Transfer(p.name, p) for p in files]) == 6
+    assert sorted(requests.attempts.values()) == [2, 2, 2]
+    assert s3_bucket.list_keys("root/") == [f"root/{p.name}" for p in files]
+
+
+def test_s3_gives_up_after_s3_max_attempts_with_a_clear_error(s3_bucket: S3Bucket, tmp_path: Path):
+    storage = _s3(s3_bucket, tmp_path, s3_max_attempts=3)
+    s3_bucket.put("root/there.bin", b"there")
+    requests = S3Requests(storage.client, ("PutObject", "GetObject"), fail_first=99)
+    with pytest.raises(StorageError) as upload:
+        storage.upload(_file(tmp_path / "a.bin", b"a"), "a.bin")
+    with pytest.raises(StorageError) as download:
+        storage.download("there.bin", tmp_path / "back.bin")
+    assert requests.attempts == {
+        f"/{s3_bucket.name}/root/a.bin": 3,
+        f"/{s3_bucket.name}/root/there.bin": 3,
+    }
+    for caught, action, key in (
+        (upload, "upload to", "a.bin"),
+        (download, "download", "there.bin"),
+    ):
+        message = str(caught.value)
+        assert f"{action} s3://{s3_bucket.name}/root/{key} at {s3_bucket.endpoint}" in message
+        assert message.endswith(" after 3 attempts: ServiceUnavailable injected by the test")
+    assert not s3_bucket.list_keys("root/a.bin")
 
 
 def test_s3_multipart_upload_and_download(s3_bucket: S3Bucket, tmp_path: Path):

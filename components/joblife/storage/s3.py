@@ -52,7 +52,9 @@ class S3Storage(Storage):
             "s3",
             endpoint_url=endpoint_url,
             config=Config(
-                retries={"max_attempts": max_attempts, "mode": "standard"},
+                # total_max_attempts counts the first attempt; botocore's max_attempts
+                # would count only the retries (one attempt more than asked for).
+                retries={"total_max_attempts": max_attempts, "mode": "standard"},
                 # Enough connections for every part of every file moving at once.
                 max_pool_connections=max(10, concurrency * part_concurrency),
             ),
@@ -71,14 +73,19 @@ class S3Storage(Storage):
         return join_key(self.prefix, key)
 
     def _error(self, action: str, key: str, exc: Exception) -> StorageError:
+        """The StorageError of ``exc``: S3's answer (code, message, how many attempts were
+        made) if it answered, even through s3transfer's own error types."""
         where = self.url(key) + (f" at {self.endpoint_url}" if self.endpoint_url else "")
-        if isinstance(exc, ClientError):
-            error = exc.response.get("Error", {})
+        answer = _client_error(exc)
+        if answer is not None:
+            error = answer.response.get("Error", {})
             code = str(error.get("Code", ""))
             if code in _NOT_FOUND:
                 return ObjectNotFound(f"{self.url(key)} does not exist", self.url(key))
             message = error.get("Message", "")
-            return StorageError(f"S3 refused to {action} {where}: {code} {message}".rstrip())
+            retries = answer.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
+            tries = f" after {retries + 1} attempts" if retries else ""
+            return StorageError(f"S3 refused to {action} {where}{tries}: {code} {message}".rstrip())
         return StorageError(f"S3 could not {action} {where}: {exc}")
 
     def exists(self, key: str) -> bool:
@@ -140,3 +147,10 @@ class S3Storage(Storage):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
         except (ClientError, BotoCoreError) as exc:
             raise self._error("delete", key, exc) from exc
+
+
+def _client_error(exc: BaseException | None) -> ClientError | None:
+    """``exc`` or the ClientError it was raised from (s3transfer wraps some)."""
+    while exc is not None and not isinstance(exc, ClientError):
+        exc = exc.__cause__ or exc.__context__
+    return exc
