@@ -29,6 +29,7 @@ from joblife.errors import ConfigurationError
 from joblife.lifecycle.common import ServiceContext
 from joblife.lifecycle.orchestrator import Orchestrator
 from joblife.model import Job, JobStatus, JobStatusChange, Publication
+from joblife.publication import relay as relay_module
 from joblife.publication.broker import (
     ConfirmingPublisher,
     Delivery,
@@ -41,6 +42,7 @@ from joblife.publication.relay import PublicationService
 from joblife.publication.topology import Topology
 from joblife.worker.runner import message_id
 from sqlalchemy import Engine, select, text, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner, Result
 
@@ -295,6 +297,45 @@ def test_broker_cut_mid_batch_loses_nothing_and_resends_no_confirmed_message(
     assert duplicates <= publisher.unconfirmed  # only unconfirmed ones may arrive twice
     assert all(r.published_at is not None for r in rows(session))
     assert set(statuses(session, ids).values()) == {S.DONE}
+
+
+def test_confirmed_messages_are_not_sent_again_when_their_commit_failed(
+    session: Session,
+    make_service: Callable[..., PublicationService],
+    amqp: AmqpTestBroker,
+    queue: str,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """The broker confirmed a batch, then the database commit that records it failed: the
+    next cycle records those messages as published without sending them again."""
+    ids = processed_jobs(session, 2)
+    service = make_service(recording=True)
+    real_record = relay_module.outbox.record
+    calls = 0
+
+    def record_then_lose_the_database(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        result = real_record(*args, **kwargs)
+        if calls == 1:
+            raise OperationalError("COMMIT", {}, Exception("server closed the connection"))
+        return result
+
+    monkeypatch.setattr(relay_module.outbox, "record", record_then_lose_the_database)
+    with pytest.raises(OperationalError):
+        service.run_cycle()
+    assert statuses(session, ids) == dict.fromkeys(ids, S.PROCESSED)  # rolled back
+    assert all(r.published_at is None for r in rows(session, ids))
+
+    report = service.run_cycle()
+    assert report.error is None and report.result.confirmed == 4 and report.result.done == 2
+    assert statuses(session, ids) == dict.fromkeys(ids, S.DONE)
+    assert all(r.published_at is not None for r in rows(session, ids))
+    publisher = service.publisher
+    assert isinstance(publisher, RecordingPublisher)
+    assert publisher.resent_after_confirmation == []
+    assert sorted(publisher.sent.values()) == [1, 1, 1, 1]
+    assert len(amqp.drain(queue)) == 4
 
 
 def test_wrong_port_then_right_port(

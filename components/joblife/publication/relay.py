@@ -32,7 +32,13 @@ from sqlalchemy.orm import Session
 from joblife.lifecycle.common import ServiceContext, job_logger
 from joblife.logs import describe_jobs
 from joblife.publication import outbox
-from joblife.publication.broker import ConfirmingPublisher, Delivery, SentBatch, Settlement
+from joblife.publication.broker import (
+    ConfirmingPublisher,
+    Delivery,
+    Outcome,
+    SentBatch,
+    Settlement,
+)
 from joblife.publication.errors import BrokerUnavailable
 from joblife.publication.feedback import MalformedFeedback, apply_feedback, parse_feedback
 from joblife.publication.publisher import Publisher
@@ -48,11 +54,23 @@ MAX_DB_BACKOFF_SECONDS = 60.0
 
 @dataclass
 class _Batch:
-    """A batch sent and not recorded yet: its open transaction, its jobs, its messages."""
+    """A batch sent and not recorded yet: its open transaction, its jobs, what was sent,
+    and the answers already known for the messages that were not sent again (confirmed
+    by the broker before, their recording lost: row index → answer)."""
 
     session: Session
     jobs: list[outbox.ClaimedJob]
     sent: SentBatch
+    known: dict[int, Delivery] = field(default_factory=dict)
+
+    def answers(self, deliveries: list[Delivery]) -> list[Delivery]:
+        """The answers for every row of the batch, in row order: the known ones, and
+        ``deliveries`` (the broker's, for what was sent) for the others."""
+        if not self.known:
+            return deliveries
+        sent = iter(deliveries)
+        total = len(self.known) + len(deliveries)
+        return [self.known[i] if i in self.known else next(sent) for i in range(total)]
 
 
 @dataclass
@@ -108,6 +126,10 @@ class PublicationService:
         self._backoff = 0.0
         self._next_connect = 0.0  # time.monotonic() before which no connection is tried
         self._messages_per_job = 1.0  # seen in the last claim
+        #: Messages the broker confirmed whose recording failed (the commit): message_id →
+        #: confirmation time. They are not sent again; their next claim records them.
+        self._confirmed_unrecorded: dict[str, Any] = {}
+        self._memo_lock = threading.Lock()
 
     @property
     def enabled(self) -> bool:
@@ -236,18 +258,40 @@ class PublicationService:
                 if job.status is outbox.S.START_PUBLICATION
                 for row in job.rows
             ]
-            sent = self.publisher.send(messages)
+            with self._memo_lock:
+                known = {
+                    index: Delivery(Outcome.CONFIRMED, self._confirmed_unrecorded[m.message_id])
+                    for index, m in enumerate(messages)
+                    if m.message_id in self._confirmed_unrecorded
+                }
+            sent = self.publisher.send([m for i, m in enumerate(messages) if i not in known])
         except BaseException:
             session.close()
             raise
-        return _Batch(session, jobs, sent)
+        return _Batch(session, jobs, sent, known)
 
     def _record(self, batch: _Batch, deliveries: list[Delivery]) -> outbox.BatchResult:
         """Record the broker's answers for the batch, move its jobs, commit (runs in the
         recording thread; touches the database only)."""
-        with batch.session as session:
-            result = outbox.record(session, batch.jobs, deliveries, self.context.job_types)
-            session.commit()
+        answers = batch.answers(deliveries)
+        confirmed = {
+            row.message.message_id: answer.at
+            for row, answer in zip(_sent_rows(batch.jobs), answers, strict=True)
+            if answer.outcome is Outcome.CONFIRMED
+        }
+        try:
+            with batch.session as session:
+                result = outbox.record(session, batch.jobs, answers, self.context.job_types)
+                session.commit()
+        except BaseException:
+            # The broker has these messages: never send them again (at most a crash of
+            # this process between the confirmation and the commit resends them).
+            with self._memo_lock:
+                self._confirmed_unrecorded.update(confirmed)
+            raise
+        with self._memo_lock:
+            for message_id in confirmed:
+                self._confirmed_unrecorded.pop(message_id, None)
         if result.unconfirmed or result.returned or result.nacked:
             ids = [job.id for job in batch.jobs]
             log.jobs(ids).warning("publication batch of %s: %s", describe_jobs(ids), asdict(result))
@@ -303,3 +347,8 @@ class PublicationService:
         else:
             due = self._next_connect - time.monotonic()
             self.stop_event.wait(max(0.0, min(seconds, due)) if self.enabled else seconds)
+
+
+def _sent_rows(jobs: list[outbox.ClaimedJob]) -> list[outbox.OutboxRow]:
+    """The rows of a batch whose messages it publishes, in the order they were sent."""
+    return [row for job in jobs if job.status is outbox.S.START_PUBLICATION for row in job.rows]
