@@ -36,6 +36,7 @@ from joblife.lifecycle.common import ServiceContext, utc_now
 from joblife.lifecycle.creation import create_jobs
 from joblife.lifecycle.orchestrator import Orchestrator
 from joblife.model import JobStatus, Publication, load_job_types
+from joblife.ops.metrics import PROCESS_REGISTRY
 from joblife.worker.heartbeat import Heartbeat
 from joblife.worker.runner import EXIT_DO_NOT_RELAUNCH, EXIT_RELAUNCH, run_worker
 from sqlalchemy import Engine, select, text
@@ -249,6 +250,27 @@ def test_creation_failing_type_is_reported_and_the_others_run(lc: Lifecycle, eng
     assert reports["a_broken"].error == "RuntimeError: catalogue unreachable"
     assert reports["a_broken"].inserted == 0
     assert reports["test"].error is None and reports["test"].inserted == 1
+
+
+def test_a_type_failing_its_cycle_counts_as_a_loop_error(lc: Lifecycle, engine: Engine):
+    """A service that reports a job type's failure in its result (and goes on with the
+    others) still counts a loop error for the metrics."""
+    context = ServiceContext(
+        engine, lc.settings, job_types={**load_job_types(), "a_broken": _BrokenDiscovery}
+    )
+
+    def errors(service: str) -> float:
+        labels = {"service": service}
+        return PROCESS_REGISTRY.get_sample_value("joblife_loop_errors_total", labels) or 0.0
+
+    orchestrator = Orchestrator(context, RecordingExecutor(), ["create"])
+    before = errors("create")
+    cycle = orchestrator.run_once()
+    assert cycle.errors == {}  # reported by the service, not raised
+    assert errors("create") == before + 1
+    context.job_types.pop("a_broken")
+    orchestrator.run_once()
+    assert errors("create") == before + 1  # a clean cycle counts none
 
 
 def test_creation_malformed_product_fails_its_type_only(lc: Lifecycle):

@@ -99,7 +99,7 @@ class Orchestrator:
                 log.exception("%s cycle failed", name)
                 report.errors[name] = f"{type(exc).__name__}: {exc}"
                 continue
-            record_cycle(name)
+            record_cycle(name, _reported_error(result))
             report.results[name] = result
             report.busy = report.busy or _did_work(name, result)
         return report
@@ -183,6 +183,14 @@ def _did_work(name: str, result: Any) -> bool:
     if name == "publish":
         return bool(result["jobs"] or result["feedback"])
     return bool(result["ended"] or result["stale"] or result["redispatched"] or result["retried"])
+
+
+def _reported_error(result: Any) -> str | None:
+    """The errors a service reported in its result instead of raising them (a job type
+    whose cycle failed, a broker it could not reach), joined; None without any."""
+    reports = result if isinstance(result, list) else [result]
+    errors = [r["error"] for r in reports if isinstance(r, dict) and r.get("error")]
+    return "; ".join(errors) or None
 
 
 def _is_connection_problem(exc: DBAPIError) -> bool:
