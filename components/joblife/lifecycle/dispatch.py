@@ -39,6 +39,7 @@ from joblife.executors.base import (
 )
 from joblife.lifecycle.common import ServiceContext, job_logger
 from joblife.model import Job, JobStatus
+from joblife.model.flavors import flavor_catalogue
 from joblife.model.job import READY_INDEX_WHERE
 from joblife.model.status import IN_FLIGHT_STATUSES
 
@@ -46,6 +47,9 @@ log = job_logger("dispatch")
 S = JobStatus
 #: pg_advisory_xact_lock key of the dispatch critical section ("joblife:dispatch").
 DISPATCH_LOCK_KEY = 0x6A6C_6469
+#: Rows read beyond the free room in each page of the ready queue (for the jobs the caps
+#: of their type hold back).
+PAGE_MARGIN = 16
 
 
 @dataclass
@@ -209,6 +213,10 @@ def _claim(
     capped_flavors = {f for f, n in per_flavor.items() if n >= _flavor_cap(settings, executor, f)}
     seen: list[int] = []
     wanted = min(room, settings.batch_size)
+    # A page need not be much larger than what can start: with 2 free slots, reading a
+    # backlog's first 1,000 rows only to skip them costs more than the dispatch itself.
+    free = _free_room(settings, executor, per_flavor)
+    page = wanted * 2 if free == float("inf") else int(min(wanted, free)) * 2 + PAGE_MARGIN
     # Pages skip what is already capped, so capped types or flavors early in the order
     # never starve the jobs behind them; a few pages bound the cost of a cycle.
     # No row lock while reading: dispatchers are serialised by the advisory lock, and only
@@ -218,7 +226,7 @@ def _claim(
             select(Job.id, Job.job_type, Job.worker_flavor, Job.attempt)
             .where(text(READY_INDEX_WHERE))  # word for word: the partial index's predicate
             .order_by(Job.priority, Job.input_publication_date, Job.id)
-            .limit(wanted * 2)
+            .limit(page)
         )
         if capped_types:
             query = query.where(Job.job_type.not_in(capped_types))
@@ -247,7 +255,7 @@ def _claim(
                 capped_types.add(row.job_type)
             if per_flavor[row.worker_flavor] >= _flavor_cap(settings, executor, row.worker_flavor):
                 capped_flavors.add(row.worker_flavor)
-        if len(chosen) >= wanted or len(candidates) < wanted * 2:
+        if len(chosen) >= wanted or len(candidates) < page:
             break
     report.capped.update({f"type:{t}": per_type[t] for t in capped_types})
     report.capped.update({f"flavor:{f}": per_flavor[f] for f in capped_flavors})
@@ -298,6 +306,14 @@ def _lock_still_ready(session: Session, chosen: list[Any]) -> list[Any]:
 def _type_cap(settings: Any, job_type: str) -> float:
     cap = settings.max_in_flight_per_type.get(job_type)
     return float("inf") if cap is None else cap
+
+
+def _free_room(settings: Any, executor: Executor, per_flavor: Counter[str]) -> float:
+    """How many more jobs the flavors can take (those of the catalogue and those in
+    flight), infinite if one of them has no cap. Only sizes the pages read: a job of a
+    flavor outside both is still found, in the page margin or a later page."""
+    flavors = set(flavor_catalogue(settings)) | set(per_flavor)
+    return sum(max(0.0, _flavor_cap(settings, executor, f) - per_flavor[f]) for f in flavors)
 
 
 def _flavor_cap(settings: Any, executor: Executor, flavor: str) -> float:
