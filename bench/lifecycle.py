@@ -135,8 +135,13 @@ class TimedExecutor:
     def capacity(self, flavor: str) -> int | None:
         return self.inner.capacity(flavor)
 
-    def wait_for_change(self, timeout: float, stop: threading.Event) -> bool:
-        return self.inner.wait_for_change(timeout, stop)
+    def change_marker(self) -> int:
+        return self.inner.change_marker()
+
+    def wait_for_change(
+        self, timeout: float, stop: threading.Event, since: int | None = None
+    ) -> bool:
+        return self.inner.wait_for_change(timeout, stop, since)
 
 
 @dataclass

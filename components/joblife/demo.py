@@ -254,6 +254,7 @@ def run_demo(
         timed_out, errors = False, []
         try:
             while True:
+                marker = executor.change_marker()  # before dispatch counts what runs
                 report = orchestrator.run_once()
                 errors = _creation_errors(report.results.get("create") or [])
                 with context.session() as session:
@@ -268,7 +269,7 @@ def run_demo(
                     timed_out = True
                     break
                 if not report.busy:
-                    executor.wait_for_change(settings.loop_interval, stop)
+                    executor.wait_for_change(settings.loop_interval, stop, marker)
         finally:
             orchestrator.close()
         elapsed = time.monotonic() - started

@@ -40,6 +40,8 @@ from joblife.executors.base import ExecutionRequest, ExecutionState, ExecutionSt
 log = logging.getLogger(__name__)
 
 REFERENCE_PREFIX = "local:"
+#: A file of the state directory whose modification time each exit updates.
+EXITS_STAMP = "exits.stamp"
 #: A claim without a record older than this: the dispatching process died mid-way.
 CLAIM_TIMEOUT_SECONDS = 30.0
 
@@ -141,16 +143,29 @@ class LocalExecutor:
         with contextlib.suppress(ProcessLookupError):
             os.kill(record["worker_pid"], signal.SIGKILL)
 
-    def wait_for_change(self, timeout: float, stop: threading.Event) -> bool:
-        """Return when an execution changed state here (a file of the state directory
-        appeared or was replaced: a dispatch or an exit), after ``timeout`` seconds, or
-        when ``stop`` is set, whichever comes first; True if something changed."""
+    def change_marker(self) -> int:
+        """A marker of the executions that ended so far on this machine (the time of the
+        last exit), for :meth:`wait_for_change`."""
+        try:
+            return (self.state_dir / EXITS_STAMP).stat().st_mtime_ns
+        except FileNotFoundError:
+            return 0
+
+    def wait_for_change(
+        self, timeout: float, stop: threading.Event, since: int | None = None
+    ) -> bool:
+        """Return when an execution ended here since ``since`` (a :meth:`change_marker`
+        taken before the caller last looked; default: now), after ``timeout`` seconds, or
+        when ``stop`` is set, whichever comes first; True if one ended. With ``since``
+        taken before counting what runs, an exit in between is not missed."""
         deadline = time.monotonic() + timeout
-        start = self.state_dir.stat().st_mtime_ns
-        while not stop.is_set() and time.monotonic() < deadline:
-            if self.state_dir.stat().st_mtime_ns != start:
+        start = self.change_marker() if since is None else since
+        while not stop.is_set():
+            if self.change_marker() != start:
                 return True
-            stop.wait(0.05)
+            if time.monotonic() >= deadline:
+                return False
+            stop.wait(0.02)
         return False
 
     # -- inspection ----------------------------------------------------------------------
@@ -264,6 +279,7 @@ def _waiter(request: ExecutionRequest, paths: _Paths, pipe: int, method: str) ->
         if code < 0:  # killed by a signal: report it as a shell would (128 + signal)
             code = 128 - code
         _write_atomically(paths.exit, str(code))
+        _touch(paths.exit.parent / EXITS_STAMP)
     finally:
         os._exit(0)
 
@@ -315,6 +331,13 @@ def _create_time(pid: int) -> float:
         return psutil.Process(pid).create_time()
     except psutil.NoSuchProcess:
         return 0.0
+
+
+def _touch(path: Path) -> None:
+    """Create ``path`` if needed and set its modification time to now."""
+    with open(path, "a"):
+        pass
+    os.utime(path)
 
 
 def _write_atomically(path: Path, text: str) -> None:

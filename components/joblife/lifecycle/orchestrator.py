@@ -124,6 +124,9 @@ class Orchestrator:
             # A wake-up because an execution ended only needs dispatch to fill the slot;
             # the other services keep their own pace (a full cycle every interval).
             full = not slot_freed or time.monotonic() >= next_full_cycle
+            # Taken before dispatch counts what runs: an execution that ends after that
+            # wakes the wait below at once.
+            marker = self._change_marker()
             try:
                 report = self.run_once(None if full else SLOT_SERVICES)
             except (OperationalError, DBAPIError) as exc:
@@ -141,9 +144,13 @@ class Orchestrator:
                 next_full_cycle = time.monotonic() + interval
             slot_freed = False
             if not report.busy:
-                slot_freed = self._idle(report, interval)
+                slot_freed = self._idle(report, interval, marker)
 
-    def _idle(self, report: CycleReport, interval: float) -> bool:
+    def _change_marker(self) -> Any:
+        marker = getattr(self.executor, "change_marker", None)
+        return marker() if marker is not None else None
+
+    def _idle(self, report: CycleReport, interval: float, marker: Any = None) -> bool:
         """Wait for the next cycle. When dispatch is held back only by the caps, a slot
         may free up any moment: wake as soon as the executor reports a change (an
         execution ended), if it can tell; True then. While it waits, the broker
@@ -160,13 +167,13 @@ class Orchestrator:
                 self.stop_event.wait(interval)
             return False
         if not publishing:
-            return bool(wait_for_change(interval, self.stop_event))
+            return bool(wait_for_change(interval, self.stop_event, marker))
         deadline = time.monotonic() + interval
         while not self.stop_event.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            if wait_for_change(min(remaining, SERVE_SLICE_SECONDS), self.stop_event):
+            if wait_for_change(min(remaining, SERVE_SLICE_SECONDS), self.stop_event, marker):
                 return True
             self.publication.idle(0.0)  # handle what the broker sent meanwhile
         return False
