@@ -653,10 +653,30 @@ def test_local_executor_same_token_starts_once(lc: Lifecycle):
     assert lc.executor.dispatch(request, token) == first  # after the end too
     assert lc.record(job_id, 1) == record
     assert sorted(p.name for p in lc.executor.state_dir.iterdir()) == [
-        f"{token}.{suffix}" for suffix in ("claim", "exit", "json", "log")
+        *(f"{token}.{suffix}" for suffix in ("claim", "exit", "json", "log")),
+        "exits.stamp",  # touched by every exit (what wait_for_change watches)
     ]
     assert len(started_rows(lc, job_id)) == 1
     assert "duplicate" not in lc.state_file(job_id, 1, "log").read_text()
+
+
+def test_local_executor_forks_a_new_zygote_when_it_died(lc: Lifecycle):
+    """The workers are forked by a zygote process (not by the orchestrator); killed, it
+    is forked again at the next dispatch and the attempt still starts once."""
+    first, second = queue(lc, {}, {})
+    lc.executor.dispatch(ExecutionRequest(first, 1, "test", "extra_small", None), f"{first}-1")
+    zygote = lc.executor._zygote._pid
+    assert zygote is not None and zygote != os.getpid()
+    assert lc.record(first, 1)["waiter_pid"] != zygote
+    os.kill(zygote, signal.SIGKILL)
+    lc.executor.dispatch(ExecutionRequest(second, 1, "test", "extra_small", None), f"{second}-1")
+    assert lc.executor._zygote._pid not in (None, zygote)
+    for job_id in (first, second):
+        lc.wait_status(job_id, S.DONE)
+        assert lc.exit_code(job_id, 1) == 0
+        assert len(started_rows(lc, job_id)) == 1
+    lc.executor.close()
+    assert lc.executor._zygote._pid is None
 
 
 # == the worker =================================================================================

@@ -2,17 +2,19 @@
 
 Every execution is supervised by a small *waiter* process in a session of its own:
 
-    orchestrator ──fork──► intermediate (setsid, exits at once: no zombie, no tie to us)
-                              └──fork──► waiter ──fork──► worker (``joblife worker run``)
-                                          waits, then writes <token>.exit
+    orchestrator ─request─► zygote ──fork──► intermediate (setsid, exits at once)
+                 (a pipe)   (forked once)      └──fork──► waiter ──fork──► worker
+                                                            waits, then writes <token>.exit
 
 so an execution survives a restart of the orchestrator, and its exit status (even after a
 SIGKILL of the worker) is kept on disk. Any orchestrator on this machine sharing the state
 directory can inspect or stop it. An execution whose waiter vanished without writing an
-exit status is reported LOST, never forgotten.
+exit status is reported LOST, never forgotten. The zygote, forked once from the
+orchestrator, does the forking so that the orchestrator pays neither the forks nor the
+copy-on-write faults they cause (see :class:`_Zygote`).
 
-The worker is either forked from the orchestrator (``fork``, the default: no interpreter
-start-up, joblife already imported) or started as a fresh ``python -m joblife.worker`` process
+The worker is either forked (``fork``, the default: no interpreter start-up, joblife
+already imported) or started as a fresh ``python -m joblife.worker`` process
 (``exec``). Per-flavor slot limits bound how many run at once.
 """
 
@@ -29,6 +31,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from multiprocessing.connection import Connection, Pipe
 from pathlib import Path
 
 import psutil
@@ -76,6 +79,7 @@ class LocalExecutor:
         self.default_slots = default_slots
         self.start_method = start_method
         self.stop_grace_seconds = stop_grace_seconds
+        self._zygote = _Zygote()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalExecutor:
@@ -228,24 +232,118 @@ class LocalExecutor:
             raise ExecutorError(f"{reference!r} is not a local execution reference")
         return reference[len(REFERENCE_PREFIX) :]
 
+    def close(self) -> None:
+        """Stop the process that forks the workers (running executions go on)."""
+        self._zygote.close()
+
     def _start(self, request: ExecutionRequest, paths: _Paths) -> tuple[int, int]:
-        """Start waiter and worker; return their pids (learnt through a pipe)."""
-        read_end, write_end = os.pipe()
+        """Start waiter and worker through the zygote; return their pids."""
+        return self._zygote.start(request, paths, self.start_method)
+
+
+class _Zygote:
+    """A process forked once from this one, that forks each execution's supervisor on
+    request and answers with the pids.
+
+    Forking the orchestrator itself for every attempt costs it twice: the fork copies its
+    page tables, and while a worker runs, every page the orchestrator writes is copied
+    first (they share them until then): about 2,000 page faults per attempt, in the
+    orchestrator's own CPU time. The zygote pays the forks; the orchestrator's pages are
+    copied at most once. It inherits what this process has when it is forked (joblife
+    imported, the settings), as the workers did; it is forked again if it dies, and exits
+    when this process closes its end of the pipe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._connection: Connection | None = None
+        self._pid: int | None = None
+
+    def start(self, request: ExecutionRequest, paths: _Paths, method: str) -> tuple[int, int]:
+        with self._lock:
+            for last_try in (False, True):
+                connection = self._connection or self._fork()
+                try:
+                    connection.send((request, paths, method))
+                    outcome, value = connection.recv()
+                except (OSError, EOFError) as exc:
+                    self._reap()
+                    if last_try:
+                        raise ExecutorError(f"the worker zygote died: {exc}") from exc
+                    continue
+                if outcome != "ok":
+                    raise ExecutorError(value)
+                return value
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self._lock:
+            self._reap()
+
+    def _fork(self) -> Connection:
+        ours, theirs = Pipe()
         sys.stdout.flush()
         sys.stderr.flush()
-        intermediate = os.fork()
-        if intermediate == 0:  # pragma: no cover - runs in the child
-            os.close(read_end)
-            _intermediate(request, paths, write_end, self.start_method)
-        os.close(write_end)
-        with os.fdopen(read_end, "rb") as pipe:
-            data = pipe.read().decode()
-        os.waitpid(intermediate, 0)
-        # Two writers (intermediate, waiter) in no fixed order: each line is tagged.
-        pids = dict(line.split("=", 1) for line in data.split() if "=" in line)
-        if set(pids) != {"waiter", "worker"}:
-            raise ExecutorError(f"the worker supervisor did not start (got {data!r})")
-        return int(pids["waiter"]), int(pids["worker"])
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            ours.close()
+            _zygote_main(theirs)
+        theirs.close()
+        self._connection, self._pid = ours, pid
+        return ours
+
+    def _reap(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+        if self._pid is not None:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self._pid, 0)  # it exits at the end of its pipe
+            self._pid = None
+
+
+def _zygote_main(connection: Connection) -> None:
+    """The zygote's loop: one start request at a time, until the pipe closes."""
+    try:
+        # Ctrl-C in a terminal reaches the whole process group: the orchestrator stops,
+        # then closes the pipe. Children reaped by _fork_supervisor.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        while True:
+            try:
+                request, paths, method = connection.recv()
+            except (EOFError, OSError):
+                break
+            try:
+                pids = _fork_supervisor(request, paths, method, connection.fileno())
+            except BaseException as exc:
+                connection.send(("error", f"could not start the worker: {exc}"))
+            else:
+                connection.send(("ok", pids))
+    finally:
+        os._exit(0)
+
+
+def _fork_supervisor(
+    request: ExecutionRequest, paths: _Paths, method: str, inherited: int
+) -> tuple[int, int]:
+    """Start waiter and worker; return their pids (learnt through a pipe). ``inherited``:
+    a descriptor the children must not keep (the zygote's pipe)."""
+    read_end, write_end = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    intermediate = os.fork()
+    if intermediate == 0:  # pragma: no cover - runs in the child
+        os.close(read_end)
+        os.close(inherited)
+        _intermediate(request, paths, write_end, method)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read().decode()
+    os.waitpid(intermediate, 0)
+    # Two writers (intermediate, waiter) in no fixed order: each line is tagged.
+    pids = dict(line.split("=", 1) for line in data.split() if "=" in line)
+    if set(pids) != {"waiter", "worker"}:
+        raise ExecutorError(f"the worker supervisor did not start (got {data!r})")
+    return int(pids["waiter"]), int(pids["worker"])
 
 
 # -- the child processes (no return from these) -----------------------------------------------
