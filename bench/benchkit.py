@@ -8,6 +8,8 @@ import os
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any
 
 import psycopg2
 from psycopg2.extensions import connection as PgConnection
@@ -76,3 +78,26 @@ def print_table(rows: Sequence[tuple[str, str, str, str]], figure: str = "figure
     print(line.format(*("-" * w for w in widths)))
     for row in rows:
         print(line.format(*row).rstrip())
+
+
+def no_op_test_jobs(prefix: str, count: int, first: datetime) -> list[Any]:
+    """``count`` ``test`` jobs (behaviour ``succeed``) as the ``test`` type's discovery
+    builds them, published a microsecond apart from ``first``."""
+    from joblife.jobtypes.test_job import TestJob  # after the caller set JOBLIFE_* up
+
+    jobs = [
+        TestJob(
+            input_product_id=f"{prefix}{i:07d}",
+            name=f"test {prefix}{i:07d}",
+            input_publication_date=first + timedelta(microseconds=i),
+            behaviour="succeed",
+            behaviour_attempts=None,
+            sleep_seconds=0.0,
+            depends_on_product=None,
+            publish=False,
+        )
+        for i in range(count)
+    ]
+    for job in jobs:
+        job.job_pre_insertion_setup()
+    return jobs

@@ -60,6 +60,7 @@ from typing import Any
 from benchkit import (
     add_database_url_argument,
     bench_database,
+    no_op_test_jobs,
     print_table,
     sqlalchemy_url,
 )
@@ -355,26 +356,6 @@ class CreationRun:
         return self.products / self.per_tx_rate
 
 
-def build_jobs(prefix: str, count: int, first: datetime) -> list[TestJob]:
-    """``count`` TestJob objects as the ``test`` type's discovery builds them."""
-    jobs = [
-        TestJob(
-            input_product_id=f"{prefix}{i:07d}",
-            name=f"test {prefix}{i:07d}",
-            input_publication_date=first + timedelta(microseconds=i),
-            behaviour="succeed",
-            behaviour_attempts=None,
-            sleep_seconds=0.0,
-            depends_on_product=None,
-            publish=False,
-        )
-        for i in range(count)
-    ]
-    for job in jobs:
-        job.job_pre_insertion_setup()
-    return jobs
-
-
 def history_rows_of(engine: Engine, prefix: str) -> tuple[int, int]:
     with engine.connect() as conn:
         row = conn.execute(
@@ -399,7 +380,7 @@ def measure_creation(engine: Engine, products: int, per_tx: int) -> CreationRun:
     result = CreationRun(products)
     first = datetime.now(UTC) - timedelta(days=3)
     began = time.perf_counter()
-    jobs = build_jobs("C", products, first)
+    jobs = no_op_test_jobs("C", products, first)
     result.build_s = time.perf_counter() - began
     checkpoint(engine)
     with Session(engine) as session:
@@ -410,7 +391,7 @@ def measure_creation(engine: Engine, products: int, per_tx: int) -> CreationRun:
     if inserted != products or history_rows_of(engine, "C") != (products, products):
         raise RuntimeError(f"batched creation inserted {inserted} of {products}")
 
-    singles = build_jobs("T", per_tx, first)
+    singles = no_op_test_jobs("T", per_tx, first)
     checkpoint(engine)
     with Session(engine) as session:
         began = time.perf_counter()

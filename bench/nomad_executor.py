@@ -39,7 +39,13 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from benchkit import add_database_url_argument, bench_database, print_table, sqlalchemy_url
+from benchkit import (
+    add_database_url_argument,
+    bench_database,
+    no_op_test_jobs,
+    print_table,
+    sqlalchemy_url,
+)
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
@@ -205,22 +211,7 @@ def run(settings: Settings, jobs: int, ended: int) -> None:
 def queued_jobs(engine: Any, count: int) -> list[int]:
     """``count`` test jobs moved to queued at attempt 1, as the dispatch service leaves
     them just before calling the executor; their ids."""
-    first = datetime.now(UTC) - timedelta(hours=1)
-    jobs = [
-        TestJob(
-            input_product_id=f"N{i:07d}",
-            name=f"test N{i:07d}",
-            input_publication_date=first + timedelta(microseconds=i),
-            behaviour="succeed",
-            behaviour_attempts=None,
-            sleep_seconds=0.0,
-            depends_on_product=None,
-            publish=False,
-        )
-        for i in range(count)
-    ]
-    for job in jobs:
-        job.job_pre_insertion_setup()
+    jobs = no_op_test_jobs("N", count, datetime.now(UTC) - timedelta(hours=1))
     with Session(engine) as session:
         insert_jobs(session, TestJob, jobs, S.INITIALIZED)
         ids = list(session.scalars(text("SELECT id FROM jobs ORDER BY id")))

@@ -29,7 +29,6 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from joblife.config import Settings, get_settings
 from joblife.jobtypes import discovery, science_runner
-from joblife.jobtypes.science_runner import run_spec
 from joblife.model.template import JobsToCreate, JobTemplate
 from joblife.science import outcome
 
@@ -101,7 +100,7 @@ class H5RepackJob(JobTemplate):
     def job_processing(self, context: WorkerContext) -> int:
         """The process variant (``python -m joblife.science.h5repack``) or the tool in the
         container, as ``h5repack_runner`` and the engine decide."""
-        from joblife.worker.steps import processing, science_spec
+        from joblife.worker.steps import processing, run_science_spec, science_spec
 
         if context.skip_science:
             return processing(self, context)
@@ -113,13 +112,13 @@ class H5RepackJob(JobTemplate):
                 spec = dataclasses.replace(
                     spec, command=[*spec.command, "--gzip", str(self.gzip_level)]
                 )
-            return run_spec(self, context, "process", spec)
+            return run_science_spec(self, context, "process", spec)
         return self._run_in_container(context, spec)
 
     def _run_in_container(self, context: WorkerContext, spec: RunSpec) -> int:
         """Plan on the worker, run ``h5repack`` in the image, check the layout here."""
         from joblife.science import h5repack
-        from joblife.worker.steps import MOUNT_POINT, job_fields
+        from joblife.worker.steps import MOUNT_POINT, job_fields, run_science_spec
 
         source = context.input_dir / self.file_name
         # InvalidInput (an internal error: retrying cannot help) propagates.
@@ -140,7 +139,7 @@ class H5RepackJob(JobTemplate):
         spec = dataclasses.replace(
             spec, command=command, image=context.settings.h5repack_image, environment=environment
         )
-        code = run_spec(self, context, "docker", spec)
+        code = run_science_spec(self, context, "docker", spec)
         if code == outcome.EXIT_PRODUCT:
             # The tool's own success is not enough: the layout must be the planned one
             # (ProcessingFailed, an external error, otherwise).

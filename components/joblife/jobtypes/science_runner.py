@@ -78,7 +78,7 @@ def run_science(
     """Run the science step of ``job`` with the runner ``mode`` chooses (see the module
     docstring); return its return code. ``container_command`` is a template like
     ``SCIENCE_COMMAND``, filled in with the paths inside the container."""
-    from joblife.worker.steps import processing
+    from joblife.worker.steps import processing, run_science_spec
 
     if context.skip_science:
         return processing(job, context)
@@ -86,7 +86,9 @@ def run_science(
     context.figures["runner"] = runner
     if runner == "process":
         return processing(job, context)
-    return run_spec(job, context, "docker", container_spec(job, context, container_command, image))
+    with context.disk_full_is_external("processing"):
+        spec = container_spec(job, context, container_command, image)
+        return run_science_spec(job, context, "docker", spec)
 
 
 def container_spec(
@@ -107,23 +109,3 @@ def container_spec(
         ) from exc
     environment = {**spec.environment, **{f"JOBLIFE_{d.upper()}": inside[d] for d in _DIRS}}
     return dataclasses.replace(spec, command=filled, image=image, environment=environment)
-
-
-def run_spec(job: JobTemplate, context: WorkerContext, kind: str, spec: RunSpec) -> int:
-    """Run ``spec`` with the ``kind`` runner and record it as the default processing step
-    does (figures, image, log tail of a failure, timeout as an external error)."""
-    result = context.runner(kind).run(spec)
-    context.figures["processing"] = result.summary
-    if result.image:
-        job.science_image = result.image
-    cls = type(job)
-    if result.timed_out or result.return_code not in (
-        cls.PRODUCT_RETURN_CODES | cls.NO_PRODUCT_RETURN_CODES
-    ):
-        context.log_tail = result.log_tail
-    if result.timed_out:
-        raise ExternalJobError(
-            f"science step killed at its timeout ({spec.timeout:g} s); last log lines "
-            "in the status details"
-        )
-    return result.return_code

@@ -140,20 +140,26 @@ def processing(job: JobTemplate, context: WorkerContext) -> int:
         if context.skip_science:
             context.figures["processing"] = {"skipped": True, "seconds": 0.0}
             return min(cls.PRODUCT_RETURN_CODES)
-        spec = science_spec(job, context)
-        result = context.runner(cls.SCIENCE_RUNNER).run(spec)
-        context.figures["processing"] = result.summary
-        if result.image:
-            job.science_image = result.image
-        expected = cls.PRODUCT_RETURN_CODES | cls.NO_PRODUCT_RETURN_CODES
-        if result.timed_out or result.return_code not in expected:
-            context.log_tail = result.log_tail
-        if result.timed_out:
-            raise ExternalJobError(
-                f"science step killed at its timeout ({spec.timeout:g} s); last log lines "
-                "in the status details"
-            )
-        return result.return_code
+        return run_science_spec(job, context, cls.SCIENCE_RUNNER, science_spec(job, context))
+
+
+def run_science_spec(job: JobTemplate, context: WorkerContext, kind: str, spec: RunSpec) -> int:
+    """Run ``spec`` with the ``kind`` runner and record it (figures, the image run, the log
+    tail of a failure); return its return code. A timeout is an ExternalJobError."""
+    cls = type(job)
+    result = context.runner(kind).run(spec)
+    context.figures["processing"] = result.summary
+    if result.image:
+        job.science_image = result.image
+    expected = cls.PRODUCT_RETURN_CODES | cls.NO_PRODUCT_RETURN_CODES
+    if result.timed_out or result.return_code not in expected:
+        context.log_tail = result.log_tail
+    if result.timed_out:
+        raise ExternalJobError(
+            f"science step killed at its timeout ({spec.timeout:g} s); last log lines "
+            "in the status details"
+        )
+    return result.return_code
 
 
 def science_spec(job: JobTemplate, context: WorkerContext) -> RunSpec:
