@@ -233,6 +233,20 @@ def test_no_cluster_leader_is_unavailability(double: NomadDouble):
     assert "DELETE /v1/job/:id" not in double.requests
 
 
+def test_a_token_nomad_does_not_accept_is_unavailability(double: NomadDouble):
+    """ACLs on and a wrong (expired, revoked) token: 403 "Permission denied" on every
+    request. The jobs must wait for an operator, not fail one attempt each."""
+    double.acl_token = "the-right-token"
+    executor = executor_on(double, nomad_token="an-expired-token")
+    with pytest.raises(ExecutorUnavailable, match=r"HTTP 403: Permission denied"):
+        executor.dispatch(request(), "7-1")
+    assert double.cluster.children(PARENT) == []
+    assert executor.capacity("extra_small") == 0  # ready jobs stay ready
+    good = executor_on(double, nomad_token="the-right-token")
+    child = good.dispatch(request(), "7-1")
+    assert double.cluster.children(PARENT) == [child]
+
+
 def test_slow_answers_time_out_and_pause_dispatch(double: NomadDouble):
     executor = executor_on(double, nomad_retries=0, nomad_read_timeout_seconds=0.2)
     double.faults.delay_seconds = 0.5

@@ -29,6 +29,9 @@ class NomadDouble:
     def __init__(self, work_dir: Path, **cluster_options: Any) -> None:
         self.cluster = Cluster(work_dir, **cluster_options)
         self.requests: Counter[str] = Counter()
+        #: With ACLs on (a token set), a request without that X-Nomad-Token is answered
+        #: 403 "Permission denied", as Nomad does.
+        self.acl_token: str | None = None
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
@@ -66,11 +69,16 @@ class NomadDouble:
         self.cluster.close()
 
     # -- one request ------------------------------------------------------------------------------
-    def handle(self, method: str, raw_path: str, body: bytes) -> tuple[int, Any]:
+    def handle(
+        self, method: str, raw_path: str, body: bytes, token: str | None = None
+    ) -> tuple[int, Any]:
         url = urlsplit(raw_path)
         path = unquote(url.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         self.requests[f"{method} {_route_name(path)}"] += 1
+        acl = self.acl_token is not None and not path.startswith("/_double/")
+        if acl and path != "/v1/status/leader" and token != self.acl_token:
+            return 403, "Permission denied"
         faults = self.cluster.faults
         if faults.delay_seconds:
             time.sleep(faults.delay_seconds)
@@ -185,7 +193,8 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         double: NomadDouble = self.server.double  # type: ignore[attr-defined]
-        status, payload = double.handle(self.command, self.path, body)
+        token = self.headers.get("X-Nomad-Token")
+        status, payload = double.handle(self.command, self.path, body, token)
         if isinstance(payload, str) and status != 200:
             data, content_type = payload.encode(), "text/plain; charset=utf-8"
         else:

@@ -17,8 +17,11 @@ from joblife.errors import ConfigurationError
 #: Answers worth retrying: Nomad's own 500 (e.g. no cluster leader during an election)
 #: and a proxy's 502/503/504.
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
-#: Answers meaning that Nomad itself cannot be reached (a proxy answered for it).
-UNREACHABLE_STATUSES = frozenset({502, 503, 504})
+#: Answers meaning that Nomad itself cannot be reached (a proxy answered for it), or that
+#: it will serve none of joblife's requests until an operator acts: 401/403, a missing,
+#: expired or insufficient ACL token. Counted as refusals, they would fail the attempt of
+#: every job dispatched meanwhile; as an outage, the jobs wait with the reason.
+UNREACHABLE_STATUSES = frozenset({401, 403, 502, 503, 504})
 #: What Nomad's own 500 says when the cluster cannot serve any request right now (no
 #: leader during an election, Raft not ready or shutting down, a region out of reach).
 #: Every other 500 is a refusal of the request itself: Nomad answers a dispatch it rejects
@@ -75,9 +78,10 @@ def http_status(error: BaseNomadException) -> int | None:
 
 def is_unreachable(error: BaseException) -> bool:
     """Whether ``error`` means Nomad cannot serve the request now: no answer (refused,
-    reset, timed out), a proxy in front of it that could not reach it (502/503/504), or
-    Nomad's own 500 saying the cluster is unavailable (:data:`UNAVAILABLE_MESSAGES`), as
-    opposed to Nomad refusing the request (4xx, or a 500 with the reason)."""
+    reset, timed out), a proxy in front of it that could not reach it (502/503/504), an
+    ACL token it does not accept (401/403), or Nomad's own 500 saying the cluster is
+    unavailable (:data:`UNAVAILABLE_MESSAGES`), as opposed to Nomad refusing the request
+    (another 4xx, or a 500 with the reason)."""
     if isinstance(error, requests.RequestException):
         return True
     if isinstance(error, BaseNomadException):
