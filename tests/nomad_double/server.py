@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from tests.nomad_double.cluster import ApiError, Cluster
-from tests.nomad_double.jobspec import JobspecError, parse_hcl
+from tests.nomad_double.jobspec import JobspecError, parse_document, parse_hcl
 
 LEADER = "127.0.0.1:4647"
 
@@ -46,6 +46,9 @@ class NomadDouble:
 
     def start(self) -> NomadDouble:
         """Listen (on the same port again after :meth:`stop_listening`)."""
+        # python-hcl2 builds its parser on first use (about 4 s with no cache file, in a
+        # new virtual environment): before listening, not within a client's read timeout.
+        parse_document("")
         server = _Server(("127.0.0.1", self.port), _Handler)
         server.daemon_threads = True
         server.double = self  # type: ignore[attr-defined]
