@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from joblife.config import Settings, get_settings
 from joblife.db.status import acknowledge_jobs, retry_jobs, set_job_status
@@ -31,6 +32,7 @@ from joblife.executors.base import ExecutionRequest, ExecutionState, ExecutionSt
 from joblife.executors.local import LocalExecutor
 from joblife.jobtypes.test_job import TestJob
 from joblife.lifecycle import dispatch as dispatch_module
+from joblife.lifecycle import orchestrator as orchestrator_module
 from joblife.lifecycle.cancellation import cancel_and_stop
 from joblife.lifecycle.common import ServiceContext, utc_now
 from joblife.lifecycle.creation import create_jobs
@@ -660,6 +662,24 @@ def test_local_executor_same_token_starts_once(lc: Lifecycle):
     assert "duplicate" not in lc.state_file(job_id, 1, "log").read_text()
 
 
+@pytest.mark.parametrize(
+    ("dispatched", "capped", "busy"),
+    [
+        (100, {"type:paused": 0}, True),  # a full batch: more may follow at once
+        (2, {"flavor:small": 2}, False),  # the slots are full: wait for an exit
+        (2, {}, True),  # nothing held back
+        (0, {"flavor:small": 2}, False),
+    ],
+)
+def test_dispatch_counts_as_busy_unless_the_caps_leave_less_than_a_batch(
+    dispatched: int, capped: dict[str, int], busy: bool
+):
+    """A type paused by a cap of 0 is always reported capped: with free slots for other
+    jobs and a backlog, the orchestrator must not wait for an exit after each batch."""
+    result = {"dispatched": dispatched, "failed": 0, "capped": capped}
+    assert orchestrator_module._did_work("dispatch", result, 100) is busy
+
+
 def test_local_executor_forks_a_new_zygote_when_it_died(lc: Lifecycle):
     """The workers are forked by a zygote process (not by the orchestrator); killed, it
     is forked again at the next dispatch and the attempt still starts once."""
@@ -669,6 +689,8 @@ def test_local_executor_forks_a_new_zygote_when_it_died(lc: Lifecycle):
     assert zygote is not None and zygote != os.getpid()
     assert lc.record(first, 1)["waiter_pid"] != zygote
     os.kill(zygote, signal.SIGKILL)
+    # Dead (a zombie until reaped: its pipe is closed), not dying while a request is sent.
+    wait_for(lambda: psutil.Process(zygote).status() == psutil.STATUS_ZOMBIE, timeout=10)
     lc.executor.dispatch(ExecutionRequest(second, 1, "test", "extra_small", None), f"{second}-1")
     assert lc.executor._zygote._pid not in (None, zygote)
     for job_id in (first, second):

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 REFERENCE_PREFIX = "local:"
 #: A file of the state directory whose modification time each exit updates.
 EXITS_STAMP = "exits.stamp"
+#: How long a start request may wait for the zygote's answer before it is taken as stuck.
+ZYGOTE_ANSWER_SECONDS = 30.0
 #: A claim without a record older than this: the dispatching process died mid-way.
 CLAIM_TIMEOUT_SECONDS = 30.0
 
@@ -151,7 +153,7 @@ class LocalExecutor:
         """A marker of the executions that ended so far on this machine (the time of the
         last exit), for :meth:`wait_for_change`."""
         try:
-            return (self.state_dir / EXITS_STAMP).stat().st_mtime_ns
+            return (self.state_dir / EXITS_STAMP).stat().st_size
         except FileNotFoundError:
             return 0
 
@@ -260,20 +262,27 @@ class _Zygote:
 
     def start(self, request: ExecutionRequest, paths: _Paths, method: str) -> tuple[int, int]:
         with self._lock:
-            for last_try in (False, True):
-                connection = self._connection or self._fork()
-                try:
-                    connection.send((request, paths, method))
-                    outcome, value = connection.recv()
-                except (OSError, EOFError) as exc:
-                    self._reap()
-                    if last_try:
-                        raise ExecutorError(f"the worker zygote died: {exc}") from exc
-                    continue
-                if outcome != "ok":
-                    raise ExecutorError(value)
-                return value
-        raise AssertionError("unreachable")
+            connection = self._connection
+            try:
+                if connection is None:
+                    raise BrokenPipeError("no zygote yet")
+                connection.send((request, paths, method))
+            except OSError:
+                # Not received: a zygote that died since the last request. Another one
+                # may take it; once a request was received it is never sent twice.
+                self._reap()
+                connection = self._fork()
+                connection.send((request, paths, method))
+            try:
+                if not connection.poll(ZYGOTE_ANSWER_SECONDS):
+                    raise TimeoutError(f"no answer within {ZYGOTE_ANSWER_SECONDS:g} s")
+                outcome, value = connection.recv()
+            except (OSError, EOFError) as exc:
+                self._reap(kill=True)
+                raise ExecutorError(f"the worker zygote failed: {exc!r}") from exc
+            if outcome != "ok":
+                raise ExecutorError(value)
+            return value
 
     def close(self) -> None:
         with self._lock:
@@ -291,11 +300,14 @@ class _Zygote:
         self._connection, self._pid = ours, pid
         return ours
 
-    def _reap(self) -> None:
+    def _reap(self, kill: bool = False) -> None:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
         if self._pid is not None:
+            if kill:  # stuck or broken: it would not see its pipe close
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self._pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self._pid, 0)  # it exits at the end of its pipe
             self._pid = None
@@ -377,7 +389,7 @@ def _waiter(request: ExecutionRequest, paths: _Paths, pipe: int, method: str) ->
         if code < 0:  # killed by a signal: report it as a shell would (128 + signal)
             code = 128 - code
         _write_atomically(paths.exit, str(code))
-        _touch(paths.exit.parent / EXITS_STAMP)
+        _count_exit(paths.exit.parent / EXITS_STAMP)
     finally:
         os._exit(0)
 
@@ -431,11 +443,14 @@ def _create_time(pid: int) -> float:
         return 0.0
 
 
-def _touch(path: Path) -> None:
-    """Create ``path`` if needed and set its modification time to now."""
-    with open(path, "a"):
-        pass
-    os.utime(path)
+def _count_exit(path: Path) -> None:
+    """Append one byte to ``path``: its size counts the exits (a size never misses one,
+    where a modification time of coarse granularity could)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, b".")
+    finally:
+        os.close(fd)
 
 
 def _write_atomically(path: Path, text: str) -> None:

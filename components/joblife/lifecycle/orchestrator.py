@@ -101,7 +101,7 @@ class Orchestrator:
                 continue
             record_cycle(name, _reported_error(result))
             report.results[name] = result
-            report.busy = report.busy or _did_work(name, result)
+            report.busy = report.busy or _did_work(name, result, self.context.settings.batch_size)
         return report
 
     def run_forever(self, interval: float | None = None) -> None:
@@ -112,8 +112,12 @@ class Orchestrator:
             self.close()
 
     def close(self) -> None:
-        """Release what the services hold open (the broker connection)."""
+        """Release what the services hold open (the broker connection, the executor's
+        helper processes)."""
         self.publication.close()
+        close_executor = getattr(self.executor, "close", None)
+        if close_executor is not None:
+            close_executor()
 
     def _cycle_forever(self, interval: float | None) -> None:
         interval = interval if interval is not None else self.context.settings.loop_interval
@@ -179,14 +183,16 @@ class Orchestrator:
         return False
 
 
-def _did_work(name: str, result: Any) -> bool:
+def _did_work(name: str, result: Any, batch_size: int) -> bool:
     if name == "create":
         return any(r["inserted"] or r["cancelled"] for r in result)
     if name == "configure":
         return any(r["examined"] for r in result)
     if name == "dispatch":
-        # Dispatch that filled every slot has nothing more to do until one frees up.
-        return bool(result["dispatched"] or result["failed"]) and not result["capped"]
+        # A dispatch held back by the caps with room for less than a batch has nothing
+        # more to start until an execution ends; a full batch may have more behind it.
+        started = result["dispatched"] + result["failed"]
+        return started > 0 and (started >= batch_size or not result["capped"])
     if name == "publish":
         return bool(result["jobs"] or result["feedback"])
     return bool(result["ended"] or result["stale"] or result["redispatched"] or result["retried"])

@@ -49,6 +49,8 @@ log = job_logger("publication")
 FIRST_BACKOFF_SECONDS = 0.5
 #: Batches in flight at once (one being confirmed while the next is claimed and sent).
 PIPELINE_DEPTH = 2
+#: Confirmed messages whose recording failed, remembered at most (not to resend them).
+MAX_REMEMBERED = 100_000
 MAX_DB_BACKOFF_SECONDS = 60.0
 
 
@@ -279,16 +281,16 @@ class PublicationService:
             for row, answer in zip(_sent_rows(batch.jobs), answers, strict=True)
             if answer.outcome is Outcome.CONFIRMED
         }
-        try:
-            with batch.session as session:
+        with batch.session as session:
+            try:
                 result = outbox.record(session, batch.jobs, answers, self.context.job_types)
                 session.commit()
-        except BaseException:
-            # The broker has these messages: never send them again (at most a crash of
-            # this process between the confirmation and the commit resends them).
-            with self._memo_lock:
-                self._confirmed_unrecorded.update(confirmed)
-            raise
+            except BaseException:
+                # The broker has these messages: never send them again (at most a crash
+                # of this process between the confirmation and the commit resends them).
+                # Remembered before the session lets go of the jobs' locks.
+                self._remember_confirmed(confirmed)
+                raise
         with self._memo_lock:
             for message_id in confirmed:
                 self._confirmed_unrecorded.pop(message_id, None)
@@ -296,6 +298,16 @@ class PublicationService:
             ids = [job.id for job in batch.jobs]
             log.jobs(ids).warning("publication batch of %s: %s", describe_jobs(ids), asdict(result))
         return result
+
+    def _remember_confirmed(self, confirmed: dict[str, Any]) -> None:
+        """Remember confirmed messages whose recording failed; the oldest are forgotten
+        past :data:`MAX_REMEMBERED` (a commit that failed on the client but went through
+        leaves entries no claim returns again)."""
+        with self._memo_lock:
+            self._confirmed_unrecorded.update(confirmed)
+            excess = len(self._confirmed_unrecorded) - MAX_REMEMBERED
+            for message_id in list(self._confirmed_unrecorded)[: max(0, excess)]:
+                del self._confirmed_unrecorded[message_id]
 
     def _handle_feedback(self, report: PublicationReport) -> None:
         assert self.publisher is not None
