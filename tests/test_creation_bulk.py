@@ -1,7 +1,11 @@
-"""The bulk insert of discovered jobs (COPY into staging tables, then INSERT ... SELECT)."""
+"""The bulk insert of discovered jobs (COPY into staging tables, then INSERT ... SELECT),
+over one connection or creation's parallel ranges."""
 
 from __future__ import annotations
 
+import random
+import threading
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,7 +14,8 @@ from joblife.jobtypes.test_job import TestJob
 from joblife.lifecycle import creation
 from joblife.lifecycle.creation import insert_jobs
 from joblife.model import JobStatus, Priority
-from sqlalchemy import select, text
+from sqlalchemy import Engine, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tests.support.example_type import ExampleJob
@@ -20,9 +25,27 @@ AWKWARD = "tab\there, new\nline, back\\slash \\N, cr\r, ünïcødé, 'quote' \"d
 
 def test_copy_text_escapes_and_nulls() -> None:
     when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-    assert copy_text([(None, True, 3, "a\tb\\c\nd", when, {"k": 1})]) == (
+    columns = [(None,), (True,), (3,), ("a\tb\\c\nd",), (when,), ({"k": 1},)]
+    assert copy_text(columns) == (
         '\\N\tt\t3\ta\\tb\\\\c\\nd\t2026-01-02T03:04:05+00:00\t{"k": 1}\n'
     )
+
+
+def test_copy_text_formats_each_value_by_its_own_type() -> None:
+    """A column's formatter is picked by its first value; values of another type in the same
+    column (a subclass, an int in a text column, a bool after an int) are still formatted
+    by their own type."""
+    assert (
+        copy_text(
+            [
+                ("a\tb", 7, None, Priority.NRT),
+                (1, True, 2.5, None),
+                (None, None, None, None),
+            ]
+        )
+        == "a\\tb\t1\t\\N\n7\tt\t\\N\n\\N\t2.5\t\\N\n1\t\\N\t\\N\n"
+    )
+    assert copy_text([]) == ""
 
 
 def test_awkward_values_round_trip(session: Session) -> None:
@@ -101,3 +124,103 @@ def test_unset_type_columns_take_their_defaults(session: Session) -> None:
 def test_a_job_without_product_id_is_refused(session: Session) -> None:
     with pytest.raises(ValueError, match="no input_product_id"):
         insert_jobs(session, ExampleJob, [ExampleJob(band="x")], JobStatus.INITIALIZED)
+
+
+# --- creation's parallel ranges -----------------------------------------------------------
+
+
+def _dated(prefix: str, count: int, first: datetime, **values: object) -> list[ExampleJob]:
+    return [
+        ExampleJob(
+            input_product_id=f"{prefix}{n:03d}",
+            input_publication_date=first + timedelta(minutes=n),
+            **values,
+        )
+        for n in range(count)
+    ]
+
+
+def _stored(engine: Engine) -> dict[str, tuple[int, int]]:
+    """input_product_id -> (status, history rows), of every job."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT j.input_product_id, j.status, count(c.id) FROM jobs j "
+                "JOIN example_jobs e USING (id) JOIN job_status_changes c ON c.job_id = j.id "
+                "GROUP BY 1, 2"
+            )
+        ).all()
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+def test_ranges_are_contiguous_and_never_cut_a_publication_date(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(creation, "INSERT_BATCH", 2)
+    first = datetime(2026, 5, 1, tzinfo=UTC)
+    # Dates 0, 1, 1, 1, 2, 3, 4, 5 (minutes): a cut at 2 or 3 would split the three 1s.
+    minutes = [0, 1, 1, 1, 2, 3, 4, 5]
+    rows = [
+        (
+            ExampleJob(
+                input_product_id=f"R{n}", input_publication_date=first + timedelta(minutes=m)
+            ),
+            JobStatus.INITIALIZED,
+        )
+        for n, m in enumerate(minutes)
+    ]
+    ranges = creation._ranges(rows, 2)
+    assert [len(r) for r in ranges] == [4, 4]
+    assert [job.input_product_id for r in ranges for job, _ in r] == [f"R{n}" for n in range(8)]
+    assert [len(r) for r in creation._ranges(rows, 3)] == [4, 1, 3]
+    assert [len(r) for r in creation._ranges(rows, 1)] == [8]
+    # At least INSERT_BATCH rows per range: 3 rows make one range whatever the parallelism.
+    assert [len(r) for r in creation._ranges(rows[:3], 8)] == [3]
+
+
+def test_parallel_creation_inserts_every_job_once(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(creation, "INSERT_BATCH", 4)
+    first = datetime(2026, 5, 1, tzinfo=UTC)
+    to_create = _dated("C", 30, first)
+    random.Random(7).shuffle(to_create)  # discovery order is not publication order
+    to_cancel = [*_dated("X", 5, first), ExampleJob(input_product_id="C003")]  # C003: created
+    threads: set[str] = set()
+    original = creation._insert_range
+
+    def recording(*args: object, **kwargs: object) -> object:
+        threads.add(threading.current_thread().name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(creation, "_insert_range", recording)
+    counts = creation.insert_discovered(engine, ExampleJob, to_create, to_cancel, parallelism=3)
+    assert counts == {JobStatus.INITIALIZED: 30, JobStatus.CANCELLED: 5}
+    assert len(threads) == 3  # three ranges, each in its own thread (and connection)
+    stored = _stored(engine)
+    assert len(stored) == 35 and set(stored.values()) == {
+        (int(JobStatus.INITIALIZED), 1),
+        (int(JobStatus.CANCELLED), 1),
+    }
+    # Again: every key is known, nothing is inserted.
+    again = creation.insert_discovered(engine, ExampleJob, _dated("C", 30, first), [], None, 3)
+    assert sum(again.values()) == 0 and len(_stored(engine)) == 35
+
+
+@pytest.mark.parametrize("failing", [0, 1, 2])
+def test_a_failing_range_keeps_only_the_ranges_before_it(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, failing: int
+) -> None:
+    """The ranges are committed in publication order: those before the failing one stay, it
+    and those after it are rolled back, so the newest committed job is never newer than a
+    lost one (the discovery cursor cannot pass it)."""
+    monkeypatch.setattr(creation, "INSERT_BATCH", 4)
+    first = datetime(2026, 5, 1, tzinfo=UTC)
+    jobs = _dated("F", 12, first)
+    jobs[failing * 4 + 1].priority = 9  # refused by ck_jobs_priority_level
+    committed: Counter[JobStatus] = Counter()
+    with pytest.raises(IntegrityError, match="ck_jobs_priority_level"):
+        creation.insert_discovered(engine, ExampleJob, jobs, [], None, 3, committed)
+    kept = {f"F{n:03d}" for n in range(failing * 4)}
+    assert set(_stored(engine)) == kept
+    assert committed == ({JobStatus.INITIALIZED: len(kept)} if kept else {})

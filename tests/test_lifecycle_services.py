@@ -35,7 +35,7 @@ from joblife.lifecycle import dispatch as dispatch_module
 from joblife.lifecycle import orchestrator as orchestrator_module
 from joblife.lifecycle.cancellation import cancel_and_stop
 from joblife.lifecycle.common import ServiceContext, utc_now
-from joblife.lifecycle.creation import create_jobs
+from joblife.lifecycle.creation import CREATION_LOCK_CLASS, create_jobs
 from joblife.lifecycle.orchestrator import Orchestrator
 from joblife.model import JobStatus, Publication, load_job_types
 from joblife.ops.metrics import PROCESS_REGISTRY
@@ -223,6 +223,26 @@ def test_creation_fresh_context_resumes_from_the_database(
             session.scalar(select(TestJob.id).where(TestJob.input_product_id == "F3")) is not None
         )
         assert session.scalar(select(TestJob.id).where(TestJob.input_product_id == "F2")) is None
+
+
+def test_creation_of_a_type_is_one_replica_at_a_time(lc: Lifecycle, engine: Engine):
+    """A replica that finds another creating jobs of a type skips that type for the cycle
+    (two replicas' parallel ranges could wait on each other's rows); the other types go
+    on, and the next cycle creates the jobs."""
+    now = utc_now()
+    lc.product("L1", now - minute(5))
+    with engine.connect() as other:  # the other replica, in the middle of its cycle
+        other.execute(
+            text("SELECT pg_advisory_xact_lock(:c, hashtext('test'))"),
+            {"c": CREATION_LOCK_CLASS},
+        )
+        reports = lc.create(now)
+        assert reports["test"].busy and reports["test"].error is None
+        assert (reports["test"].discovered, reports["test"].inserted) == (0, 0)
+        assert not reports["example"].busy
+        other.rollback()
+    reports = lc.create(now)
+    assert not reports["test"].busy and reports["test"].inserted == 1
 
 
 class _BrokenDiscovery:

@@ -7,28 +7,44 @@ those to record as cancelled; ``job_pre_insertion_setup`` completes each; then t
 inserted in batches with ``ON CONFLICT DO NOTHING`` on the natural key (the database trigger
 writes their first history row in the same statement). A product discovered twice is
 counted as already known, never an error.
+
+A large discovery is inserted over ``creation_parallelism`` connections at once, each a
+contiguous range of the products in input publication order in its own transaction; the
+ranges are committed in that order and a failure stops the later ones, so the committed
+jobs always end at a publication date and the cursor never passes a product that was not
+committed. Creation of one type is serialised between replicas by a transaction-level
+advisory lock (a replica that finds it taken skips the type for this cycle): two replicas
+interleaving their ranges could otherwise wait on each other's uncommitted rows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Column, DefaultClause, TextClause, inspect, literal, text
+from sqlalchemy import Column, DefaultClause, Engine, TextClause, inspect, literal, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import instance_dict
 
-from joblife.db.copy import copy_rows
+from joblife.db.copy import copy_columns
 from joblife.lifecycle.common import ServiceContext, for_each_job_type, job_logger, utc_now
 from joblife.model import JobStatus, JobTemplate, Priority
 
 log = job_logger("creation")
 
-INSERT_BATCH = 20_000
+INSERT_BATCH = 10_000
 _NATURAL_KEY = ("job_type", "input_product_id", "reprocessing_context")
+#: First key of pg_try_advisory_xact_lock(class, hashtext(job type)): creation of one type.
+CREATION_LOCK_CLASS = 0x4A4C4352  # "JLCR"
+#: How long a parallel range waits for a row lock before it gives up (a backstop: the
+#: advisory lock keeps replicas apart, so only an outside writer of the same key waits).
+RANGE_LOCK_TIMEOUT = "60s"
 
 
 @dataclass
@@ -42,6 +58,8 @@ class CreationReport:
     inserted: int = 0
     already_known: int = 0
     cancelled: int = 0
+    #: Another replica was creating jobs of this type: skipped for this cycle.
+    busy: bool = False
     error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -70,6 +88,18 @@ def _create_for_type(
     context: ServiceContext,
     report: CreationReport,
 ) -> None:
+    locked = session.scalar(
+        text("SELECT pg_try_advisory_xact_lock(:lock_class, hashtext(:job_type))"),
+        {"lock_class": CREATION_LOCK_CLASS, "job_type": cls.JOB_NAME},
+    )
+    if not locked:
+        report.busy = True
+        log.info(
+            "%s: another replica is creating jobs of this type; skipped",
+            cls.JOB_NAME,
+            extra={"job_type": cls.JOB_NAME},
+        )
+        return
     cursor = cls.get_last_inserted_job(session)
     if cursor is not None and cursor.input_publication_date is not None:
         start = cursor.input_publication_date
@@ -80,17 +110,28 @@ def _create_for_type(
     for job in (*found.to_create, *found.to_cancel):
         job.job_pre_insertion_setup()
     report.discovered = len(found.to_create) + len(found.to_cancel)
-    created = insert_jobs(session, cls, found.to_create, JobStatus.INITIALIZED, now)
-    cancelled = insert_jobs(session, cls, found.to_cancel, JobStatus.CANCELLED, now)
-    report.inserted, report.cancelled = created, cancelled
-    report.already_known = report.discovered - created - cancelled
+    committed: Counter[JobStatus] = Counter()
+    try:
+        insert_discovered(
+            context.engine,
+            cls,
+            found.to_create,
+            found.to_cancel,
+            now,
+            context.settings.creation_parallelism,
+            committed,
+        )
+    finally:
+        report.inserted = committed[JobStatus.INITIALIZED]
+        report.cancelled = committed[JobStatus.CANCELLED]
+    report.already_known = report.discovered - report.inserted - report.cancelled
     if report.inserted or report.cancelled:
         log.info(
             "%s: %d discovered, %d created, %d cancelled, %d already known",
             cls.JOB_NAME,
             report.discovered,
-            created,
-            cancelled,
+            report.inserted,
+            report.cancelled,
             report.already_known,
             extra={"job_type": cls.JOB_NAME},
         )
@@ -104,36 +145,153 @@ def insert_jobs(
     now: datetime | None = None,
 ) -> int:
     """Insert ``jobs`` of type ``cls`` in ``status`` (a creation status), skipping those whose
-    natural key exists; return how many were inserted. Runs in the caller's transaction.
+    natural key exists; return how many were inserted. Runs in the caller's transaction
+    (see :func:`insert_discovered` for creation's parallel ranges)."""
+    rows = _unique_by_key([(job, status) for job in jobs])
+    return sum(_insert_range(session, cls, rows, now or utc_now()).values())
+
+
+def insert_discovered(
+    engine: Engine,
+    cls: type[JobTemplate],
+    to_create: Sequence[JobTemplate],
+    to_cancel: Sequence[JobTemplate],
+    now: datetime | None = None,
+    parallelism: int = 1,
+    committed: Counter[JobStatus] | None = None,
+) -> Counter[JobStatus]:
+    """Insert what a discovery found: ``to_create`` as initialized jobs, ``to_cancel`` as
+    cancelled ones (a key in both: created), skipping known natural keys; return the jobs
+    inserted by status.
+
+    The jobs are ordered by input publication date and cut into at most ``parallelism``
+    contiguous ranges of at least ``INSERT_BATCH`` jobs, never between two jobs of the same
+    date; each range is inserted by its own connection and transaction, in parallel, and
+    the ranges are committed in order. If a range fails, the ranges before it stay
+    committed, the later ones are rolled back, and its error is raised; ``committed`` (when
+    given) then holds what was committed."""
+    now = now or utc_now()
+    committed = Counter() if committed is None else committed
+    rows = _unique_by_key(
+        [
+            *((job, JobStatus.INITIALIZED) for job in to_create),
+            *((job, JobStatus.CANCELLED) for job in to_cancel),
+        ]
+    )
+    rows.sort(key=_publication_order)
+    ranges = _ranges(rows, parallelism)
+    if len(ranges) == 1:  # no thread, no lock timeout: the common small discovery
+        with Session(engine) as session:
+            counts = _insert_range(session, cls, ranges[0], now)
+            session.commit()
+        committed.update(counts)
+        return committed
+    with ThreadPoolExecutor(len(ranges), thread_name_prefix="joblife-creation") as pool:
+        futures = [pool.submit(_open_range, engine, cls, part, now) for part in ranges]
+    _commit_in_order(futures, committed)
+    return committed
+
+
+def _open_range(
+    engine: Engine,
+    cls: type[JobTemplate],
+    rows: Sequence[tuple[JobTemplate, JobStatus]],
+    now: datetime,
+) -> tuple[Session, Counter[JobStatus]]:
+    """Insert one range in a new session, left uncommitted for :func:`_commit_in_order`."""
+    session = Session(engine)
+    try:
+        session.execute(text(f"SET LOCAL lock_timeout = '{RANGE_LOCK_TIMEOUT}'"))
+        return session, _insert_range(session, cls, rows, now)
+    except BaseException:
+        session.close()  # rolls back
+        raise
+
+
+def _commit_in_order(
+    futures: Sequence[Future[tuple[Session, Counter[JobStatus]]]], committed: Counter[JobStatus]
+) -> None:
+    """Commit the ranges' transactions in publication order; at the first failure, roll
+    back every later range and raise it."""
+    error: BaseException | None = None
+    for future in futures:
+        if future.exception() is not None:
+            error = error or future.exception()
+            continue
+        session, counts = future.result()
+        with session:
+            if error is not None:
+                continue  # closing rolls back
+            try:
+                session.commit()
+            except BaseException as exc:
+                error = exc
+                continue
+        committed.update(counts)
+    if error is not None:
+        raise error
+
+
+def _ranges(
+    rows: list[tuple[JobTemplate, JobStatus]], parallelism: int
+) -> list[list[tuple[JobTemplate, JobStatus]]]:
+    """``rows`` (in publication order) cut into at most ``parallelism`` contiguous ranges of
+    at least ``INSERT_BATCH`` rows; a cut never falls between two rows of the same input
+    publication date, so committing a prefix of the ranges never leaves a job of the last
+    committed date behind."""
+    count = max(1, min(parallelism, len(rows) // INSERT_BATCH))
+    ranges, start = [], 0
+    for index in range(1, count + 1):
+        end = len(rows) if index == count else max(start, len(rows) * index // count)
+        while 0 < end < len(rows) and _publication_order(rows[end]) == _publication_order(
+            rows[end - 1]
+        ):
+            end += 1
+        if end > start:
+            ranges.append(rows[start:end])
+            start = end
+    return ranges or [rows]
+
+
+def _publication_order(row: tuple[JobTemplate, JobStatus]) -> float:
+    """Sort key: the input publication date (jobs without one first: they never move the
+    discovery cursor)."""
+    published = instance_dict(row[0]).get("input_publication_date")
+    return published.timestamp() if published is not None else -math.inf
+
+
+def _insert_range(
+    session: Session,
+    cls: type[JobTemplate],
+    rows: Sequence[tuple[JobTemplate, JobStatus]],
+    now: datetime,
+) -> Counter[JobStatus]:
+    """Insert ``rows`` (unique natural keys) in batches, in ``session``'s transaction; return
+    the jobs inserted by status.
 
     The rows are ``COPY``-ed into temporary staging tables, then moved by one statement per
     batch: ``INSERT INTO jobs ... SELECT ... ON CONFLICT DO NOTHING RETURNING`` feeding the
     type's own table (the creation trigger writes the history rows of the whole batch)."""
-    now = now or utc_now()
     child_columns = _own_columns(cls)
     _create_staging_tables(session, cls, child_columns)
-    inserted = 0
-    for start in range(0, len(jobs), INSERT_BATCH):
-        batch = _unique_by_key(jobs[start : start + INSERT_BATCH])
-        if not batch:
-            continue
+    constants = {
+        "job_type": cls.JOB_NAME,
+        "status_changed_at": now,
+        "attempt": 0,
+        "created_at": now,
+    }
+    moving = text(_move_statement(cls, child_columns))
+    inserted: Counter[JobStatus] = Counter()
+    for start in range(0, len(rows), INSERT_BATCH):
+        batch = rows[start : start + INSERT_BATCH]
         session.execute(text(f"TRUNCATE {_STAGE_JOBS}, {_stage_child(cls)}"))
-        copy_rows(session, _STAGE_JOBS, _PARENT_COLUMNS, _parent_rows(cls, batch))
-        copy_rows(
-            session,
-            _stage_child(cls),
-            [*_NATURAL_KEY[1:], *(column.name for _, column in child_columns)],
-            _child_rows(batch, child_columns),
-        )
-        constants = {
-            "job_type": cls.JOB_NAME,
-            "status": int(status),
-            "status_changed_at": now,
-            "attempt": 0,
-            "created_at": now,
-        }
-        moved = session.execute(text(_move_statement(cls, child_columns)), constants)
-        inserted += moved.scalar_one()
+        # instance_dict: the values set on a new (transient) object, read without going
+        # through the attribute instrumentation once per column.
+        values = [instance_dict(job) for job, _ in batch]
+        copy_columns(session, _STAGE_JOBS, _parent_columns(cls, batch, values))
+        copy_columns(session, _stage_child(cls), _child_columns(values, child_columns))
+        for status, count in session.execute(moving, constants):
+            inserted[JobStatus(status)] += count
     return inserted
 
 
@@ -153,8 +311,9 @@ _PARENT_COLUMNS = (
     "reprocessing_context",
     "max_attempts",
     "worker_flavor",
+    "status",
 )
-_BATCH_CONSTANTS = ("job_type", "status", "status_changed_at", "attempt", "created_at")
+_BATCH_CONSTANTS = ("job_type", "status_changed_at", "attempt", "created_at")
 _STAGE_JOBS = "joblife_stage_jobs"
 
 
@@ -182,7 +341,7 @@ def _create_staging_tables(
 
 def _move_statement(cls: type[JobTemplate], child_columns: list[tuple[str, Column[Any]]]) -> str:
     """One statement moving a staged batch into jobs and the type's table; returns the
-    number of jobs inserted."""
+    number of jobs inserted per status."""
     columns = ", ".join((*_PARENT_COLUMNS, *_BATCH_CONSTANTS))
     parent_values = (
         "COALESCE(unique_id, gen_random_uuid())" if column == "unique_id" else column
@@ -213,61 +372,72 @@ def _move_statement(cls: type[JobTemplate], child_columns: list[tuple[str, Colum
         WITH inserted AS (
             INSERT INTO jobs ({columns}) SELECT {values} FROM {_STAGE_JOBS}
             ON CONFLICT ({", ".join(_NATURAL_KEY)}) DO NOTHING
-            RETURNING id, input_product_id, reprocessing_context){children}
-        SELECT count(*) FROM inserted"""
+            RETURNING id, status, input_product_id, reprocessing_context){children}
+        SELECT status, count(*) FROM inserted GROUP BY status"""
 
 
-def _key(job: JobTemplate) -> tuple[str, str]:
-    return (job.input_product_id, job.reprocessing_context or "")
-
-
-def _unique_by_key(jobs: Sequence[JobTemplate]) -> list[JobTemplate]:
-    """The jobs of a batch without repeated natural keys (the first one wins)."""
-    seen: dict[tuple[str, str], JobTemplate] = {}
-    for job in jobs:
-        if not job.input_product_id:
-            raise ValueError(f"{type(job).__name__}: a discovered job has no input_product_id")
-        seen.setdefault(_key(job), job)
+def _unique_by_key(
+    rows: Iterable[tuple[JobTemplate, JobStatus]],
+) -> list[tuple[JobTemplate, JobStatus]]:
+    """``rows`` without repeated natural keys (the first one wins)."""
+    seen: dict[tuple[str, str], tuple[JobTemplate, JobStatus]] = {}
+    for row in rows:
+        # instance_dict: read without the attribute instrumentation (100,000-job batches).
+        values = instance_dict(row[0])
+        product = values.get("input_product_id")
+        if not product:
+            raise ValueError(f"{type(row[0]).__name__}: a discovered job has no input_product_id")
+        seen.setdefault((product, values.get("reprocessing_context") or ""), row)
     return list(seen.values())
 
 
-def _parent_rows(cls: type[JobTemplate], jobs: Iterable[JobTemplate]) -> Iterator[tuple[Any, ...]]:
-    """The staged ``jobs`` rows, in ``_PARENT_COLUMNS`` order."""
-    # instance_dict: the values set on a new (transient) object, read without going
-    # through the attribute instrumentation once per column (a 100,000-job batch).
-    flavor, max_attempts = cls.WORKER_FLAVOR_NAME, cls.MAX_ATTEMPTS
-    for job in jobs:
-        get = instance_dict(job).get
-        yield (
-            get("unique_id"),  # NULL: the database draws it (gen_random_uuid())
-            get("name"),
-            get("input_product_id"),
-            get("tile_id"),
-            get("input_path"),
-            get("input_publication_date"),
-            get("output_path"),
-            get("output_publication_date"),
-            int(get("priority") or Priority.NRT),
-            get("reprocessing_context") or "",
-            get("max_attempts") or max_attempts,
-            get("worker_flavor") or flavor,
-        )
+def _parent_columns(
+    cls: type[JobTemplate],
+    batch: Sequence[tuple[JobTemplate, JobStatus]],
+    values: Sequence[dict[str, Any]],
+) -> dict[str, list[Any]]:
+    """The staged ``jobs`` columns (``_PARENT_COLUMNS``) of ``batch``, whose objects'
+    values are ``values``."""
+
+    def plain(key: str) -> list[Any]:
+        return [job.get(key) for job in values]
+
+    def or_default(key: str, default: Any) -> list[Any]:
+        return [job.get(key) or default for job in values]
+
+    columns = {
+        "unique_id": plain("unique_id"),  # NULL: the database draws it (gen_random_uuid())
+        "name": plain("name"),
+        "input_product_id": plain("input_product_id"),
+        "tile_id": plain("tile_id"),
+        "input_path": plain("input_path"),
+        "input_publication_date": plain("input_publication_date"),
+        "output_path": plain("output_path"),
+        "output_publication_date": plain("output_publication_date"),
+        "priority": [int(job.get("priority") or Priority.NRT) for job in values],
+        "reprocessing_context": or_default("reprocessing_context", ""),
+        "max_attempts": or_default("max_attempts", cls.MAX_ATTEMPTS),
+        "worker_flavor": or_default("worker_flavor", cls.WORKER_FLAVOR_NAME),
+        "status": [int(status) for _, status in batch],
+    }
+    assert tuple(columns) == _PARENT_COLUMNS
+    return columns
 
 
-def _child_rows(
-    jobs: Iterable[JobTemplate], child_columns: list[tuple[str, Column[Any]]]
-) -> Iterator[tuple[Any, ...]]:
-    """The staged rows of the type's own table: the natural key, then its own columns.
+def _child_columns(
+    values: Sequence[dict[str, Any]], child_columns: list[tuple[str, Column[Any]]]
+) -> dict[str, list[Any]]:
+    """The staged columns of the type's own table: the natural key, then its own columns.
     A column left unset takes its scalar Python-side default, as an ORM insert would;
     NULL otherwise (see ``_move_statement`` for server defaults)."""
-    defaults = [(key, _scalar_default(column)) for key, column in child_columns]
-    for job in jobs:
-        values = instance_dict(job)
-        yield (
-            values.get("input_product_id"),
-            values.get("reprocessing_context") or "",
-            *(values.get(key, default) for key, default in defaults),
-        )
+    columns = {
+        "input_product_id": [job.get("input_product_id") for job in values],
+        "reprocessing_context": [job.get("reprocessing_context") or "" for job in values],
+    }
+    for key, column in child_columns:
+        default = _scalar_default(column)
+        columns[column.name] = [job.get(key, default) for job in values]
+    return columns
 
 
 def _server_default_sql(column: Column[Any]) -> str:
