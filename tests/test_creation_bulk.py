@@ -48,6 +48,15 @@ def test_copy_text_formats_each_value_by_its_own_type() -> None:
     assert copy_text([]) == ""
 
 
+def test_copy_text_of_columns_of_one_type_with_nulls() -> None:
+    """One-type columns (formatted in bulk): clean text used as it is, text to escape, and
+    NULLs kept in their rows."""
+    when = datetime(2026, 1, 2, tzinfo=UTC)
+    assert copy_text([("a", None, "b"), ("x", "y\tz", None), (None, 2, 3), (when, None, None)]) == (
+        "a\tx\t\\N\t2026-01-02T00:00:00+00:00\n\\N\ty\\tz\t2\t\\N\nb\t\\N\t3\t\\N\n"
+    )
+
+
 def test_awkward_values_round_trip(session: Session) -> None:
     published = datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
     job = ExampleJob(
@@ -174,7 +183,7 @@ def test_ranges_are_contiguous_and_never_cut_a_publication_date(
     assert [job.input_product_id for r in ranges for job, _ in r] == [f"R{n}" for n in range(8)]
     assert [len(r) for r in creation._ranges(rows, 3)] == [4, 1, 3]
     assert [len(r) for r in creation._ranges(rows, 1)] == [8]
-    # At least INSERT_BATCH rows per range: 3 rows make one range whatever the parallelism.
+    # No more ranges than INSERT_BATCH rows allow: 3 rows make one range.
     assert [len(r) for r in creation._ranges(rows[:3], 8)] == [3]
 
 

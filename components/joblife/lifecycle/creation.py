@@ -165,8 +165,8 @@ def insert_discovered(
     inserted by status.
 
     The jobs are ordered by input publication date and cut into at most ``parallelism``
-    contiguous ranges of at least ``INSERT_BATCH`` jobs, never between two jobs of the same
-    date; each range is inserted by its own connection and transaction, in parallel, and
+    contiguous ranges (one per ``INSERT_BATCH`` jobs at most), never between two jobs of the
+    same date; each range is inserted by its own connection and transaction, in parallel, and
     the ranges are committed in order. If a range fails, the ranges before it stay
     committed, the later ones are rolled back, and its error is raised; ``committed`` (when
     given) then holds what was committed."""
@@ -178,6 +178,8 @@ def insert_discovered(
             *((job, JobStatus.CANCELLED) for job in to_cancel),
         ]
     )
+    if not rows:
+        return committed
     rows.sort(key=_publication_order)
     ranges = _ranges(rows, parallelism)
     if len(ranges) == 1:  # no thread, no lock timeout: the common small discovery
@@ -236,9 +238,9 @@ def _ranges(
     rows: list[tuple[JobTemplate, JobStatus]], parallelism: int
 ) -> list[list[tuple[JobTemplate, JobStatus]]]:
     """``rows`` (in publication order) cut into at most ``parallelism`` contiguous ranges of
-    at least ``INSERT_BATCH`` rows; a cut never falls between two rows of the same input
-    publication date, so committing a prefix of the ranges never leaves a job of the last
-    committed date behind."""
+    about equal size, no more ranges than ``INSERT_BATCH`` rows allow; a cut never falls
+    between two rows of the same input publication date (it moves later), so committing a
+    prefix of the ranges never leaves a job of the last committed date behind."""
     count = max(1, min(parallelism, len(rows) // INSERT_BATCH))
     ranges, start = [], 0
     for index in range(1, count + 1):
