@@ -117,6 +117,7 @@ class Job(Base):
 
     history: Mapped[list[JobStatusChange]] = relationship(
         back_populates="job",
+        primaryjoin="Job.id == foreign(JobStatusChange.job_id)",
         order_by="JobStatusChange.id",
         viewonly=True,
         lazy="raise_on_sql",
@@ -192,9 +193,9 @@ class JobStatusChange(Base):
     __tablename__ = "job_status_changes"
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
-    job_id: Mapped[int] = mapped_column(
-        BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"), index=False
-    )
+    # No foreign key (migration 0009): the history is written only for jobs that exist,
+    # and a trigger on jobs deletes it with them.
+    job_id: Mapped[int] = mapped_column(BigInteger, index=False)
     # Status ids, checked like jobs.status (CHECK constraints, no foreign keys).
     previous_status: Mapped[int | None] = mapped_column(SmallInteger)
     status: Mapped[int] = mapped_column(SmallInteger)
@@ -202,7 +203,11 @@ class JobStatusChange(Base):
     message: Mapped[str | None] = mapped_column(Text)
     details: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
 
-    job: Mapped[Job] = relationship(back_populates="history", viewonly=True)
+    job: Mapped[Job] = relationship(
+        back_populates="history",
+        primaryjoin="Job.id == foreign(JobStatusChange.job_id)",
+        viewonly=True,
+    )
 
     __table_args__ = (
         CheckConstraint(STATUS_IDS_CHECK.format(column="status"), name="status_known"),
