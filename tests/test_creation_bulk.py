@@ -4,7 +4,6 @@ over one connection or creation's parallel ranges."""
 from __future__ import annotations
 
 import random
-import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -32,9 +31,8 @@ def test_copy_text_escapes_and_nulls() -> None:
 
 
 def test_copy_text_formats_each_value_by_its_own_type() -> None:
-    """A column's formatter is picked by its first value; values of another type in the same
-    column (a subclass, an int in a text column, a bool after an int) are still formatted
-    by their own type."""
+    """A column whose values are not all of one exact type (a subclass, an int in a text
+    column, a bool after an int) has each value formatted by its own type."""
     assert (
         copy_text(
             [
@@ -195,17 +193,17 @@ def test_parallel_creation_inserts_every_job_once(
     to_create = _dated("C", 30, first)
     random.Random(7).shuffle(to_create)  # discovery order is not publication order
     to_cancel = [*_dated("X", 5, first), ExampleJob(input_product_id="C003")]  # C003: created
-    threads: set[str] = set()
+    backends: set[int] = set()
     original = creation._insert_range
 
-    def recording(*args: object, **kwargs: object) -> object:
-        threads.add(threading.current_thread().name)
-        return original(*args, **kwargs)
+    def recording(session: Session, *args: object) -> object:
+        backends.add(session.connection().connection.dbapi_connection.get_backend_pid())
+        return original(session, *args)
 
     monkeypatch.setattr(creation, "_insert_range", recording)
     counts = creation.insert_discovered(engine, ExampleJob, to_create, to_cancel, parallelism=3)
     assert counts == {JobStatus.INITIALIZED: 30, JobStatus.CANCELLED: 5}
-    assert len(threads) == 3  # three ranges, each in its own thread (and connection)
+    assert len(backends) == 3  # three ranges, each in its own connection (and transaction)
     stored = _stored(engine)
     assert len(stored) == 35 and set(stored.values()) == {
         (int(JobStatus.INITIALIZED), 1),
@@ -233,3 +231,69 @@ def test_a_failing_range_keeps_only_the_ranges_before_it(
     kept = {f"F{n:03d}" for n in range(failing * 4)}
     assert set(_stored(engine)) == kept
     assert committed == ({JobStatus.INITIALIZED: len(kept)} if kept else {})
+
+
+def test_a_range_failing_at_commit_keeps_only_the_ranges_before_it(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(creation, "INSERT_BATCH", 4)
+    jobs = _dated("K", 12, datetime(2026, 5, 1, tzinfo=UTC))
+    original = creation._open_range
+
+    def second_fails_at_commit(engine: Engine, cls: type, rows: list, now: datetime) -> object:
+        session, counts = original(engine, cls, rows, now)
+        if rows[0][0].input_product_id == "K004":
+
+            def refuse() -> None:
+                raise RuntimeError("commit lost")
+
+            session.commit = refuse  # type: ignore[method-assign]
+        return session, counts
+
+    monkeypatch.setattr(creation, "_open_range", second_fails_at_commit)
+    committed: Counter[JobStatus] = Counter()
+    with pytest.raises(RuntimeError, match="commit lost"):
+        creation.insert_discovered(engine, ExampleJob, jobs, [], None, 3, committed)
+    assert set(_stored(engine)) == {f"K{n:03d}" for n in range(4)}
+    assert committed == {JobStatus.INITIALIZED: 4}
+    with engine.connect() as conn:  # no range left open
+        idle = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND state LIKE 'idle in transaction%'"
+            )
+        ).scalar()
+    assert idle == 0
+
+
+@pytest.mark.parametrize(
+    "published", [datetime(2026, 5, 1), "2026-05-01T00:00:00+00:00"], ids=["naive", "text"]
+)
+def test_a_publication_date_that_is_not_an_aware_datetime_is_refused(
+    engine: Engine, published: object
+) -> None:
+    """Ranges are cut and committed in publication order: a naive date (which the server
+    would read in its own time zone) or a string cannot be placed in it."""
+    jobs = [*_dated("N", 2, datetime(2026, 5, 1, tzinfo=UTC))]
+    jobs.append(ExampleJob(input_product_id="N-bad", input_publication_date=published))
+    with pytest.raises(ValueError, match="N-bad: input_publication_date must be a timezone-aware"):
+        creation.insert_discovered(engine, ExampleJob, jobs, [])
+    assert _stored(engine) == {}
+
+
+def test_a_range_waiting_too_long_for_a_row_lock_is_a_creation_error_not_an_outage(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A range blocked by another transaction inserting the same product gives up after
+    its lock timeout with an error of its own (an OperationalError would make the
+    orchestrator back off every service as for a database outage)."""
+    monkeypatch.setattr(creation, "INSERT_BATCH", 4)
+    monkeypatch.setattr(creation, "RANGE_LOCK_TIMEOUT", "300ms")
+    first = datetime(2026, 5, 1, tzinfo=UTC)
+    jobs = _dated("W", 12, first)
+    with Session(engine) as other:  # inserts W005 (range 2) and does not commit
+        insert_jobs(other, ExampleJob, _dated("W", 12, first)[5:6], JobStatus.INITIALIZED)
+        with pytest.raises(RuntimeError, match="waited more than 300ms for a row lock"):
+            creation.insert_discovered(engine, ExampleJob, jobs, [], None, 3)
+        other.rollback()
+    assert set(_stored(engine)) == {f"W{n:03d}" for n in range(4)}

@@ -99,10 +99,12 @@ class Settings(BaseSettings):
     max_in_flight_per_type: dict[str, int] = Field(
         default_factory=dict, description="Cap on jobs in flight per job type (0 pauses)."
     )
-    creation_parallelism: PositiveInt = Field(
+    creation_parallelism: int = Field(
         2,
-        description="Connections a large creation cycle inserts over at once (ranges of "
-        "10,000+ jobs, committed in publication order).",
+        ge=1,
+        le=8,  # each range holds a connection of the engine's pool (5 + 10) until all end
+        description="Connections a large creation cycle inserts over at once (one range "
+        "per 10,000 jobs at most, committed in publication order).",
     )
     discovery_lookback_hours: float = Field(
         24.0, gt=0, description="First discovery window of a type with no job yet."

@@ -2,7 +2,7 @@
 -- foreign key. Installed by migration 0009.
 --
 -- Why: a foreign key checks every history row on insert, one index probe and one tuple
--- lock of the job per row, for each status change and each created job (about a tenth of
+-- lock of the job per row, for each status change and each created job (about a fifth of
 -- the server's work when creating jobs, measured in docs/benchmarks.md). Nothing else
 -- needs it: history is written only by set_job_status() (for the jobs it has just locked
 -- and updated) and by the creation trigger (for the jobs just inserted), both guarded by

@@ -29,6 +29,7 @@ from typing import Any
 
 from sqlalchemy import Column, DefaultClause, Engine, TextClause, inspect, literal, text
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import instance_dict
 
@@ -45,6 +46,7 @@ CREATION_LOCK_CLASS = 0x4A4C4352  # "JLCR"
 #: How long a parallel range waits for a row lock before it gives up (a backstop: the
 #: advisory lock keeps replicas apart, so only an outside writer of the same key waits).
 RANGE_LOCK_TIMEOUT = "60s"
+LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock_timeout
 
 
 @dataclass
@@ -188,9 +190,15 @@ def insert_discovered(
             session.commit()
         committed.update(counts)
         return committed
-    with ThreadPoolExecutor(len(ranges), thread_name_prefix="joblife-creation") as pool:
-        futures = [pool.submit(_open_range, engine, cls, part, now) for part in ranges]
-    _commit_in_order(futures, committed)
+    futures: list[Future[tuple[Session, Counter[JobStatus]]]] = []
+    try:
+        with ThreadPoolExecutor(len(ranges), thread_name_prefix="joblife-creation") as pool:
+            futures = [pool.submit(_open_range, engine, cls, part, now) for part in ranges]
+        _commit_in_order(cls.JOB_NAME, futures, committed)
+    finally:  # also when interrupted: no range left open (closing rolls back)
+        for future in futures:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                future.result()[0].close()
     return committed
 
 
@@ -205,20 +213,35 @@ def _open_range(
     try:
         session.execute(text(f"SET LOCAL lock_timeout = '{RANGE_LOCK_TIMEOUT}'"))
         return session, _insert_range(session, cls, rows, now)
-    except BaseException:
+    except OperationalError as exc:
         session.close()  # rolls back
+        if getattr(exc.orig, "pgcode", None) == LOCK_NOT_AVAILABLE:
+            # Not an outage (the caller would back off every service): a range of this type.
+            raise RuntimeError(
+                f"{cls.JOB_NAME}: a creation range waited more than {RANGE_LOCK_TIMEOUT} for "
+                "a row lock (another transaction is inserting the same products)"
+            ) from exc
+        raise
+    except BaseException:
+        session.close()
         raise
 
 
 def _commit_in_order(
-    futures: Sequence[Future[tuple[Session, Counter[JobStatus]]]], committed: Counter[JobStatus]
+    job_type: str,
+    futures: Sequence[Future[tuple[Session, Counter[JobStatus]]]],
+    committed: Counter[JobStatus],
 ) -> None:
     """Commit the ranges' transactions in publication order; at the first failure, roll
-    back every later range and raise it."""
+    back every later range and raise it (later failures are logged)."""
     error: BaseException | None = None
-    for future in futures:
-        if future.exception() is not None:
-            error = error or future.exception()
+    for number, future in enumerate(futures, 1):
+        failure = future.exception()
+        if failure is not None:
+            if error is None:
+                error = failure
+            else:
+                log.warning("%s: creation range %d also failed: %s", job_type, number, failure)
             continue
         session, counts = future.result()
         with session:
@@ -226,11 +249,18 @@ def _commit_in_order(
                 continue  # closing rolls back
             try:
                 session.commit()
-            except BaseException as exc:
+            except Exception as exc:
                 error = exc
                 continue
         committed.update(counts)
     if error is not None:
+        log.warning(
+            "%s: %d jobs committed before a creation range failed; the next cycle "
+            "discovers the rest",
+            job_type,
+            sum(committed.values()),
+            extra={"job_type": job_type},
+        )
         raise error
 
 
@@ -381,7 +411,10 @@ def _move_statement(cls: type[JobTemplate], child_columns: list[tuple[str, Colum
 def _unique_by_key(
     rows: Iterable[tuple[JobTemplate, JobStatus]],
 ) -> list[tuple[JobTemplate, JobStatus]]:
-    """``rows`` without repeated natural keys (the first one wins)."""
+    """``rows`` without repeated natural keys (the first one wins). A job without a product
+    id, or whose input publication date is not a timezone-aware datetime, is refused: the
+    creation ranges are cut and committed in publication order, which a naive date (read
+    by the server in its own time zone) would not follow."""
     seen: dict[tuple[str, str], tuple[JobTemplate, JobStatus]] = {}
     for row in rows:
         # instance_dict: read without the attribute instrumentation (100,000-job batches).
@@ -389,6 +422,14 @@ def _unique_by_key(
         product = values.get("input_product_id")
         if not product:
             raise ValueError(f"{type(row[0]).__name__}: a discovered job has no input_product_id")
+        published = values.get("input_publication_date")
+        if published is not None and (
+            not isinstance(published, datetime) or published.utcoffset() is None
+        ):
+            raise ValueError(
+                f"{type(row[0]).__name__} {product}: input_publication_date must be a "
+                f"timezone-aware datetime, not {published!r}"
+            )
         seen.setdefault((product, values.get("reprocessing_context") or ""), row)
     return list(seen.values())
 

@@ -33,6 +33,12 @@ def downgrade() -> None:
     op.execute("DROP TRIGGER IF EXISTS jobs_no_truncate ON jobs")
     op.execute("DROP TRIGGER IF EXISTS jobs_delete_history ON jobs")
     op.execute("DROP FUNCTION IF EXISTS jobs_delete_history()")
+    # History rows whose job is gone (only the owner could have made them, e.g. deleting
+    # jobs with triggers disabled) would fail the key; append-only lets them be deleted.
+    op.execute(
+        "DELETE FROM job_status_changes c "
+        "WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = c.job_id)"
+    )
     op.create_foreign_key(
         "fk_job_status_changes_job_id_jobs",
         "job_status_changes",
