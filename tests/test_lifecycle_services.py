@@ -45,6 +45,7 @@ from sqlalchemy import Engine, select, text
 
 from tests.support.factories import make_jobs, move_to
 from tests.support.lifecycle import (
+    FAST_SERVICES,
     TO_DONE,
     Lifecycle,
     RecordingExecutor,
@@ -76,9 +77,7 @@ def make_lifecycle(
         values: dict[str, Any] = {
             "database_url": joblife_env,
             "data_dir": data_dir,
-            "batch_size": 50,
-            "retry_backoff_seconds": 0,
-            "redispatch_grace_seconds": 0,
+            **FAST_SERVICES,
             "heartbeat_interval_seconds": 0.2,
             **overrides,
         }

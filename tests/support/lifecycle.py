@@ -34,6 +34,14 @@ from sqlalchemy.orm import Session
 S = JobStatus
 T = TypeVar("T")
 
+#: Service settings of the life-cycle test worlds (local and Nomad): small batches, no
+#: waiting before a retry or a re-dispatch.
+FAST_SERVICES: dict[str, Any] = {
+    "batch_size": 50,
+    "retry_backoff_seconds": 0,
+    "redispatch_grace_seconds": 0,
+}
+
 #: The path of a freshly inserted job (initialized) to each status a test starts from.
 _PATH: dict[JobStatus, list[JobStatus]] = {
     S.INITIALIZED: [],

@@ -23,7 +23,7 @@ from joblife.nomad.specs import render_specs
 from sqlalchemy import Engine
 
 from tests.nomad_double import NomadDouble
-from tests.support.lifecycle import Lifecycle
+from tests.support.lifecycle import FAST_SERVICES, Lifecycle
 
 REPO = Path(__file__).resolve().parents[2]
 #: What the worker image's ``joblife`` is on the double's client: this checkout's joblife.
@@ -107,9 +107,7 @@ def make_nomad_world(
         values: dict[str, Any] = {
             "database_url": joblife_env,
             "data_dir": data_dir,
-            "batch_size": 50,
-            "retry_backoff_seconds": 0,
-            "redispatch_grace_seconds": 0,
+            **FAST_SERVICES,
             "heartbeat_interval_seconds": 0.5,
         }
         settings = nomad_test_settings(double.address, **{**values, **overrides})

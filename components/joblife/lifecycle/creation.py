@@ -213,17 +213,16 @@ def _open_range(
     try:
         session.execute(text(f"SET LOCAL lock_timeout = '{RANGE_LOCK_TIMEOUT}'"))
         return session, _insert_range(session, cls, rows, now)
-    except OperationalError as exc:
+    except BaseException as exc:
         session.close()  # rolls back
-        if getattr(exc.orig, "pgcode", None) == LOCK_NOT_AVAILABLE:
+        if isinstance(exc, OperationalError) and (
+            getattr(exc.orig, "pgcode", None) == LOCK_NOT_AVAILABLE
+        ):
             # Not an outage (the caller would back off every service): a range of this type.
             raise RuntimeError(
                 f"{cls.JOB_NAME}: a creation range waited more than {RANGE_LOCK_TIMEOUT} for "
                 "a row lock (another transaction is inserting the same products)"
             ) from exc
-        raise
-    except BaseException:
-        session.close()
         raise
 
 
