@@ -23,6 +23,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+#: How a reference type runs its science step (see joblife.jobtypes.science_runner).
+RunnerMode = Literal["auto", "docker", "process"]
+
 APP_NAME = "joblife"
 
 
@@ -338,7 +341,7 @@ class Settings(BaseSettings):
         description="Regular expression the key (relative to h5repack_input_prefix) of a "
         "recording must fully match.",
     )
-    h5repack_runner: Literal["auto", "docker", "process"] = Field(
+    h5repack_runner: RunnerMode = Field(
         "auto",
         description="How h5repack jobs run: docker (the HDF Group's h5repack in "
         "h5repack_image), process (h5py, python -m joblife.science.h5repack), or auto: "
@@ -376,7 +379,7 @@ class Settings(BaseSettings):
         description="Regular expression a file's path relative to image_ingest_input_prefix "
         "must fully match to be part of a stack (e.g. data/raw/original/pm31\\d{2}o\\.png).",
     )
-    image_ingest_runner: Literal["auto", "docker", "process"] = Field(
+    image_ingest_runner: RunnerMode = Field(
         "process",
         description="How image ingest jobs run: process (python -m joblife.science.pyramid on "
         "the worker), docker (the same command in image_ingest_image), or auto: docker when "
@@ -417,7 +420,7 @@ class Settings(BaseSettings):
         "published within it is known first (0: release once the known previous date has "
         "its output).",
     )
-    tile_series_runner: Literal["auto", "docker", "process"] = Field(
+    tile_series_runner: RunnerMode = Field(
         "process",
         description="How tile time series jobs run: process (python -m joblife.science.snow "
         "on the worker), docker (the same command in tile_series_image), or auto: docker "

@@ -43,7 +43,7 @@ from joblife.executors.base import ExecutionRequest, ExecutionState, ExecutionSt
 log = logging.getLogger(__name__)
 
 REFERENCE_PREFIX = "local:"
-#: A file of the state directory whose modification time each exit updates.
+#: A file of the state directory that grows by one byte per exit: its size counts them.
 EXITS_STAMP = "exits.stamp"
 #: How long a start request may wait for the zygote's answer before it is taken as stuck.
 ZYGOTE_ANSWER_SECONDS = 30.0
@@ -150,8 +150,8 @@ class LocalExecutor:
             os.kill(record["worker_pid"], signal.SIGKILL)
 
     def change_marker(self) -> int:
-        """A marker of the executions that ended so far on this machine (the time of the
-        last exit), for :meth:`wait_for_change`."""
+        """A marker of the executions that ended so far on this machine (how many ended:
+        the stamp's size), for :meth:`wait_for_change`."""
         try:
             return (self.state_dir / EXITS_STAMP).stat().st_size
         except FileNotFoundError:

@@ -118,7 +118,7 @@ class H5RepackJob(JobTemplate):
     def _run_in_container(self, context: WorkerContext, spec: RunSpec) -> int:
         """Plan on the worker, run ``h5repack`` in the image, check the layout here."""
         from joblife.science import h5repack
-        from joblife.worker.steps import MOUNT_POINT, job_fields, run_science_spec
+        from joblife.worker.steps import MOUNT_POINT, run_science_spec
 
         source = context.input_dir / self.file_name
         # InvalidInput (an internal error: retrying cannot help) propagates.
@@ -128,16 +128,11 @@ class H5RepackJob(JobTemplate):
         if not plan.datasets:
             context.log_tail = [f"no numeric dataset of 2+ axes to rechunk in {self.file_name}"]
             return outcome.EXIT_NO_PRODUCT
-        inside = job_fields(self, context, inside=True)
         command = plan.tool_command(
             f"{MOUNT_POINT}/input/{self.file_name}", f"{MOUNT_POINT}/output/{self.file_name}"
         )
-        environment = {
-            **spec.environment,
-            **{f"JOBLIFE_{d.upper()}": inside[d.lower()] for d in _DIRS},
-        }
-        spec = dataclasses.replace(
-            spec, command=command, image=context.settings.h5repack_image, environment=environment
+        spec = science_runner.in_container(
+            self, context, spec, command, context.settings.h5repack_image
         )
         code = run_science_spec(self, context, "docker", spec)
         if code == outcome.EXIT_PRODUCT:
@@ -145,9 +140,6 @@ class H5RepackJob(JobTemplate):
             # (ProcessingFailed, an external error, otherwise).
             h5repack.check_layout(context.output_dir / self.file_name, plan)
         return code
-
-
-_DIRS = ("WORK_DIR", "INPUT_DIR", "OUTPUT_DIR", "AUX_DIR")
 
 
 def choose_runner(settings: Settings) -> str:

@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from joblife.runners import RunSpec
     from joblife.worker.context import WorkerContext
 
-RunnerMode = Literal["auto", "docker", "process"]
 #: The work-dir variables of the science environment (``JOBLIFE_INPUT_DIR``...).
 _DIRS = ("work_dir", "input_dir", "output_dir", "aux_dir")
 
@@ -99,7 +98,6 @@ def container_spec(
     container sees them."""
     from joblife.worker.steps import job_fields, science_spec
 
-    spec = science_spec(job, context)
     inside = job_fields(job, context, inside=True)
     try:
         filled = [part.format_map(inside) for part in command]
@@ -107,5 +105,16 @@ def container_spec(
         raise InternalJobError(
             f"job type {type(job).JOB_NAME}: bad container command template: {exc!r}"
         ) from exc
+    return in_container(job, context, science_spec(job, context), filled, image)
+
+
+def in_container(
+    job: JobTemplate, context: WorkerContext, spec: RunSpec, command: list[str], image: str
+) -> RunSpec:
+    """``spec`` running ``command`` in ``image``, its work-dir variables
+    (``JOBLIFE_INPUT_DIR``...) as the container sees them."""
+    from joblife.worker.steps import job_fields
+
+    inside = job_fields(job, context, inside=True)
     environment = {**spec.environment, **{f"JOBLIFE_{d.upper()}": inside[d] for d in _DIRS}}
-    return dataclasses.replace(spec, command=filled, image=image, environment=environment)
+    return dataclasses.replace(spec, command=command, image=image, environment=environment)

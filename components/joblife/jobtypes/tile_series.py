@@ -51,7 +51,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from joblife.config import Settings, get_settings
 from joblife.jobtypes import discovery, science_runner
-from joblife.model.job import TIMESTAMPTZ, Job
+from joblife.model.job import TIMESTAMPTZ
 from joblife.model.priority import Priority
 from joblife.model.status import JobStatus
 from joblife.model.template import JobsToCreate, JobTemplate
@@ -136,6 +136,19 @@ class TileSeriesJob(JobTemplate):
         )
 
     # -- configuration -------------------------------------------------------------------
+    #: The discovery cursor's date (``datetime | None``), read once per configuration batch
+    #: by :meth:`configure_batch_jobs` (not annotated: not a mapped column).
+    _cursor = None
+
+    @classmethod
+    def configure_batch_jobs(cls, session: Session, jobs: list[TileSeriesJob]) -> None:
+        """Read the discovery cursor once for the batch: every job's settle rule compares
+        its measurement with it."""
+        newest = cls.get_last_inserted_job(session)
+        cursor = newest.input_publication_date if newest is not None else None
+        for job in jobs:
+            job._cursor = cursor
+
     def configure_single_job(self, session: Session) -> JobStatus:
         """Ready once nothing earlier can still be discovered and the previous date of the
         tile has its output (see the module docstring)."""
@@ -159,7 +172,7 @@ class TileSeriesJob(JobTemplate):
         self.previous_job_id = previous.id if previous is not None else None
         settle = timedelta(hours=get_settings().tile_series_settle_hours)
         if settle:
-            cursor = discovery_cursor(session, cls)
+            cursor = self._cursor
             due = self.measurement_date + settle
             if cursor is None or cursor < due:
                 at = cursor.isoformat(timespec="seconds") if cursor else "nothing yet"
@@ -221,18 +234,6 @@ class TileSeriesJob(JobTemplate):
         for message in messages:
             message["measurement_date"] = self.measurement_date.isoformat()
         return messages
-
-
-def discovery_cursor(session: Session, cls: type[TileSeriesJob]) -> datetime | None:
-    """The discovery cursor of the type: the newest input publication date of its jobs, as
-    :meth:`~joblife.model.template.JobTemplate.get_last_inserted_job` orders them (one entry
-    of the cursor index; creation starts its next window there)."""
-    return session.scalar(
-        select(Job.input_publication_date)
-        .where(Job.job_type == cls.JOB_NAME)
-        .order_by(Job.input_publication_date.desc().nulls_last(), Job.id.desc())
-        .limit(1)
-    )
 
 
 def priority_for(measured: datetime, published: datetime | None, settings: Settings) -> Priority:

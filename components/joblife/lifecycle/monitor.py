@@ -128,7 +128,7 @@ class Monitor:
             ).all()
             session.rollback()  # no transaction held while the executor answers
             self._pass, self._unanswered = {}, set()
-            self._ask([r for r in references if r is not None])
+            self._ask(list(references))
         rows = session.execute(
             select(*_ROW)
             .where(

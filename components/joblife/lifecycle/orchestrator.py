@@ -91,15 +91,15 @@ class Orchestrator:
                 continue
             try:
                 result = self._steps[name]()
-            except OperationalError as exc:
-                record_cycle(name, exc)
+            except OperationalError:
+                record_cycle(name, failed=True)
                 raise
             except Exception as exc:
-                record_cycle(name, exc)
+                record_cycle(name, failed=True)
                 log.exception("%s cycle failed", name)
                 report.errors[name] = f"{type(exc).__name__}: {exc}"
                 continue
-            record_cycle(name, _reported_error(result))
+            record_cycle(name, failed=_reported_failure(result))
             report.results[name] = result
             report.busy = report.busy or _did_work(name, result, self.context.settings.batch_size)
         return report
@@ -198,12 +198,11 @@ def _did_work(name: str, result: Any, batch_size: int) -> bool:
     return bool(result["ended"] or result["stale"] or result["redispatched"] or result["retried"])
 
 
-def _reported_error(result: Any) -> str | None:
-    """The errors a service reported in its result instead of raising them (a job type
-    whose cycle failed, a broker it could not reach), joined; None without any."""
+def _reported_failure(result: Any) -> bool:
+    """Whether a service reported an error in its result instead of raising it (a job
+    type whose cycle failed, a broker it could not reach)."""
     reports = result if isinstance(result, list) else [result]
-    errors = [r["error"] for r in reports if isinstance(r, dict) and r.get("error")]
-    return "; ".join(errors) or None
+    return any(isinstance(r, dict) and r.get("error") for r in reports)
 
 
 def _is_connection_problem(exc: DBAPIError) -> bool:

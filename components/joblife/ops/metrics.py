@@ -67,10 +67,10 @@ LOOP_ERRORS = Counter(
 )
 
 
-def record_cycle(service: str, error: BaseException | str | None = None) -> None:
-    """Count one cycle of ``service`` in this process, and its failure if ``error``."""
+def record_cycle(service: str, failed: bool = False) -> None:
+    """Count one cycle of ``service`` in this process, and its failure if ``failed``."""
     LOOP_CYCLES.labels(service).inc()
-    if error is not None:
+    if failed:
         LOOP_ERRORS.labels(service).inc()
 
 

@@ -254,12 +254,7 @@ class PublicationService:
                 self._messages_per_job = messages_found / len(jobs)
             outbox.start_publication(session, jobs)
             session.flush()
-            messages = [
-                row.message
-                for job in jobs
-                if job.status is outbox.S.START_PUBLICATION
-                for row in job.rows
-            ]
+            messages = [row.message for row in _sent_rows(jobs)]
             with self._memo_lock:
                 known = {
                     index: Delivery(Outcome.CONFIRMED, self._confirmed_unrecorded[m.message_id])
@@ -276,11 +271,7 @@ class PublicationService:
         """Record the broker's answers for the batch, move its jobs, commit (runs in the
         recording thread; touches the database only)."""
         answers = batch.answers(deliveries)
-        confirmed = {
-            row.message.message_id: answer.at
-            for row, answer in zip(_sent_rows(batch.jobs), answers, strict=True)
-            if answer.outcome is Outcome.CONFIRMED
-        }
+        rows = _sent_rows(batch.jobs)
         with batch.session as session:
             try:
                 result = outbox.record(session, batch.jobs, answers, self.context.job_types)
@@ -289,11 +280,18 @@ class PublicationService:
                 # The broker has these messages: never send them again (at most a crash
                 # of this process between the confirmation and the commit resends them).
                 # Remembered before the session lets go of the jobs' locks.
-                self._remember_confirmed(confirmed)
+                self._remember_confirmed(
+                    {
+                        row.message.message_id: answer.at
+                        for row, answer in zip(rows, answers, strict=True)
+                        if answer.outcome is Outcome.CONFIRMED
+                    }
+                )
                 raise
-        with self._memo_lock:
-            for message_id in confirmed:
-                self._confirmed_unrecorded.pop(message_id, None)
+        if batch.known:  # recorded now: forget what an earlier failed commit remembered
+            with self._memo_lock:
+                for index in batch.known:
+                    self._confirmed_unrecorded.pop(rows[index].message.message_id, None)
         if result.unconfirmed or result.returned or result.nacked:
             ids = [job.id for job in batch.jobs]
             log.jobs(ids).warning("publication batch of %s: %s", describe_jobs(ids), asdict(result))

@@ -161,10 +161,10 @@ class DockerRunner(Runner):
                 f"the container engine failed while running {spec.image!r}: {_short(exc)}"
             ) from exc
         finally:
+            duration = time.monotonic() - start  # before draining the logs
             if reader is not None:
                 reader.join(timeout=10)
             lines = tail.close()
-        duration = time.monotonic() - start
         return RunResult(
             code, duration, lines, timed_out=timed_out, image=ran, details=tail.problem()
         )
