@@ -16,8 +16,8 @@ and the test products live in a temporary directory, removed at the end too.
 
    - wall time: from the start of the orchestrator to the last job's ``done`` row;
    - orchestration CPU per job: CPU time of the orchestrator's thread (``time.thread_time``,
-     user + system: the forks it makes included, the workers it forks excluded, and so is
-     the PostgreSQL server's CPU), divided by the number of jobs; the same per service;
+     user + system: its requests to the local executor's zygote included, the zygote and the
+     workers it forks excluded, and so is the PostgreSQL server's CPU), divided by the number of jobs; the same per service;
    - worker start-up: from the executor's ``dispatch`` call (wall clock, taken by a thin
      wrapper around the local executor) to the worker's ``queued -> started`` history row
      (``clock_timestamp()`` on the same machine), median and p90 over every job.
@@ -52,7 +52,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -69,7 +69,7 @@ from benchkit import (
 from joblife.config import Settings, get_settings
 from joblife.db.engine import create_joblife_engine
 from joblife.db.migrate import upgrade
-from joblife.executors.base import ExecutionRequest, ExecutionStatus
+from joblife.executors.base import ExecutionRequest
 from joblife.executors.local import LocalExecutor
 from joblife.jobtypes.test_job import TestJob, write_test_product
 from joblife.lifecycle.common import ServiceContext
@@ -113,11 +113,11 @@ def configure_environment(url: URL, data_dir: Path, args: argparse.Namespace) ->
 
 class TimedExecutor:
     """The local executor, with the wall-clock time at which each token was dispatched and
-    the CPU time its ``dispatch`` calls cost the calling thread (the forks)."""
+    the CPU time its ``dispatch`` calls cost the calling thread (the request to the
+    zygote, which forks the worker); every other attribute is the executor's own."""
 
     def __init__(self, inner: LocalExecutor) -> None:
         self.inner = inner
-        self.name = inner.name
         self.dispatched_at: dict[str, float] = {}
         self.dispatch_cpu_s = 0.0
 
@@ -129,22 +129,8 @@ class TimedExecutor:
         finally:
             self.dispatch_cpu_s += time.thread_time() - began
 
-    def status(self, references: Iterable[str]) -> dict[str, ExecutionStatus]:
-        return self.inner.status(references)
-
-    def stop(self, reference: str) -> None:
-        self.inner.stop(reference)
-
-    def capacity(self, flavor: str) -> int | None:
-        return self.inner.capacity(flavor)
-
-    def change_marker(self) -> int:
-        return self.inner.change_marker()
-
-    def wait_for_change(
-        self, timeout: float, stop: threading.Event, since: int | None = None
-    ) -> bool:
-        return self.inner.wait_for_change(timeout, stop, since)
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 @dataclass
@@ -494,7 +480,7 @@ def report_rows(fork: LifecycleRun, exec_: LifecycleRun, creation: CreationRun) 
         ),
         ("  of which per service (ms/job)", per_service, "", ""),
         (
-            "  of which the test type's discovery / the forks",
+            "  of which the test type's discovery / the zygote requests",
             f"{fork.discovery_cpu_s * 1000 / fork.jobs:.1f} / "
             f"{fork.executor_cpu_s * 1000 / fork.jobs:.1f} ms",
             "",
