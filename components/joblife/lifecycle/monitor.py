@@ -149,7 +149,10 @@ class Monitor:
             return
         report.checked = len(rows)
         if not new_pass and any(r.nomad_job_id in self._unanswered for r in rows):
-            self._ask(sorted(self._unanswered))  # all of the pass's at once, not per batch
+            # All the pass's still ahead at once, not per batch.
+            self._ask(sorted(self._unanswered))
+        # Decided in this batch (or left to the next pass): not asked about again.
+        self._unanswered.difference_update(r.nomad_job_id for r in rows)
         unknown = [r for r in rows if r.nomad_job_id not in self._pass]
         if unknown:
             report.unknown = len(unknown)
