@@ -17,7 +17,8 @@ and the test products live in a temporary directory, removed at the end too.
    - wall time: from the start of the orchestrator to the last job's ``done`` row;
    - orchestration CPU per job: CPU time of the orchestrator's thread (``time.thread_time``,
      user + system: its requests to the local executor's zygote included, the zygote and the
-     workers it forks excluded, and so is the PostgreSQL server's CPU), divided by the number of jobs; the same per service;
+     workers it forks excluded, and so is the PostgreSQL server's CPU), divided by the
+     number of jobs; the same per service;
    - worker start-up: from the executor's ``dispatch`` call (wall clock, taken by a thin
      wrapper around the local executor) to the worker's ``queued -> started`` history row
      (``clock_timestamp()`` on the same machine), median and p90 over every job.

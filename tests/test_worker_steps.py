@@ -383,8 +383,13 @@ def _work_on(world: World, disk: Path) -> None:
     world.configure(work_root=world.work_root)
 
 
-def _fill(disk: Path) -> None:
-    """Take every free byte of ``disk`` (as another job's leftovers would)."""
+def _fill(disk: Path, leave: int = 0) -> None:
+    """Take every free byte of ``disk`` but ``leave`` (as another job's leftovers would)."""
+    if leave:
+        with open(disk / "filler", "wb") as filler:
+            filler.write(bytes(shutil.disk_usage(disk).free - leave))
+        assert shutil.disk_usage(disk).free <= leave
+        return
     subprocess.run(["dd", "if=/dev/zero", f"of={disk}/filler", "bs=64k"], capture_output=True)
     assert shutil.disk_usage(disk).free == 0
 
@@ -433,12 +438,14 @@ def test_full_disk_fetching_the_previous_manifest_is_an_external_error(
     _work_on(world, disk)
     manifest = world.tmp / "storage" / "out" / "P1" / MANIFEST
     manifest.parent.mkdir(parents=True)
-    manifest.write_text(json.dumps({"files": {"o": 1}}))  # an earlier attempt's
+    # An earlier attempt's, larger than what is left once the work dir and the input fit.
+    manifest.write_text(json.dumps({"files": {f"output-{n}": n for n in range(20_000)}}))
     job_id = _process_job(world, monkeypatch, "true", output_path="out/P1")
-    _fill(disk)
+    _fill(disk, leave=64 * 1024)
     details = _fails(world, job_id, S.EXTERNAL_ERROR, EXIT_RELAUNCH, f"{FULL}: no space left")
     assert "during pre-processing" in world.last(job_id).message
-    assert details["disk"]["free_bytes"] == 0
+    assert MANIFEST in world.last(job_id).message  # the fetch of the manifest, no other write
+    assert details["disk"]["free_bytes"] <= 64 * 1024  # what the filler left
 
 
 def test_full_disk_writing_the_manifest_is_an_external_error(
