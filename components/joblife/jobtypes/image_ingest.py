@@ -115,31 +115,12 @@ class ImageIngestJob(JobTemplate):
         return found
 
     # -- the worker's steps ----------------------------------------------------------------
-    def job_pre_processing(self, context: WorkerContext) -> None:
-        """The default pre-processing (work dir, skip when the outputs exist, download,
-        input checks); the input of a stack is only the files ``input_filter`` matches
-        under the prefix, not every object there."""
-        from joblife.worker import steps
-
-        if not self.input_path or not self.input_path.endswith("/"):
-            steps.pre_processing(self, context)  # one image
-            return
-        cls = type(self)
-        context.make_work_dir()
-        if not self.output_path:
-            self.output_path = self.default_output_path()
-        fields = steps.job_fields(self, context, inside=False)
-        context.logs_location = cls.LOGS_LOCATION.format_map(fields)
-        if cls.SKIP_IF_OUTPUT_EXISTS and steps.outputs_exist(self, context):
-            context.skip_science = True
-            storage, key = context.storage_for(self.output_path)
-            context.figures["skipped"] = f"every output already exists at {storage.url(key)}"
-            return
-        downloaded = steps.fetch(
-            context, self.input_path, context.input_dir, self.input_filter, "input"
-        )
-        for path in downloaded:
-            self.check_input(path)
+    def input_pattern(self) -> str | None:
+        """A stack's input is only the files ``input_filter`` matches under its prefix, not
+        every object there; one image is fetched as it is."""
+        if self.input_path and self.input_path.endswith("/"):
+            return self.input_filter
+        return type(self).INPUT_PATTERN
 
     def job_processing(self, context: WorkerContext) -> int:
         """The pyramid command line with the runner ``image_ingest_runner`` chooses."""

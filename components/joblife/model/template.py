@@ -238,6 +238,12 @@ class JobTemplate(Job):
 
         post_processing(self, context, return_code)
 
+    def input_pattern(self) -> str | None:
+        """The pattern the default pre-processing fetches ``input_path`` with (see
+        ``INPUT_PATTERN``); a type whose jobs differ overrides it. Default:
+        ``INPUT_PATTERN``."""
+        return type(self).INPUT_PATTERN
+
     def default_output_path(self) -> str:
         """The ``output_path`` of a job that has none: ``OUTPUT_LOCATION`` filled in. It
         depends only on the natural key, so a re-created job finds its outputs."""

@@ -58,7 +58,7 @@ def pre_processing(job: JobTemplate, context: WorkerContext) -> None:
             return
         if not job.input_path:
             raise InternalJobError(f"job {job.id} has no input_path: nothing to process")
-        downloaded = fetch(context, job.input_path, context.input_dir, cls.INPUT_PATTERN, "input")
+        downloaded = fetch(context, job.input_path, context.input_dir, job.input_pattern(), "input")
         for name, template in cls.EXTERNAL_DEPENDENCIES.items():
             location = template.format_map(fields)
             downloaded += fetch(
