@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,19 @@ def test_upload_exists_list_download_delete(storage: Storage, tmp_path: Path):
     storage.delete("in/a.bin")  # deleting what is gone is no error
     assert not storage.exists("in/a.bin")
     assert storage.url("in/x").endswith("/in/x")
+
+
+def test_listings_and_modified_at_tell_when_an_object_was_written(storage: Storage, tmp_path: Path):
+    """Discovery dates products by when their objects were written: from the listing (no
+    request per object) or for one object, the same instant either way."""
+    before = datetime.now(UTC) - timedelta(seconds=2)  # S3 and mtimes have 1 s granularity
+    source = tmp_path / "dated.bin"
+    source.write_bytes(b"dated")
+    storage.upload(source, "dated/one.bin")
+    after = datetime.now(UTC) + timedelta(seconds=2)
+    [listed] = storage.list("dated/")
+    assert listed.modified.tzinfo is not None and before <= listed.modified <= after
+    assert storage.modified_at("dated/one.bin") == listed.modified
 
 
 def test_missing_object_is_an_external_not_found_error(storage: Storage, tmp_path: Path):

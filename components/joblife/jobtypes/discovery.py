@@ -6,17 +6,15 @@ A discovery location (a setting) is either a key prefix of the configured storag
 (:meth:`WorkerContext.storage_for`), so the ``input_path`` a job gets from
 :func:`input_location` is one the worker can fetch.
 
-Storage listings carry no dates: :func:`modified_at` asks the backend for an object's
-modification time, the publication date of a product that carries none of its own.
+A product that carries no publication date of its own is dated by when its object was
+last written: :attr:`StoredObject.modified` from the listing, or ``storage.modified_at``
+for one object.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from joblife.config import Settings
-from joblife.storage import Storage, StorageError, StoredObject, join_key, open_storage
-from joblife.storage.local import FileStorage
+from joblife.storage import Storage, StoredObject, join_key, open_storage
 
 
 def open_location(location: str, settings: Settings) -> tuple[Storage, str]:
@@ -37,7 +35,11 @@ def find(
     it, sorted."""
     storage, prefix = open_location(location, settings)
     objects = storage.find(prefix, pattern)
-    return storage, prefix, [StoredObject(o.key[len(prefix) :], o.size) for o in objects]
+    return (
+        storage,
+        prefix,
+        [StoredObject(o.key[len(prefix) :], o.size, o.modified) for o in objects],
+    )
 
 
 def input_location(location: str, relative: str) -> str:
@@ -45,24 +47,3 @@ def input_location(location: str, relative: str) -> str:
     if "://" in location:
         return f"{location.rstrip('/')}/{relative.lstrip('/')}"
     return join_key(location, relative)
-
-
-def modified_at(storage: Storage, key: str) -> datetime:
-    """When the object ``key`` was last written (UTC): a file's modification time, an S3
-    object's ``LastModified``, an HTTP object's ``Last-Modified``."""
-    if isinstance(storage, FileStorage):
-        try:
-            stamp = (storage.root / key).stat().st_mtime
-        except OSError as exc:
-            raise StorageError(f"cannot stat {storage.url(key)}: {exc}") from exc
-        return datetime.fromtimestamp(stamp, UTC)
-    from joblife.storage.http import HttpSource
-
-    if isinstance(storage, HttpSource):
-        return storage.modified_at(key)
-    from joblife.storage.s3 import S3Storage  # boto3 only when S3 is in use
-
-    if isinstance(storage, S3Storage):
-        head = storage.client.head_object(Bucket=storage.bucket, Key=join_key(storage.prefix, key))
-        return head["LastModified"].astimezone(UTC)
-    raise StorageError(f"{type(storage).__name__} cannot tell when {key!r} was written")

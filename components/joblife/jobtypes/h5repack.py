@@ -77,9 +77,8 @@ class H5RepackJob(JobTemplate):
         if not location:
             return found
         pattern = settings.h5repack_input_pattern
-        storage, prefix, objects = discovery.find(location, settings, pattern)
-        for relative in (o.key for o in objects):
-            published = discovery.modified_at(storage, prefix + relative)
+        _, _, objects = discovery.find(location, settings, pattern)
+        for relative, published in ((o.key, o.modified) for o in objects):
             if not start <= published < end:
                 continue
             found.to_create.append(

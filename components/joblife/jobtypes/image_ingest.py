@@ -156,7 +156,7 @@ def _single_image(settings: Settings) -> tuple[str, str, datetime, str]:
             "image_ingest_input_prefix for a stack)"
         )
     storage, key = discovery.open_location(url, settings)
-    published = discovery.modified_at(storage, key.rstrip("/"))
+    published = storage.modified_at(key.rstrip("/"))
     name = posixpath.basename(path)
     return posixpath.splitext(name)[0] or name, url, published, ANY_FILE
 
@@ -173,11 +173,10 @@ def _stacks(settings: Settings) -> list[tuple[str, str, datetime, str]]:
         raise ConfigurationError(
             f"image_ingest_filter {file_filter!r} is not a regular expression: {exc}"
         ) from exc
-    storage, prefix, objects = discovery.find(location, settings, file_filter)
+    _, _, objects = discovery.find(location, settings, file_filter)
     newest: dict[str, datetime] = {}
-    for relative in (o.key for o in objects):
-        directory = posixpath.dirname(relative)
-        written = discovery.modified_at(storage, prefix + relative)
+    for stored in objects:
+        directory, written = posixpath.dirname(stored.key), stored.modified
         newest[directory] = max(newest.get(directory, written), written)
     input_path = f"{location.rstrip('/')}/"
     return [

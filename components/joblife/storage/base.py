@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from joblife.errors import ExternalJobError
@@ -31,10 +32,12 @@ class ObjectNotFound(StorageError):
 
 @dataclass(frozen=True, slots=True)
 class StoredObject:
-    """One object found in storage: its key and size in bytes."""
+    """One object found in storage: its key, size in bytes and when it was last written
+    (UTC, from the listing)."""
 
     key: str
     size: int
+    modified: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,11 @@ class Storage(ABC):
     @abstractmethod
     def list(self, prefix: str = "") -> list[StoredObject]:
         """Every object whose key starts with ``prefix``, sorted by key."""
+
+    def modified_at(self, key: str) -> datetime:
+        """When the object ``key`` was last written (UTC). Listings carry it already
+        (:attr:`StoredObject.modified`); this asks about one object."""
+        raise StorageError(f"{type(self).__name__} cannot tell when {key!r} was written")
 
     @abstractmethod
     def download(self, key: str, path: Path) -> int:

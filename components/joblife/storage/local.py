@@ -7,6 +7,7 @@ import errno
 import os
 import shutil
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 from joblife.storage.base import ObjectNotFound, Storage, StorageError, StoredObject
@@ -46,8 +47,17 @@ class FileStorage(Storage):
                 path = Path(directory) / name
                 key = path.relative_to(self.root).as_posix()
                 if key.startswith(prefix):
-                    found.append(StoredObject(key, path.stat().st_size))
+                    stat = path.stat()
+                    written = datetime.fromtimestamp(stat.st_mtime, UTC)
+                    found.append(StoredObject(key, stat.st_size, written))
         return sorted(found, key=lambda o: o.key)
+
+    def modified_at(self, key: str) -> datetime:
+        try:
+            stamp = self._path(key).stat().st_mtime
+        except OSError as exc:
+            raise StorageError(f"cannot stat {self.url(key)}: {exc}") from exc
+        return datetime.fromtimestamp(stamp, UTC)
 
     def download(self, key: str, path: Path) -> int:
         source = self._path(key)

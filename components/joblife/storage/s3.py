@@ -8,6 +8,7 @@ only, never kept on this object nor written to a log or a message.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import boto3
@@ -100,6 +101,13 @@ class S3Storage(Storage):
             raise self._error("check", key, exc) from exc
         return True
 
+    def modified_at(self, key: str) -> datetime:
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error("check", key, exc) from exc
+        return head["LastModified"].astimezone(UTC)
+
     def list(self, prefix: str = "") -> list[StoredObject]:
         full = self._key(prefix)
         if prefix.endswith("/") or (self.prefix and not prefix):
@@ -112,7 +120,13 @@ class S3Storage(Storage):
             )
             for page in pages:
                 for item in page.get("Contents", []):
-                    found.append(StoredObject(item["Key"][strip:], int(item["Size"])))
+                    found.append(
+                        StoredObject(
+                            item["Key"][strip:],
+                            int(item["Size"]),
+                            item["LastModified"].astimezone(UTC),
+                        )
+                    )
         except (ClientError, BotoCoreError) as exc:
             raise self._error("list", prefix, exc) from exc
         return sorted(found, key=lambda o: o.key)
