@@ -151,3 +151,32 @@ def test_unpoliced_statuses_use_their_deadline(
     (row,) = rows
     assert row["status"] == "processed" and row["deadline_seconds"] == 0.0
     assert "past its deadline" in row["reason"] and "publication" in row["action"]
+
+
+def test_a_queued_job_past_its_deadline_is_reported_as_the_monitor_acts_on_it(
+    session: Session, engine: Engine, joblife_env: str
+) -> None:
+    """Queued with a reference, accepted long ago: the monitor's queued deadline (not
+    ``stale_after_seconds``) says when it is stale, and the monitor's words say why."""
+    settings = get_settings()
+    accepted, recent = (j.id for j in make_jobs(session, 2))
+    walk(session, [accepted, recent], RUNNING_PATH[:2])  # ready, queued
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE jobs SET nomad_job_id = 'ref-' || id, heartbeat_at = CASE WHEN id = :a "
+                "THEN now() - make_interval(secs => :age) ELSE now() END"
+            ),
+            {"a": accepted, "age": settings.queued_deadline_seconds + 60},
+        )
+    now = utc_now()
+    context = ServiceContext(engine, settings)
+    with context.session() as s:
+        stale = {job.job_id: job for job in stale_jobs(s, settings, context.job_types, now)}
+    assert set(stale) == {accepted}
+    assert stale[accepted].deadline == timedelta(seconds=settings.queued_deadline_seconds)
+    assert stale[accepted].reason.startswith("execution never started: accepted by the executor")
+    executor = RecordingExecutor()
+    report = Monitor(context, executor).run_cycle(now)
+    assert report.never_started == 1 and executor.stopped == [f"ref-{accepted}"]
+    assert _message_into(engine, accepted, S.EXTERNAL_ERROR).startswith(stale[accepted].reason)

@@ -320,14 +320,14 @@ class Settings(BaseSettings):
         default_factory=lambda: {
             "initialized": 3600.0,
             "ready": 6 * 3600.0,
-            "queued": 3600.0,
             "processed": 3600.0,
             "start_publication": 3600.0,
             "published": 3600.0,
         },
         description="`joblife jobs stale`: deadline per status (seconds) of the statuses no "
-        "service polices by time (running statuses use heartbeat_timeout_seconds, configured "
-        "its type's DEPENDENCY_TIMEOUT, external_error the retry backoff).",
+        "service polices by time (running statuses use heartbeat_timeout_seconds, queued "
+        "redispatch_grace_seconds and queued_deadline_seconds, configured its type's "
+        "DEPENDENCY_TIMEOUT, external_error the retry backoff).",
     )
 
     # -- reference job types and demo (issue 7) ---------------------------------------------

@@ -225,12 +225,10 @@ class Monitor:
     # -- 3. queued deadline --------------------------------------------------------------------
     def _queued_deadlines(self, session: Session, now: datetime, report: MonitorReport) -> None:
         deadline = self.context.settings.queued_deadline_seconds
-        limit = now - timedelta(seconds=deadline)
-        accepted_at = func.coalesce(Job.heartbeat_at, Job.status_changed_at)
         rows = session.execute(
-            select(*_ROW, accepted_at.label("accepted_at"))
-            .where(Job.status_id == S.QUEUED, Job.nomad_job_id.is_not(None), accepted_at < limit)
-            .order_by(accepted_at)
+            select(*_ROW, ACCEPTED_AT.label("accepted_at"))
+            .where(*queued_deadline_conditions(self.context.settings, now))
+            .order_by(ACCEPTED_AT)
             .limit(self.context.settings.batch_size)
         ).all()
         session.rollback()
@@ -370,6 +368,20 @@ def _job_log(row: Any, status: JobStatus | None = None) -> JobLogger:
         attempt=row.attempt,
         status=JobStatus(row.status_id) if status is None else status,
     )
+
+
+#: When the executor accepted a queued job's execution (stamped in ``heartbeat_at`` by the
+#: dispatch; a job dispatched before that stamp existed: its status change).
+ACCEPTED_AT = func.coalesce(Job.heartbeat_at, Job.status_changed_at)
+
+
+def queued_deadline_conditions(settings: Settings, now: datetime) -> list[ColumnElement[bool]]:
+    """The jobs the monitor's queued-deadline step takes at ``now``: queued with an
+    execution the executor accepted more than ``queued_deadline_seconds`` ago (its worker
+    never started). Also what ``joblife jobs stale`` reports."""
+    limit = now - timedelta(seconds=settings.queued_deadline_seconds)
+    accepted_long_ago = ACCEPTED_AT < limit  # noqa: SIM300 (a column, not a constant)
+    return [Job.status_id == S.QUEUED, Job.nomad_job_id.is_not(None), accepted_long_ago]
 
 
 def retry_conditions(settings: Settings, now: datetime) -> list[ColumnElement[bool]]:

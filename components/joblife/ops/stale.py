@@ -7,14 +7,15 @@ The deadlines and rules are the services' own (same settings, same conditions):
   — the monitor stops the execution and fails the job (``external_error``);
 - queued without an executor reference for ``redispatch_grace_seconds`` — the monitor
   dispatches it again with the same token;
+- queued with a reference, accepted by the executor ``queued_deadline_seconds`` ago — the
+  monitor stops the execution and fails the job (``external_error``);
 - ``external_error`` past its retry backoff (``retry_backoff_seconds`` doubling per attempt,
   at most ``retry_backoff_max_seconds``) or out of attempts — the monitor retries it or
   fails it for good;
 - ``configured`` past its type's ``DEPENDENCY_TIMEOUT`` — configuration fails it at the
   next re-check;
 - the statuses no service polices by time (``stale_after_seconds``: initialized, ready,
-  queued with a reference, processed, start_publication, published) — a service is not
-  keeping up, or not running.
+  processed, start_publication, published) — a service is not keeping up, or not running.
 
 A stale job the monitor would act on is one the monitor has not reached yet: the monitor
 is not running, or is behind.
@@ -31,7 +32,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from joblife.config import Settings
-from joblife.lifecycle.monitor import retry_conditions
+from joblife.lifecycle.monitor import ACCEPTED_AT, queued_deadline_conditions, retry_conditions
 from joblife.model import Job, JobStatus, JobTemplate
 from joblife.model.status import IN_FLIGHT_STATUSES
 
@@ -40,7 +41,6 @@ _RUNNING = sorted(int(s) for s in IN_FLIGHT_STATUSES - {S.QUEUED})
 _UNPOLICED_ACTION = {
     S.INITIALIZED: "configuration is not running, or not keeping up",
     S.READY: "dispatch is held back by the in-flight caps, or not running",
-    S.QUEUED: "the executor has not started the execution (no placement?)",
     S.PROCESSED: "publication is not running, or the broker is unreachable",
     S.START_PUBLICATION: "publication is not running, or the broker is unreachable",
     S.PUBLISHED: "publication is not running",
@@ -90,6 +90,7 @@ def stale_jobs(
     found: list[StaleJob] = []
     found += _stale_heartbeats(session, settings, now, limit)
     found += _lost_dispatches(session, settings, now, limit)
+    found += _queued_deadlines(session, settings, now, limit)
     found += _retries_due(session, settings, now, limit)
     found += _dependency_deadlines(session, job_types, now, limit)
     found += _unpoliced(session, settings, now, limit)
@@ -176,6 +177,28 @@ def _lost_dispatches(session: Session, settings: Settings, now: datetime, limit:
     ]
 
 
+def _queued_deadlines(session: Session, settings: Settings, now: datetime, limit: int) -> list:
+    deadline = timedelta(seconds=settings.queued_deadline_seconds)
+    rows = session.execute(
+        select(*_COLUMNS, ACCEPTED_AT.label("accepted_at"))
+        .where(*queued_deadline_conditions(settings, now))
+        .order_by(ACCEPTED_AT)
+        .limit(limit)
+    ).all()
+    return [
+        _job(
+            row,
+            now,
+            deadline,
+            f"execution never started: accepted by the executor at "
+            f"{row.accepted_at.isoformat()}, past the queued deadline of "
+            f"{settings.queued_deadline_seconds:.0f} s",
+            "the monitor stops the execution and fails the job (external_error)",
+        )
+        for row in rows
+    ]
+
+
 def _retries_due(session: Session, settings: Settings, now: datetime, limit: int) -> list:
     rows = _rows(session, *retry_conditions(settings, now), limit=limit)
     result = []
@@ -224,9 +247,9 @@ def _unpoliced(session: Session, settings: Settings, now: datetime, limit: int) 
     for name, seconds in settings.stale_after_seconds.items():
         status = JobStatus.parse(name)
         deadline = timedelta(seconds=seconds)
+        if status is S.QUEUED:  # policed by the monitor (the two rules above)
+            continue
         conditions = [Job.status_id == status, Job.status_changed_at < now - deadline]
-        if status is S.QUEUED:
-            conditions.append(Job.nomad_job_id.is_not(None))  # without: the monitor's rule
         for row in _rows(session, *conditions, limit=limit):
             age = timedelta(seconds=round((now - row.status_changed_at).total_seconds()))
             result.append(
