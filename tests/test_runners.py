@@ -5,6 +5,7 @@ left behind, external errors when the step cannot run at all)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from pathlib import Path
 
@@ -39,9 +40,11 @@ def test_docker_runs_with_the_work_dir_environment_and_limits(
     )
     result = runner.run(spec)
     assert result.return_code == 3
-    assert result.log_tail == ["hello partner", "0"]
+    # Root on a root worker is the unprivileged user, who was given the work dir.
+    uid = "65534" if os.geteuid() == 0 else "0"
+    assert result.log_tail == ["hello partner", uid]
     assert (spec.work_dir / "output" / "out.txt").read_text() == "made\n"
-    assert spec.log_path.read_text() == "hello partner\n0\n"
+    assert spec.log_path.read_text() == f"hello partner\n{uid}\n"
     assert result.image and result.image.startswith(f"{container_engine.image}@sha256:")
     assert result.duration > 0 and not result.timed_out
     assert container_engine.leftovers() == []

@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import platformdirs
-from pydantic import BaseModel, Field, PositiveInt, SecretStr
+from pydantic import BaseModel, BeforeValidator, Field, PositiveInt, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -39,6 +39,19 @@ def default_config_file() -> Path:
     return Path(platformdirs.user_config_dir(APP_NAME)) / "config.toml"
 
 
+def _octal(value: object) -> object:
+    """A umask given as text is octal (``"077"``, ``"0o027"``); a number is taken as is
+    (TOML's ``0o077``)."""
+    if isinstance(value, str):
+        text = value.strip().lower().removeprefix("0o")
+        return int(text or "0", 8)
+    return value
+
+
+#: A file-creation mask (0 to 0o777), octal when given as text.
+FileUmask = Annotated[int, BeforeValidator(_octal), Field(ge=0, le=0o777)]
+
+
 class FlavorOverride(BaseModel):
     """A worker flavor given in configuration (replaces or extends the built-in catalogue)."""
 
@@ -59,6 +72,17 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = Field(
         default=None,
         description="SQLAlchemy URL of the job database; unset = embedded PostgreSQL.",
+    )
+    worker_database_url: SecretStr | None = Field(
+        default=None,
+        description="Database URL the local executor gives its workers (the joblife_worker "
+        "role's login) as JOBLIFE_DATABASE_URL; unset = the services' database_url.",
+    )
+    attempt_secret_key: SecretStr | None = Field(
+        default=None,
+        description="Key the services derive each attempt's secret from (HMAC-SHA256); "
+        "every service that dispatches must have the same one. Unset = a random key kept "
+        "in <data_dir>/attempt-secret.key (0600), made on first use.",
     )
     data_dir: Path = Field(
         default_factory=default_data_dir,
@@ -193,6 +217,18 @@ class Settings(BaseSettings):
     container_resource_limits: bool = Field(
         True, description="Apply the flavor's CPU and memory limits to science containers."
     )
+    container_pids_limit: int = Field(
+        1024,
+        ge=-1,
+        description="Most processes in a science container (-1: no limit); a job type may "
+        "set its own.",
+    )
+    container_unprivileged_user: str = Field(
+        "65534:65534",
+        pattern=r"^\d+:\d+$",
+        description="uid:gid a science container runs as instead of root when the worker "
+        "runs as root (the work dir is handed to it for the step).",
+    )
     science_timeout_seconds: float = Field(
         6 * 3600.0,
         gt=0,
@@ -200,6 +236,20 @@ class Settings(BaseSettings):
     )
     science_log_tail_lines: PositiveInt = Field(
         40, description="Last science log lines kept in the status details of a failure."
+    )
+    science_log_tail_max_bytes: PositiveInt = Field(
+        64 * 1024,
+        description="Most bytes of science log lines kept in the status details.",
+    )
+    science_log_line_max_bytes: PositiveInt = Field(
+        4096,
+        description="A science log line longer than this is cut in the status details "
+        "(the log file keeps it whole).",
+    )
+    science_log_max_bytes: PositiveInt = Field(
+        64 * 1024 * 1024,
+        description="Most bytes of the uploaded science log; output past it is dropped and "
+        "the drop recorded in the status details.",
     )
 
     # -- publication over RabbitMQ (issue 6) ------------------------------------------------
@@ -308,7 +358,16 @@ class Settings(BaseSettings):
         "unset = `joblife run` serves no metrics. `joblife metrics serve` defaults to 9464.",
     )
     metrics_address: str = Field(
-        "0.0.0.0", description="Address the Prometheus endpoint listens on."
+        "127.0.0.1",
+        description="Address the Prometheus endpoint listens on: this host only by default; "
+        "0.0.0.0 (or the allocation's address) for a scraper on another host.",
+    )
+    file_umask: FileUmask = Field(
+        0o077,
+        description="umask of every joblife process (octal: 077, 0o027): the files and "
+        "directories it creates (work dirs, local executor state and logs, file storage, "
+        "the publication spool) are private to its user by default; 027 lets a group read "
+        "the products of a shared file storage (NFS).",
     )
     health_timeout_seconds: float = Field(
         5.0, gt=0, description="How long `joblife health` waits for each service."
@@ -469,6 +528,12 @@ class Settings(BaseSettings):
     def test_products_path(self) -> Path:
         """Where the ``test`` job type discovers its products."""
         return self.test_products_dir or self.data_dir / "test-products"
+
+
+def apply_file_umask(settings: Settings) -> int:
+    """Set the process's umask to ``settings.file_umask`` (inherited by the workers it
+    forks or starts); return the previous one. Every joblife entry point calls it first."""
+    return os.umask(settings.file_umask)
 
 
 @lru_cache(maxsize=1)

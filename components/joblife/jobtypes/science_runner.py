@@ -7,8 +7,11 @@ A type with a ``<type>_runner`` setting (``process``, ``docker`` or ``auto``) an
 - ``process`` runs the type's ``SCIENCE_COMMAND`` (``sys.executable -m joblife.science...``)
   on the worker: the default step, :func:`joblife.worker.steps.processing`;
 - ``docker`` runs its container command (``python -m joblife.science...``, paths as the
-  container sees the work dir, mounted at ``/work``) in the image, with the worker's uid, no
-  network and the flavor's limits (:class:`~joblife.runners.docker.DockerRunner`);
+  container sees the work dir, mounted at ``/work``) in the image, with the worker's uid
+  (the unprivileged ``container_unprivileged_user`` on a root worker), the type's
+  ``SCIENCE_ISOLATION`` (by default a read-only root, no capabilities, no new privileges,
+  a pids limit), no network and the flavor's limits
+  (:class:`~joblife.runners.docker.DockerRunner`);
 - ``auto`` takes ``docker`` when the container engine answers and already has the image
   (:func:`image_available` never pulls), else ``process``.
 

@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session, mapped_column
 
 from joblife.model.job import Job
 from joblife.model.status import JobStatus
+from joblife.runners.base import DEFAULT_ISOLATION, ContainerIsolation
 
 if TYPE_CHECKING:
     from joblife.worker.context import WorkerContext
@@ -92,9 +93,12 @@ class JobTemplate(Job):
     SCIENCE_ENVIRONMENT: ClassVar[Mapping[str, str]] = {}
     """Extra environment of the science step (values are templates, like the command)."""
     SCIENCE_USER: ClassVar[str | None] = None
-    """User the container runs as; None = the worker's own uid:gid (it owns the work dir)."""
+    """User (``uid:gid``) the container runs as; None = the worker's own uid:gid, except on a
+    root worker: then ``container_unprivileged_user``, handed the work dir (never root)."""
     SCIENCE_NETWORK: ClassVar[str] = "none"
     """Network mode of the container (``none``: the science code needs no network)."""
+    SCIENCE_ISOLATION: ClassVar[ContainerIsolation] = DEFAULT_ISOLATION
+    """What isolation of the container to relax (never root, read-only root, caps...)."""
     SCIENCE_TIMEOUT: ClassVar[timedelta | None] = None
     """Time limit of the science step; None = the ``science_timeout_seconds`` setting."""
     PRODUCT_RETURN_CODES: ClassVar[frozenset[int]] = frozenset({0})

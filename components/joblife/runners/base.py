@@ -5,21 +5,92 @@ dir available, streams its output to ``RunSpec.log_path``, kills it when ``timeo
 and always leaves nothing running behind. A science step that ran and failed is a
 :class:`RunResult` (its return code, the last log lines); a runner that could not run it at
 all (engine down, image missing, executable missing) raises :class:`ExternalJobError`.
+
+Science code is untrusted (docs/partner-guide.md, "Isolation of the science step"): its
+environment is an allow-list (:func:`science_environment`), never the worker's; its output
+is redacted (every configured secret, passwords in URLs) and bounded (:class:`Capture`)
+before anything of it is kept in memory, written to the log file or stored.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
+import os
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from joblife.logs import redact
+
+if TYPE_CHECKING:
+    from joblife.config import Settings
 
 #: Return code recorded when the runner killed the step at its timeout (as timeout(1) does).
 TIMEOUT_RETURN_CODE = 124
+
+#: The worker's environment variables a science step gets (``fnmatch`` patterns): where to
+#: find programs and Python modules (a process step often runs the worker's own Python),
+#: the locale, time zone and temporary directory; nothing else of the worker's (its
+#: database URL, its storage keys...). A container gets only the locale and time zone of
+#: these (:data:`CONTAINER_ENVIRONMENT`): the worker's paths mean nothing there.
+PROCESS_ENVIRONMENT = (
+    "PATH",
+    "PYTHONPATH",
+    "VIRTUAL_ENV",
+    "HOME",
+    "LANG",
+    "LANGUAGE",
+    "LC_*",
+    "TZ",
+    "TMPDIR",
+)
+CONTAINER_ENVIRONMENT = ("LANG", "LANGUAGE", "LC_*", "TZ")
+
+
+def science_environment(
+    spec: Mapping[str, str],
+    allowed: Sequence[str] = PROCESS_ENVIRONMENT,
+    worker: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment of a science step: the ``allowed`` variables of the ``worker``'s
+    environment (default ``os.environ``), then the spec's own (the job's ``JOBLIFE_*``
+    variables and the type's ``SCIENCE_ENVIRONMENT``) over them."""
+    source = os.environ if worker is None else worker
+    chosen = {
+        name: value
+        for name, value in source.items()
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in allowed)
+    }
+    return {**chosen, **spec}
+
+
+@dataclass(frozen=True)
+class ContainerIsolation:
+    """The isolation the docker runner applies to a science container; each field relaxes
+    one default (docs/partner-guide.md, "Isolation of the science step"). A type relaxes
+    it with ``SCIENCE_ISOLATION = ContainerIsolation(read_only_root=False)``."""
+
+    #: Run as ``SCIENCE_USER`` even if it is root (uid 0); otherwise a container that
+    #: would run as root on a root worker runs as ``container_unprivileged_user``.
+    allow_root: bool = False
+    #: A read-only root file system (the work dir and a tmpfs at ``/tmp`` are writable).
+    read_only_root: bool = True
+    #: ``no-new-privileges``: no setuid binary or file capability raises privileges.
+    no_new_privileges: bool = True
+    #: Capabilities added back after dropping them all (e.g. ``{"CHOWN"}``).
+    capabilities: frozenset[str] = frozenset()
+    #: Most processes in the container; None: the ``container_pids_limit`` setting, -1: no
+    #: limit.
+    pids_limit: int | None = None
+
+
+#: The defaults: every restriction on.
+DEFAULT_ISOLATION = ContainerIsolation()
 
 
 @dataclass(frozen=True)
@@ -40,6 +111,8 @@ class RunSpec:
     memory_mib: int | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     log_tail_lines: int = 40
+    #: The container's isolation (ignored by the process runner).
+    isolation: ContainerIsolation = DEFAULT_ISOLATION
 
 
 @dataclass
@@ -77,37 +150,189 @@ class Runner(ABC):
         """Run ``spec`` to its end or its timeout."""
 
 
+@dataclass(frozen=True)
+class Capture:
+    """How a runner captures a step's output: what is redacted and how much is kept."""
+
+    #: Values replaced by ``***`` wherever they appear (the configured secrets).
+    secrets: tuple[str, ...] = ()
+    #: A line longer than this is cut in the kept tail (its whole text still goes to the
+    #: log file, in pieces of about this size).
+    line_max_bytes: int = 4096
+    #: Most bytes of the kept tail (the last lines stored in the status details).
+    tail_max_bytes: int = 64 * 1024
+    #: Most bytes of the log file; output past it is read and dropped (counted).
+    file_max_bytes: int = 64 * 1024 * 1024
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Capture:
+        """The capture the configuration asks for, redacting its every secret."""
+        from joblife.logs import configured_secrets
+
+        return cls(
+            secrets=tuple(configured_secrets(settings)),
+            line_max_bytes=settings.science_log_line_max_bytes,
+            tail_max_bytes=settings.science_log_tail_max_bytes,
+            file_max_bytes=settings.science_log_max_bytes,
+        )
+
+
 class LogTail:
-    """Writes a stream of bytes to the log file and keeps its last lines.
+    """Writes a stream of bytes to the log file, redacted, and keeps its last lines.
+
+    Linear and bounded: output is redacted and written line by line as it comes; in memory
+    are only the current line (at most :attr:`Capture.line_max_bytes` plus the longest
+    secret) and the kept tail (at most ``lines`` lines and ``tail_max_bytes``). A line
+    longer than ``line_max_bytes`` is written to the file in pieces, each redacted on its
+    own, cut after a space or tab where the piece has one (a URL password or a
+    ``key=value`` secret has none) and never through a configured secret; only its first
+    piece is kept in the tail. The file holds at most ``file_max_bytes``: output past it
+    is still read (the step must never block on a full pipe) and counted as dropped.
 
     Writing never raises: a log file that cannot be written (a full disk...) must not stop
-    the runner draining the step's output, or the step would block on a full pipe. What
-    cannot be written is dropped (the last lines are still kept in memory), the first
-    error is remembered in :attr:`error` and the bytes lost are counted."""
+    the runner draining the step's output. What cannot be written is dropped (the last
+    lines are still kept in memory), the first error is remembered in :attr:`error` and
+    the bytes lost are counted."""
 
-    def __init__(self, path: Path, lines: int) -> None:
+    def __init__(self, path: Path, lines: int, capture: Capture | None = None) -> None:
+        capture = capture or Capture()
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.capture = capture
+        self._secrets = capture.secrets
+        # Longest first, as redact() replaces them; as bytes to find them in a cut line.
+        self._secret_bytes = sorted(
+            {s.encode() for s in capture.secrets if len(s) >= 4}, key=len, reverse=True
+        )
+        longest = len(self._secret_bytes[0]) if self._secret_bytes else 0
+        self._line_max = max(capture.line_max_bytes, 2 * longest, 64)
+        # A line is cut once this many bytes of it are pending: the bytes past the cut
+        # show whether a secret runs across it.
+        self._pending_max = self._line_max + longest
         # Unbuffered: what reached the file is known exactly when a write fails.
         self._file: BinaryIO | None = path.open("ab", buffering=0)
-        self._lines: deque[str] = deque(maxlen=lines)
-        self._partial = b""
+        self._lines: deque[str] = deque()
+        self._lines_max = lines
+        self._tail_bytes = 0
+        self._pending = bytearray()  # the current line, not yet written
+        self._head: str | None = None  # the kept start of an over-long current line
+        self._cut_bytes = 0  # bytes of the current line past its kept start
+        self._written = 0
         #: The first error writing the log file (None if it was written whole).
         self.error: OSError | None = None
-        #: Bytes of output received, and those that could not be written.
+        #: Bytes of output received, and those (redacted) that could not be written.
         self.received = 0
         self.dropped = 0
+        #: Bytes dropped because the file reached ``file_max_bytes``.
+        self.capped = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of output held in memory (the current line and the kept tail)."""
+        return (
+            len(self._pending)
+            + self._tail_bytes
+            + len((self._head or "").encode(errors="surrogateescape"))
+        )
 
     def write(self, chunk: bytes) -> None:
+        """Take the next ``chunk`` of output."""
         self.received += len(chunk)
-        self._write(memoryview(chunk))
-        data = self._partial + chunk
-        *complete, self._partial = data.split(b"\n")
-        self._lines.extend(line.decode(errors="replace") for line in complete)
+        end = chunk.rfind(b"\n") + 1
+        if end:
+            # Every complete line at once: redaction never crosses a line end, so
+            # redacting them together is redacting each.
+            self._complete(bytes(self._pending) + chunk[:end])
+            self._pending.clear()
+        rest = memoryview(chunk)[end:]
+        while rest:
+            room = self._pending_max - len(self._pending)
+            self._pending += rest[:room]
+            rest = rest[room:]
+            if len(self._pending) >= self._pending_max:
+                self._cut()
+
+    def _complete(self, block: bytes) -> None:
+        """Write and keep the complete lines ``block`` (it ends with a newline)."""
+        text = self._redact(block)
+        self._write(memoryview(text.encode(errors="surrogateescape")))
+        lines = text[:-1].split("\n")
+        if self._head is not None:  # the first line ends an over-long one
+            self._keep_cut(
+                self._head, self._cut_bytes + len(lines[0].encode(errors="surrogateescape"))
+            )
+            self._head, self._cut_bytes, lines = None, 0, lines[1:]
+        for line in lines[-self._lines_max :]:
+            self._keep(line)
+
+    def _cut(self) -> None:
+        """Write the first piece of the pending over-long line; keep its start."""
+        cut = self._cut_point(self._pending)
+        piece = self._redact(bytes(self._pending[:cut]))
+        del self._pending[:cut]
+        self._write(memoryview(piece.encode(errors="surrogateescape")))
+        if self._head is None:
+            self._head = piece
+        else:
+            self._cut_bytes += cut
+
+    def _cut_point(self, line: bytearray) -> int:
+        """Where to cut an over-long line: after its last space or tab in the second half
+        of ``line_max``, else at ``line_max``; moved back to the start of a configured
+        secret that would run across it."""
+        limit = self._line_max
+        blank = max(line.rfind(b" ", limit // 2, limit), line.rfind(b"\t", limit // 2, limit))
+        cut = blank + 1 if blank >= 0 else limit
+        # Only ever backwards, so this ends; overlapping secrets may take a few passes.
+        for _ in range(len(self._secret_bytes) + 1):
+            before = cut
+            for secret in self._secret_bytes:
+                start = line.find(secret, max(0, cut - len(secret) + 1), cut + len(secret) - 1)
+                if 0 < start < cut:
+                    cut = start
+            if cut == before:
+                break
+        return cut
+
+    def _redact(self, data: bytes) -> str:
+        # surrogateescape: bytes that are not UTF-8 reach the file as they came.
+        return redact(data.decode(errors="surrogateescape"), self._secrets)
+
+    def _keep(self, line: str) -> None:
+        """Keep ``line`` in the tail (cut to ``line_max_bytes``), dropping the oldest lines
+        past ``lines`` or ``tail_max_bytes``."""
+        data = line.encode(errors="surrogateescape")  # the bytes as they came (redacted)
+        if len(data) > self._line_max:
+            self._keep_cut(line, 0)
+            return
+        text = data.decode(errors="replace")  # bytes that are not UTF-8: U+FFFD
+        self._append(text, len(text.encode()))
+
+    def _keep_cut(self, head: str, more: int) -> None:
+        """Keep the start of an over-long line and how many more bytes it had."""
+        data = head.encode(errors="surrogateescape")
+        more += max(0, len(data) - self._line_max)
+        text = data[: self._line_max].decode(errors="replace")
+        text += f" [... {more} more bytes of this line in the log file]"
+        self._append(text, len(text.encode()))
+
+    def _append(self, line: str, size: int) -> None:
+        self._lines.append(line)
+        self._tail_bytes += size
+        while self._lines and (
+            len(self._lines) > self._lines_max or self._tail_bytes > self.capture.tail_max_bytes
+        ):
+            self._tail_bytes -= len(self._lines.popleft().encode())
 
     def _write(self, data: memoryview) -> None:
-        """Write ``data`` whole, or count what could not be written; after the first error
-        the file is closed and the rest of the output dropped."""
+        """Write ``data`` whole (up to ``file_max_bytes``), or count what could not be
+        written; after the first error the file is closed and the rest of the output
+        dropped."""
+        room = max(0, self.capture.file_max_bytes - self._written)
+        if len(data) > room:
+            self.capped += len(data) - room
+            self.dropped += len(data) - room
+            data = data[:room]
         file = self._file
         if file is None:
             self.dropped += len(data)
@@ -117,6 +342,7 @@ class LogTail:
                 written = file.write(data)
                 if not written:
                     raise OSError(errno.EIO, "the log file takes no more bytes")
+                self._written += written
                 data = data[written:]
         except OSError as exc:
             self.error, self._file = exc, None
@@ -125,23 +351,37 @@ class LogTail:
                 file.close()
 
     def close(self) -> list[str]:
-        """Close the file; return the last lines."""
-        if self._partial:
-            self._lines.append(self._partial.decode(errors="replace"))
-            self._partial = b""
+        """Write the last, unfinished line; close the file; return the kept lines."""
+        if self._pending or self._head is not None:
+            piece = self._redact(bytes(self._pending))
+            self._pending.clear()
+            self._write(memoryview(piece.encode(errors="surrogateescape")))
+            if self._head is None:
+                self._keep(piece)
+            else:
+                self._keep_cut(
+                    self._head, self._cut_bytes + len(piece.encode(errors="surrogateescape"))
+                )
+                self._head = None
         if self._file is not None:
             self._file.close()
             self._file = None
         return list(self._lines)
 
     def problem(self) -> dict[str, Any]:
-        """``{"log_error": ...}`` for the run's details if the log could not be written
-        whole, else ``{}``."""
-        if self.error is None:
-            return {}
-        return {
-            "log_error": (
+        """For the run's details: ``log_error`` if the log could not be written whole,
+        ``log_dropped_bytes`` and ``log_capped`` if it reached ``file_max_bytes``; else
+        ``{}``."""
+        details: dict[str, Any] = {}
+        if self.capped:
+            details["log_dropped_bytes"] = self.capped
+            details["log_capped"] = (
+                f"the science log is capped at {self.capture.file_max_bytes} bytes "
+                f"(science_log_max_bytes): the last {self.capped} bytes of output were dropped"
+            )
+        if self.error is not None:
+            details["log_error"] = (
                 f"could not write {self.path} ({self.dropped} of {self.received} bytes of "
                 f"output dropped): {self.error.strerror or self.error}"
             )
-        }
+        return details
