@@ -13,6 +13,7 @@ from joblife.config import Settings
 from joblife.errors import ConfigurationError, ExternalJobError
 from joblife.storage import (
     FileStorage,
+    KeyRefused,
     ObjectNotFound,
     Storage,
     StorageError,
@@ -209,8 +210,14 @@ def test_s3_errors_say_what_failed_and_never_show_the_secret(
 
 def test_file_storage_refuses_keys_outside_its_root(tmp_path: Path):
     storage = FileStorage(tmp_path / "root")
-    with pytest.raises(StorageError, match="leaves the storage root"):
+    with pytest.raises(KeyRefused, match=r"'\.\.' path segment"):
         storage.upload(_file(tmp_path / "a", b"a"), "../escape")
+    # A safe key that meets a link out of the root is refused too.
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "out").symlink_to(tmp_path)
+    with pytest.raises(StorageError, match="leaves the storage root"):
+        storage.upload(_file(tmp_path / "b", b"b"), "out/escape")
+    assert not (tmp_path / "escape").exists()
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,15 @@ A discovery location (a setting) is either a key prefix of the configured storag
 A product that carries no publication date of its own is dated by when its object was
 last written: :attr:`StoredObject.modified` from the listing, or ``storage.modified_at``
 for one object.
+
+A product made of many objects keeps what discovery found of it (:func:`input_listing`, in
+``jobs.input_listing``): the worker fetches exactly those objects, or fails naming the
+ones that went missing or changed size since (a missing part is not a product).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from joblife.config import Settings
 from joblife.storage import Storage, StoredObject, join_key, open_storage
@@ -47,3 +53,9 @@ def input_location(location: str, relative: str) -> str:
     if "://" in location:
         return f"{location.rstrip('/')}/{relative.lstrip('/')}"
     return join_key(location, relative)
+
+
+def input_listing(objects: Iterable[StoredObject]) -> dict[str, int]:
+    """The ``input_listing`` of a job whose input is ``objects`` (their keys relative to
+    its ``input_path``, as :func:`find` gives them): ``{key: size}``."""
+    return {o.key: o.size for o in objects}

@@ -17,7 +17,9 @@ multi-resolution pyramid of an image stack.
     name order. The stack's publication date is when its newest matching file was
     written. The job's ``input_path`` is the prefix and its ``input_filter`` selects exactly
     that stack's files (:func:`stack_pattern`): the worker downloads only those, keeping
-    their paths relative to the prefix.
+    their paths relative to the prefix. Its ``input_listing`` keeps the frames found and
+    their sizes: a frame deleted or rewritten before the worker fetches it fails the job
+    as an external error naming it, never a pyramid with a frame fewer.
 
 - **Processing**: ``python -m joblife.science.pyramid`` (Pillow resampling, h5py output) on
   the stack's files, chosen by ``image_ingest_runner`` (:mod:`joblife.jobtypes.science_runner`):
@@ -44,6 +46,7 @@ from joblife.errors import ConfigurationError
 from joblife.jobtypes import discovery, science_runner
 from joblife.model.template import JobsToCreate, JobTemplate
 from joblife.science import outcome
+from joblife.storage import StoredObject
 
 if TYPE_CHECKING:
     from joblife.worker.context import WorkerContext
@@ -99,7 +102,7 @@ class ImageIngestJob(JobTemplate):
             candidates.append(_single_image(settings))
         if settings.image_ingest_input_prefix:
             candidates += _stacks(settings)
-        for product_id, input_path, published, pattern in candidates:
+        for product_id, input_path, published, pattern, listing in candidates:
             if start <= published < end:
                 found.to_create.append(
                     cls(
@@ -108,6 +111,7 @@ class ImageIngestJob(JobTemplate):
                         input_path=input_path,
                         input_publication_date=published,
                         input_filter=pattern,
+                        input_listing=listing,
                         min_size=settings.image_ingest_min_size,
                         tile_size=settings.image_ingest_tile,
                     )
@@ -145,8 +149,12 @@ def stack_pattern(file_filter: str, directory: str) -> str:
     return rf"{lead}(?=(?:{body})\Z){inside}[^/]+"
 
 
-def _single_image(settings: Settings) -> tuple[str, str, datetime, str]:
-    """The single-URL product: (product id, input path, publication date, filter)."""
+#: A product found: (product id, input path, publication date, filter, input listing).
+_Candidate = tuple[str, str, datetime, str, dict[str, int] | None]
+
+
+def _single_image(settings: Settings) -> _Candidate:
+    """The single-URL product (no listing: one object)."""
     url = settings.image_ingest_source_url
     assert url
     path = urlsplit(url).path if "://" in url else url
@@ -158,12 +166,11 @@ def _single_image(settings: Settings) -> tuple[str, str, datetime, str]:
     storage, key = discovery.open_location(url, settings)
     published = storage.modified_at(key.rstrip("/"))
     name = posixpath.basename(path)
-    return posixpath.splitext(name)[0] or name, url, published, ANY_FILE
+    return posixpath.splitext(name)[0] or name, url, published, ANY_FILE, None
 
 
-def _stacks(settings: Settings) -> list[tuple[str, str, datetime, str]]:
-    """The stacks under the prefix (see the module docstring): (product id, input path,
-    publication date, filter) each."""
+def _stacks(settings: Settings) -> list[_Candidate]:
+    """The stacks under the prefix (see the module docstring), each listing its frames."""
     location = settings.image_ingest_input_prefix
     assert location
     file_filter = settings.image_ingest_filter
@@ -174,19 +181,19 @@ def _stacks(settings: Settings) -> list[tuple[str, str, datetime, str]]:
             f"image_ingest_filter {file_filter!r} is not a regular expression: {exc}"
         ) from exc
     _, _, objects = discovery.find(location, settings, file_filter)
-    newest: dict[str, datetime] = {}
+    frames: dict[str, list[StoredObject]] = {}
     for stored in objects:
-        directory, written = posixpath.dirname(stored.key), stored.modified
-        newest[directory] = max(newest.get(directory, written), written)
+        frames.setdefault(posixpath.dirname(stored.key), []).append(stored)
     input_path = f"{location.rstrip('/')}/"
     return [
         (
             directory or _last_segment(location),
             input_path,
-            published,
+            max(frame.modified for frame in stack),
             stack_pattern(file_filter, directory),
+            discovery.input_listing(stack),
         )
-        for directory, published in sorted(newest.items())
+        for directory, stack in sorted(frames.items())
     ]
 
 

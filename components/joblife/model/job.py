@@ -19,6 +19,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     SmallInteger,
     Text,
     UniqueConstraint,
@@ -86,6 +87,10 @@ class Job(Base):
     tile_id: Mapped[str | None] = mapped_column(Text)
     input_path: Mapped[str | None] = mapped_column(Text)
     input_publication_date: Mapped[datetime | None] = mapped_column(TIMESTAMPTZ)
+    # What creation found of an input made of many objects (a prefix and a pattern):
+    # {key relative to input_path: size}. The worker fetches exactly these, or fails
+    # naming what is missing; NULL (one object, or a type that lists nothing): no check.
+    input_listing: Mapped[dict[str, int] | None] = mapped_column(JSONB)
     output_path: Mapped[str | None] = mapped_column(Text)
     output_publication_date: Mapped[datetime | None] = mapped_column(TIMESTAMPTZ)
     priority: Mapped[int] = mapped_column(
@@ -109,6 +114,9 @@ class Job(Base):
     exit_code: Mapped[int | None] = mapped_column(Integer)
     # The science image the last attempt ran, as name:tag@image id (the tag alone moves).
     science_image: Mapped[str | None] = mapped_column(Text)
+    # SHA-256 of the attempt's secret, written by the dispatcher when it queues the attempt:
+    # the worker doors admit only a caller holding that secret (revision 0011).
+    attempt_secret_hash: Mapped[bytes | None] = mapped_column(LargeBinary)
     # When a service should look at the job next (a configured job's dependency re-check).
     due_at: Mapped[datetime | None] = mapped_column(TIMESTAMPTZ)
     # What a configured job waits for (said in the error when the wait's deadline passes).

@@ -15,22 +15,26 @@ from urllib.parse import unquote, urlsplit
 from joblife.config import Settings, get_settings
 from joblife.errors import ConfigurationError
 from joblife.storage.base import (
+    KeyRefused,
     ObjectNotFound,
     Storage,
     StorageError,
     StoredObject,
     Transfer,
+    child_key,
     join_key,
 )
 from joblife.storage.local import FileStorage
 
 __all__ = [
     "FileStorage",
+    "KeyRefused",
     "ObjectNotFound",
     "Storage",
     "StorageError",
     "StoredObject",
     "Transfer",
+    "child_key",
     "default_storage_url",
     "join_key",
     "open_storage",

@@ -7,15 +7,20 @@ is retried); an object that does not exist is :class:`ObjectNotFound`, a subclas
 
 from __future__ import annotations
 
+import io
+import os
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
-from joblife.errors import ExternalJobError
+from joblife.errors import ExternalJobError, InternalJobError
+from joblife.storage.keys import UnsafeKey, check_key, key_under
 
 
 class StorageError(ExternalJobError):
@@ -28,6 +33,39 @@ class ObjectNotFound(StorageError):
     def __init__(self, message: str, location: str) -> None:
         super().__init__(message)
         self.location = location
+
+
+class KeyRefused(InternalJobError):
+    """A key that :func:`joblife.storage.keys.check_key` refuses was handed to a storage:
+    refused, never rewritten (``in//abs.h5`` is not ``in/abs.h5``). Not the storage's
+    failure but the caller's input: an internal error, not retried."""
+
+    def __init__(self, message: str, key: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def safe_key(key: str, *, prefix: bool = False) -> str:
+    """``key`` if :func:`~joblife.storage.keys.check_key` accepts it, ``""`` (the root) too;
+    with ``prefix``, one trailing ``/`` is allowed. Otherwise :class:`KeyRefused`."""
+    body = key[:-1] if prefix and key.endswith("/") else key
+    if body:
+        try:
+            check_key(body)
+        except UnsafeKey as exc:
+            raise KeyRefused(str(exc), key) from None
+    return key
+
+
+def remaining_bytes(file: BinaryIO) -> int:
+    """How many bytes ``file`` holds from its current position to its end."""
+    try:
+        return max(os.fstat(file.fileno()).st_size - file.tell(), 0)
+    except (OSError, AttributeError, io.UnsupportedOperation):
+        here = file.tell()
+        end = file.seek(0, os.SEEK_END)
+        file.seek(here)
+        return end - here
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +121,13 @@ class Storage(ABC):
         object appears whole or not at all."""
 
     @abstractmethod
+    def upload_file(self, file: BinaryIO, key: str) -> int:
+        """Copy the open binary ``file``, from its position to its end, to ``key``
+        (replacing it); return the bytes written. The object appears whole or not at all.
+        What is uploaded is what this file object reads: a caller that checked an opened
+        descriptor (:mod:`joblife.worker.workfiles`) uploads exactly that file."""
+
+    @abstractmethod
     def delete(self, key: str) -> None:
         """Remove ``key``; no error if it does not exist."""
 
@@ -103,6 +148,20 @@ class Storage(ABC):
         """Upload every transfer, ``concurrency`` at a time; return the bytes moved."""
         return self._many(lambda t: self.upload(t.path, t.key), transfers)
 
+    def upload_many_opened(
+        self,
+        transfers: Sequence[Transfer],
+        opener: Callable[[Transfer], AbstractContextManager[BinaryIO]],
+    ) -> int:
+        """Upload every transfer from the file ``opener(transfer)`` opens (and checks),
+        ``concurrency`` at a time, each closed once sent; return the bytes moved."""
+
+        def one(transfer: Transfer) -> int:
+            with opener(transfer) as file:
+                return self.upload_file(file, transfer.key)
+
+        return self._many(one, transfers)
+
     def _many(self, action: Callable[[Transfer], int], transfers: Sequence[Transfer]) -> int:
         if len(transfers) <= 1 or self.concurrency <= 1:
             return sum(action(t) for t in transfers)
@@ -114,3 +173,15 @@ class Storage(ABC):
 def join_key(*parts: str) -> str:
     """Join key parts with single slashes (empty parts skipped)."""
     return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+
+
+def child_key(prefix: str, name: str) -> str:
+    """The key of ``name`` (a key relative to ``prefix``; ``prefix`` ``""`` is the root)
+    under ``prefix``: :class:`~joblife.storage.keys.UnsafeKey` unless ``name`` is a safe
+    key and the key lies under ``prefix`` (never repaired, unlike :func:`join_key`)."""
+    check_key(name)
+    base = prefix.strip("/")
+    key = f"{base}/{name}" if base else name
+    if not key_under(key, base):
+        raise UnsafeKey(key, f"does not lie under {prefix!r}")
+    return key

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
@@ -102,6 +102,9 @@ class HttpSource(Storage):
         return path.stat().st_size
 
     def upload(self, path: Path, key: str) -> int:
+        raise StorageError(f"cannot write {self.url(key)}: an http(s) source is read-only")
+
+    def upload_file(self, file: BinaryIO, key: str) -> int:
         raise StorageError(f"cannot write {self.url(key)}: an http(s) source is read-only")
 
     def delete(self, key: str) -> None:

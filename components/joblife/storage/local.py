@@ -9,10 +9,19 @@ import shutil
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
-from joblife.storage.base import ObjectNotFound, Storage, StorageError, StoredObject
+from joblife.storage.base import (
+    ObjectNotFound,
+    Storage,
+    StorageError,
+    StoredObject,
+    safe_key,
+)
 
 _TMP_PREFIX = ".joblife-tmp-"
+#: Bytes copied per read when uploading from an open file.
+_COPY_BUFFER = 1 << 20
 
 
 class FileStorage(Storage):
@@ -25,8 +34,10 @@ class FileStorage(Storage):
     def url(self, key: str = "") -> str:
         return (self.root / key).as_uri() if key else self.root.as_uri()
 
-    def _path(self, key: str) -> Path:
-        path = (self.root / key.lstrip("/")).resolve()
+    def _path(self, key: str, *, prefix: bool = False) -> Path:
+        # An unsafe key is refused, not repaired (``in//abs.h5`` is not ``in/abs.h5``); a
+        # safe key is still resolved: a link in the root must not lead out of it.
+        path = (self.root / safe_key(key, prefix=prefix)).resolve()
         if path != self.root and self.root not in path.parents:
             raise StorageError(f"storage key {key!r} leaves the storage root {self.root}")
         return path
@@ -36,7 +47,7 @@ class FileStorage(Storage):
 
     def list(self, prefix: str = "") -> list[StoredObject]:
         # Walk only the deepest directory the prefix names, then filter by the rest.
-        base = self._path(prefix.rsplit("/", 1)[0]) if "/" in prefix else self.root
+        base = self._path(prefix.rsplit("/", 1)[0], prefix=True) if "/" in prefix else self.root
         if not base.is_dir():
             return []
         found = []
@@ -71,19 +82,23 @@ class FileStorage(Storage):
         return path.stat().st_size
 
     def upload(self, path: Path, key: str) -> int:
+        with open(path, "rb") as file:  # an error here is the local file's, not the storage's
+            return self.upload_file(file, key)
+
+    def upload_file(self, file: BinaryIO, key: str) -> int:
         target = self._path(key)
         tmp = target.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, tmp)
+            with open(tmp, "wb") as out:
+                shutil.copyfileobj(file, out, _COPY_BUFFER)
+                size = out.tell()
             os.replace(tmp, target)  # whole or not at all
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            if exc.filename and Path(exc.filename) == Path(path):
-                raise  # the local file's problem, not the storage's
             space = " (no space left)" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
             raise StorageError(f"cannot write {self.url(key)}{space}: {exc}") from exc
-        return target.stat().st_size
+        return size
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)

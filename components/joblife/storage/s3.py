@@ -10,13 +10,22 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from joblife.storage.base import ObjectNotFound, Storage, StorageError, StoredObject, join_key
+from joblife.storage.base import (
+    ObjectNotFound,
+    Storage,
+    StorageError,
+    StoredObject,
+    join_key,
+    remaining_bytes,
+    safe_key,
+)
 
 MIB = 1024 * 1024
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
@@ -68,10 +77,11 @@ class S3Storage(Storage):
         )
 
     def url(self, key: str = "") -> str:
-        return f"s3://{self.bucket}/{self._key(key)}"
+        return f"s3://{self.bucket}/{join_key(self.prefix, key)}"
 
-    def _key(self, key: str) -> str:
-        return join_key(self.prefix, key)
+    def _key(self, key: str, *, prefix: bool = False) -> str:
+        # Refused, not repaired: join_key would make ``in//abs.h5`` the object ``in/abs.h5``.
+        return join_key(self.prefix, safe_key(key, prefix=prefix))
 
     def _error(self, action: str, key: str, exc: Exception) -> StorageError:
         """The StorageError of ``exc``: S3's answer (code, message, how many attempts were
@@ -109,7 +119,7 @@ class S3Storage(Storage):
         return head["LastModified"].astimezone(UTC)
 
     def list(self, prefix: str = "") -> list[StoredObject]:
-        full = self._key(prefix)
+        full = self._key(prefix, prefix=True)
         if prefix.endswith("/") or (self.prefix and not prefix):
             full += "/"
         strip = len(self.prefix) + 1 if self.prefix else 0
@@ -147,6 +157,22 @@ class S3Storage(Storage):
             # A multipart upload appears only when completed: whole or not at all.
             self.client.upload_file(
                 str(path), self.bucket, self._key(key), Config=self.transfer_config
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error("upload to", key, exc) from exc
+        except Exception as exc:  # s3transfer wraps some client errors in its own types
+            if isinstance(exc, OSError) and exc.filename:
+                raise
+            raise self._error("upload to", key, exc) from exc
+        return size
+
+    def upload_file(self, file: BinaryIO, key: str) -> int:
+        size = remaining_bytes(file)
+        try:
+            # Multipart parts are read from this file object only: what was opened and
+            # checked is what is sent. Completed or aborted: whole or not at all.
+            self.client.upload_fileobj(
+                file, self.bucket, self._key(key), Config=self.transfer_config
             )
         except (ClientError, BotoCoreError) as exc:
             raise self._error("upload to", key, exc) from exc

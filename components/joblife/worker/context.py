@@ -17,8 +17,10 @@ from joblife.config import Settings
 from joblife.errors import ExternalJobError
 from joblife.logs import JobLogger
 from joblife.runners import Runner, make_runner
-from joblife.storage import Storage, Transfer, join_key, open_storage
+from joblife.storage import Storage, Transfer, child_key, open_storage
+from joblife.storage.keys import UnsafeKey, escape
 from joblife.worker.heartbeat import Heartbeat
+from joblife.worker.workfiles import UnsafeWorkFile, WorkTree
 
 #: The work dir's layout (``<work root>/<unique_id>/<name>``).
 WORK_SUBDIRS = ("input", "output", "aux", "logs")
@@ -202,23 +204,40 @@ class WorkerContext:
     def close(self) -> None:
         """End of the attempt, whatever happened: upload the logs (best effort: a failure
         is logged, never raised) and remove the work dir. Safe to call twice."""
-        if self.logs_location and self.logs_dir.is_dir() and "logs" not in self.figures:
-            files = [p for p in sorted(self.logs_dir.rglob("*")) if p.is_file()]
+        if self.logs_location and "logs" not in self.figures:
             try:
-                storage, key = self.storage_for(self.logs_location)
-                storage.upload_many(
-                    [
-                        Transfer(join_key(key, p.relative_to(self.logs_dir).as_posix()), p)
-                        for p in files
-                    ]
-                )
-                self.figures["logs"] = storage.url(key)
+                self._upload_logs(self.logs_location)
             except Exception as exc:  # the attempt's outcome matters more than its logs
                 self.log.error("job %s: could not upload the logs: %s", self.job_id, exc)
         try:
             self.remove_work_dir()
         except OSError as exc:
             self.log.error("job %s: could not remove %s: %s", self.job_id, self.work_dir, exc)
+
+    def _upload_logs(self, location: str) -> None:
+        """Upload the regular files of ``logs/`` under ``location``, read as the outputs
+        are (:class:`~joblife.worker.workfiles.WorkTree`: no link followed); what the
+        science step left there that is not one, or whose name is no safe key, is skipped
+        and logged."""
+        tree = WorkTree(self.work_dir, "logs")
+        try:
+            files, refused = tree.scan()
+        except UnsafeWorkFile as exc:
+            self.log.warning("job %s: logs not uploaded: %s", self.job_id, exc)
+            return
+        for entry in refused:
+            self.log.warning("job %s: log not uploaded: %s", self.job_id, entry)
+        storage, prefix = self.storage_for(location)
+        names: dict[str, str] = {}
+        for file in files:
+            try:
+                names[child_key(prefix, file.name)] = file.name
+            except UnsafeKey as exc:
+                label = escape(tree.label(file.name))
+                self.log.warning("job %s: log %s not uploaded: %s", self.job_id, label, exc.reason)
+        transfers = [Transfer(key, self.logs_dir / name) for key, name in names.items()]
+        storage.upload_many_opened(transfers, lambda transfer: tree.open(names[transfer.key]))
+        self.figures["logs"] = storage.url(prefix)
 
     def details(self) -> dict[str, Any]:
         """The figures for the status details (and the log tail, if any)."""

@@ -17,9 +17,11 @@ disk keeps the class of its return code, and its message names the disk.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import posixpath
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -29,8 +31,18 @@ from joblife.errors import ExternalJobError, InternalJobError
 from joblife.lifecycle.common import utc_now
 from joblife.model.flavors import get_flavor
 from joblife.runners import RunSpec
-from joblife.storage import ObjectNotFound, StorageError, Transfer, join_key
+from joblife.storage import (
+    ObjectNotFound,
+    Storage,
+    StorageError,
+    StoredObject,
+    Transfer,
+    child_key,
+    join_key,
+)
+from joblife.storage.keys import UnsafeKey, check_key, check_location, escape
 from joblife.worker.context import WorkerContext
+from joblife.worker.workfiles import UnsafeWorkFile, WorkFile, WorkTree
 
 if TYPE_CHECKING:
     from joblife.model.template import JobTemplate
@@ -58,7 +70,14 @@ def pre_processing(job: JobTemplate, context: WorkerContext) -> None:
             return
         if not job.input_path:
             raise InternalJobError(f"job {job.id} has no input_path: nothing to process")
-        downloaded = fetch(context, job.input_path, context.input_dir, job.input_pattern(), "input")
+        downloaded = fetch(
+            context,
+            job.input_path,
+            context.input_dir,
+            job.input_pattern(),
+            "input",
+            listing=job.input_listing,
+        )
         for name, template in cls.EXTERNAL_DEPENDENCIES.items():
             location = template.format_map(fields)
             downloaded += fetch(
@@ -69,25 +88,36 @@ def pre_processing(job: JobTemplate, context: WorkerContext) -> None:
 
 
 def fetch(
-    context: WorkerContext, location: str, directory: Path, pattern: str | None, what: str
+    context: WorkerContext,
+    location: str,
+    directory: Path,
+    pattern: str | None,
+    what: str,
+    listing: Mapping[str, int] | None = None,
 ) -> list[Path]:
     """Download ``location`` into ``directory``: one object (kept under its base name), or
     with a trailing ``/`` or a ``pattern`` every object under that prefix whose relative
-    key fully matches the pattern (kept under its relative path). Returns the files."""
+    key fully matches the pattern (kept under its relative path). With a ``listing``
+    (relative key -> size, what the job's creation found), exactly the listed objects,
+    each with its listed size: one missing or changed is an ExternalJobError naming it.
+    An object whose relative key is unsafe (:func:`check_key`) is refused. Returns the
+    files."""
     storage, key = context.storage_for(location)
     if location.endswith("/") or pattern is not None:
         # A prefix names a folder: keys relative to it never start with "/", and a
         # sibling sharing its first letters ("P1" and "P10") is not under it.
         key = f"{key.rstrip('/')}/" if key.strip("/") else ""
         objects = storage.find(key, pattern)
+        if listing is not None:
+            objects = _listed(objects, key, listing, storage.url(key), what)
         if not objects:
             matching = f" matching {pattern!r}" if pattern else ""
             raise ObjectNotFound(f"{what}: nothing under {storage.url(key)}{matching}", location)
-        transfers = [Transfer(o.key, _inside(directory, o.key[len(key) :])) for o in objects]
+        transfers = [Transfer(o.key, _inside(directory, o.key[len(key) :], what)) for o in objects]
         sizes = {t.path: o.size for t, o in zip(transfers, objects, strict=True)}
     else:
         name = posixpath.basename(location.rstrip("/")) or "input"
-        transfers, sizes = [Transfer(key, directory / name)], {}
+        transfers, sizes = [Transfer(key, _inside(directory, name, what))], {}
     try:
         with context.measure("download") as figures:
             figures.bytes += storage.download_many(transfers)
@@ -102,19 +132,70 @@ def fetch(
     return [t.path for t in transfers]
 
 
-def _inside(directory: Path, relative: str) -> Path:
-    """``directory / relative``, refusing a key that would leave the directory."""
-    parts = PurePosixPath(relative.lstrip("/")).parts
-    if not parts or ".." in parts:
-        raise InternalJobError(f"storage key part {relative!r} cannot be a local file name")
-    return directory.joinpath(*parts)
+#: How many names a message lists before "and N more".
+_NAMED = 10
+
+
+def _listed(
+    objects: list[StoredObject], prefix: str, listing: Mapping[str, int], url: str, what: str
+) -> list[StoredObject]:
+    """The objects the job's creation listed (keys relative to ``prefix``), each found with
+    its listed size; objects that appeared since are left out. A missing or resized one
+    is an ExternalJobError naming them: a missing part is not a product."""
+    if not isinstance(listing, Mapping):
+        raise InternalJobError(f"{what}: the job's input listing is not a map of sizes")
+    found = {o.key[len(prefix) :]: o for o in objects}
+    missing = [escape(name) for name in sorted(listing) if name not in found]
+    resized = [
+        f"{escape(name)} ({found[name].size} bytes, listed with {size})"
+        for name, size in sorted(listing.items())
+        if name in found and found[name].size != size
+    ]
+    problems = [
+        f"{label} {_names(names)}"
+        for label, names in (("missing", missing), ("changed size", resized))
+        if names
+    ]
+    if problems:
+        raise ExternalJobError(
+            f"{what}: not every object listed at the job's creation is under {url}: "
+            + "; ".join(problems)
+        )
+    return [found[name] for name in sorted(listing)]
+
+
+def _names(names: list[str]) -> str:
+    """``names`` joined for a message, the first :data:`_NAMED` of them."""
+    more = len(names) - _NAMED
+    return ", ".join(names[:_NAMED]) + (f" and {more} more" if more > 0 else "")
+
+
+def _inside(directory: Path, relative: str, what: str) -> Path:
+    """``directory / relative`` for the key ``relative`` of a fetched object; a key that
+    :func:`check_key` refuses (``..``, an empty segment, a leading ``/``, a control
+    character, an undecodable byte) is an InternalJobError naming it."""
+    try:
+        check_key(relative)
+    except UnsafeKey as exc:
+        raise InternalJobError(f"{what}: refused to fetch the object {exc}") from None
+    return directory.joinpath(*relative.split("/"))
+
+
+def output_prefix(job: JobTemplate, context: WorkerContext) -> tuple[Storage, str]:
+    """The storage and key prefix of the job's ``output_path``, which must be a safe
+    location (:func:`check_location`): ``out/P1/../P2`` would name another job's folder."""
+    assert job.output_path
+    try:
+        check_location(job.output_path, prefix=True)
+    except UnsafeKey as exc:
+        raise InternalJobError(f"job {job.id}: refused the output_path: {exc}") from None
+    return context.storage_for(job.output_path)
 
 
 def outputs_exist(job: JobTemplate, context: WorkerContext) -> bool:
     """Whether an earlier attempt uploaded every output: the manifest exists and each file
     it lists is there with its size."""
-    assert job.output_path
-    storage, key = context.storage_for(job.output_path)
+    storage, key = output_prefix(job, context)
     manifest_path = context.logs_dir / ".previous-manifest.json"
     try:
         storage.download(join_key(key, MANIFEST), manifest_path)
@@ -164,7 +245,9 @@ def run_science_spec(job: JobTemplate, context: WorkerContext, kind: str, spec: 
 
 def science_spec(job: JobTemplate, context: WorkerContext) -> RunSpec:
     """What the runner runs: the type's image and command, the job's fields in the
-    command and environment templates, the flavor's limits."""
+    command and environment templates, the flavor's limits, the container's user (the
+    worker's uid:gid unless ``SCIENCE_USER``; a root worker's root becomes the
+    unprivileged user in the runner) and the isolation the type relaxes."""
     cls = type(job)
     container = cls.SCIENCE_RUNNER == "docker"
     if container and not cls.SCIENCE_IMAGE:
@@ -204,6 +287,7 @@ def science_spec(job: JobTemplate, context: WorkerContext) -> RunSpec:
         memory_mib=flavor.memory_mib,
         labels={"io.joblife.job_id": str(job.id), "io.joblife.attempt": str(context.attempt)},
         log_tail_lines=context.settings.science_log_tail_lines,
+        isolation=cls.SCIENCE_ISOLATION,
     )
 
 
@@ -256,13 +340,18 @@ def post_processing(job: JobTemplate, context: WorkerContext, return_code: int) 
 
 
 def upload_outputs(job: JobTemplate, context: WorkerContext) -> None:
-    """Upload every file of ``output/`` under the job's output path, then the manifest."""
-    assert job.output_path
-    files = sorted(p for p in context.output_dir.rglob("*") if p.is_file())
+    """Upload every file of ``output/`` under the job's output path, then the manifest.
+
+    Only regular files that lie inside the work dir are read, from descriptors checked
+    once opened (:class:`~joblife.worker.workfiles.WorkTree`); a link, a file that is not
+    regular or has other names, or a name that is no safe key ends the attempt as an
+    InternalJobError naming it, before anything is uploaded."""
+    storage, prefix = output_prefix(job, context)
+    tree = WorkTree(context.work_dir, "output")
+    files = _output_files(tree)
     if not files:
         raise InternalJobError("the science step reported a product but wrote nothing in output/")
-    storage, key = context.storage_for(job.output_path)
-    relative = {p: p.relative_to(context.output_dir).as_posix() for p in files}
+    keys = {f.name: _output_key(prefix, f.name) for f in files}
     produced_at = utc_now()
     manifest = {
         "job_id": job.id,
@@ -270,15 +359,59 @@ def upload_outputs(job: JobTemplate, context: WorkerContext) -> None:
         "attempt": context.attempt,
         "produced_at": produced_at.isoformat(),
         "science_image": job.science_image,
-        "files": {name: p.stat().st_size for p, name in relative.items()},
+        "files": {f.name: f.size for f in files},
     }
-    manifest_path = context.logs_dir / MANIFEST
-    manifest_path.write_text(json.dumps(manifest, indent=1))
+    data = json.dumps(manifest, indent=1).encode()
+    _keep_in_logs(context, MANIFEST, data)
+    names = {key: name for name, key in keys.items()}
+    transfers = [Transfer(keys[f.name], context.output_dir / f.name) for f in files]
     with context.measure("upload") as figures:
-        figures.bytes += storage.upload_many(
-            [Transfer(join_key(key, name), p) for p, name in relative.items()]
-        )
+        try:
+            figures.bytes += storage.upload_many_opened(
+                transfers, lambda transfer: tree.open(names[transfer.key])
+            )
+        except UnsafeWorkFile as exc:  # swapped for a link or a FIFO since the walk
+            raise InternalJobError(f"refused to upload the output {exc}") from None
         figures.files += len(files)
-        storage.upload(manifest_path, join_key(key, MANIFEST))  # last: "all uploaded"
+        # Last, from memory: "all uploaded".
+        storage.upload_file(io.BytesIO(data), _output_key(prefix, MANIFEST))
     context.figures["produced_at"] = produced_at.isoformat()
-    context.figures["outputs"] = storage.url(key)
+    context.figures["outputs"] = storage.url(prefix)
+
+
+def _output_files(tree: WorkTree) -> list[WorkFile]:
+    """The regular files of ``output/``; anything else there is an InternalJobError
+    naming what (a science step that leaves a link may be trying to publish a host file)."""
+    try:
+        files, refused = tree.scan()
+    except UnsafeWorkFile as exc:
+        raise InternalJobError(f"refused to upload the outputs: {exc}") from None
+    if refused:
+        raise InternalJobError(
+            f"refused to upload the outputs: the science step left {len(refused)} entries "
+            f"that are not regular files of the work dir in output/: "
+            + _names([str(r) for r in refused])
+        )
+    return files
+
+
+def _output_key(prefix: str, name: str) -> str:
+    """The key of the output ``name`` (relative to ``output/``) under the job's output
+    ``prefix``; an unsafe name, or a key that would leave the prefix, is an
+    InternalJobError naming it."""
+    try:
+        return child_key(prefix, name)
+    except UnsafeKey as exc:
+        raise InternalJobError(
+            f"refused to upload the output {escape('output/' + name)}: its name is not a "
+            f"safe storage key ({exc.reason})"
+        ) from None
+
+
+def _keep_in_logs(context: WorkerContext, name: str, data: bytes) -> None:
+    """A copy of ``data`` in ``logs/`` (uploaded with the logs), written without
+    following a link the science step may have left there; best effort."""
+    try:
+        WorkTree(context.work_dir, "logs").write_new(name, data)
+    except (UnsafeWorkFile, FileNotFoundError) as exc:
+        context.log.warning("job %s: no copy of %s in the logs: %s", context.job_id, name, exc)
