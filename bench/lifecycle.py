@@ -26,14 +26,15 @@ and the test products live in a temporary directory, removed at the end too.
 2. The same for ``--exec-jobs`` (default 50) jobs with ``local_start_method=exec``: every
    worker a fresh ``python -m joblife.worker`` interpreter (the CLI-less entry point).
 
-3. **Creation**: ``insert_discovered(engine, TestJob, jobs, [])`` (what ``joblife create``
-   calls, commits included) for ``--products`` (default 100,000) ``TestJob`` objects built
-   beforehand (the building is timed separately), over joblife's ``creation_parallelism``
-   connections, then again for as many other jobs over one connection; then one job per
-   transaction (``session.add(job)``,
-   commit: the naive way) for ``--per-transaction`` (default 2,000) other jobs, whose rate is
-   extrapolated to ``--products`` jobs for the ratio. Both write the creation history row
-   through the database trigger, in the same transaction. Last, the discovery cursor
+3. **Creation**: ``screen_discovered(TestJob, jobs, [])`` then ``insert_discovered`` (what
+   ``joblife create`` calls once the type's discovery returned: the untrusted names and
+   values checked, then the insert, commits included) for ``--products`` (default 100,000)
+   ``TestJob`` objects built beforehand (the building is timed separately), over joblife's
+   ``creation_parallelism`` connections, then again for as many other jobs over one
+   connection; then one job per transaction (``session.add(job)``, commit: the naive way)
+   for ``--per-transaction`` (default 2,000) other jobs, whose rate is extrapolated to
+   ``--products`` jobs for the ratio. Both write the creation history row through the
+   database trigger, in the same transaction. Last, the discovery cursor
    (``TestJob.get_last_inserted_job``) is timed with all those jobs in the table.
 
 joblife's settings are its defaults (the loop interval too: the orchestrator wakes when an
@@ -74,7 +75,7 @@ from joblife.executors.base import ExecutionRequest
 from joblife.executors.local import LocalExecutor
 from joblife.jobtypes.test_job import TestJob, write_test_product
 from joblife.lifecycle.common import ServiceContext
-from joblife.lifecycle.creation import insert_discovered
+from joblife.lifecycle.creation import insert_discovered, screen_discovered
 from joblife.lifecycle.orchestrator import Orchestrator
 from joblife.model import JobStatus
 from sqlalchemy import Engine, text
@@ -372,10 +373,14 @@ def checkpoint(engine: Engine) -> None:
 
 
 def timed_creation(engine: Engine, jobs: Sequence[Any], parallelism: int) -> float:
-    """Seconds ``insert_discovered`` takes for ``jobs`` (all new), commits included."""
+    """Seconds the screening and ``insert_discovered`` take for ``jobs`` (all new, all
+    safe), commits included."""
     checkpoint(engine)
     began = time.perf_counter()
-    inserted = insert_discovered(engine, TestJob, jobs, [], parallelism=parallelism)
+    screened = screen_discovered(TestJob, jobs, [])
+    inserted = insert_discovered(
+        engine, TestJob, screened.to_create, screened.to_cancel, parallelism=parallelism
+    )
     elapsed = time.perf_counter() - began
     prefix = jobs[0].input_product_id[0]
     if inserted[S.INITIALIZED] != len(jobs) or history_rows_of(engine, prefix) != (

@@ -22,6 +22,9 @@ class StatusSummary:
 
     statuses: list[JobStatus] = field(default_factory=list)
     counts: dict[str, dict[JobStatus, int]] = field(default_factory=dict)
+    #: Products creation refused (``rejected_products``), by job type: not jobs, not counted
+    #: above.
+    rejected: dict[str, int] = field(default_factory=dict)
 
     def type_total(self, job_type: str) -> int:
         """All jobs of ``job_type``."""
@@ -51,6 +54,15 @@ def status_summary(session: Session) -> StatusSummary:
         present.add(status)
         summary.counts.setdefault(row.job_type, {})[status] = int(row.jobs)
     summary.statuses = sorted(present)
+    summary.rejected = {
+        row.job_type: int(row.products)
+        for row in session.execute(
+            text(
+                "SELECT job_type, count(*) AS products FROM rejected_products "
+                "GROUP BY job_type ORDER BY job_type"
+            )
+        )
+    }
     return summary
 
 

@@ -1,4 +1,5 @@
-"""``joblife status``: how many jobs of each type are in each status."""
+"""``joblife status``: how many jobs of each type are in each status, and how many
+discovered products creation refused."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ def summary_json(summary: StatusSummary) -> dict[str, Any]:
         ],
         "totals": {s.label: summary.status_total(s) for s in summary.statuses},
         "total": summary.total,
+        "rejected_products": summary.rejected,
     }
 
 
@@ -48,6 +50,12 @@ def print_summary(summary: StatusSummary) -> None:
     print_table(table)
     if not job_types:
         typer.echo("no jobs yet")
+    if summary.rejected:
+        by_type = ", ".join(f"{job_type} {n}" for job_type, n in summary.rejected.items())
+        typer.echo(
+            f"products refused at creation (not jobs): {by_type}; "
+            "see SELECT * FROM rejected_products"
+        )
 
 
 def status(

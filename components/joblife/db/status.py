@@ -5,6 +5,13 @@ Each call is all-or-nothing over its jobs. A refusal raises a typed
 :class:`joblife.errors.StatusError` (the enclosing transaction is then aborted: roll back).
 Jobs of the session whose status changed are refreshed, so that no stale object keeps an
 old status in memory.
+
+Every text a call carries into the history (the message, and every string of the details,
+keys included, at any depth) is made storable here, the door's one caller side: NUL and
+undecodable bytes replaced with U+FFFD, the message capped at
+:data:`~joblife.db.text.MESSAGE_MAX_BYTES` and each details string at
+:data:`~joblife.db.text.DETAILS_TEXT_MAX_BYTES` (see :mod:`joblife.db.text`). Text from
+science output can then never make a status change fail.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.types import BigInteger, Text
 
+from joblife.db.text import MESSAGE_MAX_BYTES, storable_details, storable_text
 from joblife.errors import (
     InvalidTransition,
     JobNotFound,
@@ -105,11 +113,24 @@ def translate_status_error(error: DBAPIError) -> StatusError | None:
     return StatusWriteRefused(message)
 
 
+def _storable(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with the message and the details made storable (see the module
+    docstring); the caller's objects are not changed."""
+    params = dict(params)
+    message = params.get("message")
+    if message is not None:
+        value = message if isinstance(message, str | bytes) else str(message)
+        params["message"] = storable_text(value, MESSAGE_MAX_BYTES)
+    if params.get("details") is not None:
+        params["details"] = storable_details(params["details"])
+    return params
+
+
 def _run(
     executor: Session | Connection, statement: Any, params: dict[str, Any]
 ) -> list[StatusChange]:
     try:
-        rows = executor.execute(statement, params).all()
+        rows = executor.execute(statement, _storable(params)).all()
     except DBAPIError as error:
         typed = translate_status_error(error)
         if typed is None:

@@ -15,27 +15,55 @@ jobs always end at a publication date and the cursor never passes a product that
 committed. Creation of one type is serialised between replicas by a transaction-level
 advisory lock (a replica that finds it taken skips the type for this cycle): two replicas
 interleaving their ranges could otherwise wait on each other's uncommitted rows.
+
+Products are untrusted (their names, their metadata): before anything is staged, each
+discovered product is screened (:func:`screen_discovered`), for every job type alike. A
+product with a value that cannot be stored (a NUL character, a name that is not valid
+UTF-8: such names are not supported) is not created; a product whose ``input_path`` (or
+``output_path``) is not a safe key (:func:`joblife.storage.keys.check_location`: ``..``,
+empty segments, a leading ``/``, control characters) is created as a cancelled job whose
+first history message says why. Either way it is one row of ``rejected_products``
+(upserted at each rediscovery), logged and counted in
+``joblife_rejected_products_total`` the first time only, and every other product is
+created: one poison product never stops its type. Rejected products are not jobs, so
+they never hold the discovery cursor back nor move it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Column, DefaultClause, Engine, TextClause, inspect, literal, text
+from sqlalchemy import (
+    Column,
+    DefaultClause,
+    Engine,
+    TextClause,
+    bindparam,
+    inspect,
+    literal,
+    text,
+)
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import instance_dict
+from sqlalchemy.types import Text
 
 from joblife.db.copy import copy_columns
+from joblife.db.text import NOT_UTF8_TEXT, storable_text, why_unstorable
 from joblife.lifecycle.common import ServiceContext, for_each_job_type, job_logger, utc_now
 from joblife.model import JobStatus, JobTemplate, Priority
+from joblife.ops.metrics import record_rejected_product
+from joblife.storage.keys import UnsafeKey, check_location, escape
 
 log = job_logger("creation")
 
@@ -47,6 +75,18 @@ CREATION_LOCK_CLASS = 0x4A4C4352  # "JLCR"
 #: advisory lock keeps replicas apart, so only an outside writer of the same key waits).
 RANGE_LOCK_TIMEOUT = "60s"
 LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock_timeout
+#: Reason classes of a refused product (the label of joblife_rejected_products_total).
+UNSAFE_KEY, NUL, NOT_UTF8 = "unsafe_key", "nul", "not_utf8"
+#: The transaction-local setting through which the creation trigger gets per-job first
+#: history messages (database/sql/v0012_rejected_products.sql).
+CREATION_MESSAGES_SETTING = "joblife.creation_messages"
+#: A refused product's escaped name longer than this is cut, and a digest of it appended.
+REJECTED_NAME_MAX = 512
+REJECTED_REASON_MAX_BYTES = 4096
+#: Characters of an offending value quoted in a rejection's reason.
+QUOTED_VALUE_MAX = 200
+#: Columns whose values are storage keys from discovery (a folder if they end with '/').
+KEY_COLUMNS = ("input_path", "output_path")
 
 
 @dataclass
@@ -60,6 +100,9 @@ class CreationReport:
     inserted: int = 0
     already_known: int = 0
     cancelled: int = 0
+    #: Products refused (see rejected_products): not created, or created cancelled (an
+    #: unsafe key: counted in ``cancelled`` too when inserted).
+    rejected: int = 0
     #: Another replica was creating jobs of this type: skipped for this cycle.
     busy: bool = False
     error: str | None = None
@@ -112,31 +155,191 @@ def _create_for_type(
     for job in (*found.to_create, *found.to_cancel):
         job.job_pre_insertion_setup()
     report.discovered = len(found.to_create) + len(found.to_cancel)
+    screened = screen_discovered(cls, found.to_create, found.to_cancel)
+    report.rejected = len(screened.rejected)
+    record_rejections(context.engine, cls.JOB_NAME, screened.rejected, now)
     committed: Counter[JobStatus] = Counter()
     try:
         insert_discovered(
             context.engine,
             cls,
-            found.to_create,
-            found.to_cancel,
+            screened.to_create,
+            screened.to_cancel,
             now,
             context.settings.creation_parallelism,
             committed,
+            screened.messages,
         )
     finally:
         report.inserted = committed[JobStatus.INITIALIZED]
         report.cancelled = committed[JobStatus.CANCELLED]
-    report.already_known = report.discovered - report.inserted - report.cancelled
+    not_created = sum(r.reason_class != UNSAFE_KEY for r in screened.rejected)  # no job
+    report.already_known = report.discovered - report.inserted - report.cancelled - not_created
     if report.inserted or report.cancelled:
         log.info(
-            "%s: %d discovered, %d created, %d cancelled, %d already known",
+            "%s: %d discovered, %d created, %d cancelled, %d already known, %d refused",
             cls.JOB_NAME,
             report.discovered,
             report.inserted,
             report.cancelled,
             report.already_known,
+            report.rejected,
             extra={"job_type": cls.JOB_NAME},
         )
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A discovered product that creation refused."""
+
+    #: The product's id, escaped (and cut with a digest if very long): the row's key.
+    name: str
+    #: UNSAFE_KEY, NUL or NOT_UTF8.
+    reason_class: str
+    #: What was refused and why, offending values escaped.
+    reason: str
+
+
+@dataclass
+class Screened:
+    """A discovery after :func:`screen_discovered`."""
+
+    to_create: list[JobTemplate] = field(default_factory=list)
+    to_cancel: list[JobTemplate] = field(default_factory=list)
+    #: First history message of a refused job created cancelled, by natural key
+    #: (input_product_id, reprocessing_context).
+    messages: dict[tuple[str, str], str] = field(default_factory=dict)
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+def screen_discovered(
+    cls: type[JobTemplate], to_create: Sequence[JobTemplate], to_cancel: Sequence[JobTemplate]
+) -> Screened:
+    """Sort a discovery's jobs (already completed by ``job_pre_insertion_setup``): a job
+    with a value that cannot be stored (every text of its parent and type columns, at any
+    depth of a JSON value) is left out; a job whose key columns (``KEY_COLUMNS``) are not
+    safe keys is moved to ``to_cancel`` with a message; both are in ``rejected``."""
+    screened = Screened()
+    columns = [prop.key for prop in inspect(cls).column_attrs]
+    examine = _may_hold_unstorable((*to_create, *to_cancel))
+    for jobs, kept in ((to_create, screened.to_create), (to_cancel, screened.to_cancel)):
+        for job in jobs:
+            values = instance_dict(job)
+            rejection = (examine and _unstorable(values, columns)) or _unsafe_key(values)
+            if rejection is None:
+                kept.append(job)
+                continue
+            screened.rejected.append(rejection)
+            if rejection.reason_class == UNSAFE_KEY:
+                key = (values["input_product_id"], values.get("reprocessing_context") or "")
+                screened.messages[key] = f"refused at creation: {rejection.reason}"
+                screened.to_cancel.append(job)
+    return screened
+
+
+_TEXT_TYPES = (str, dict, list, tuple)
+
+
+def _may_hold_unstorable(jobs: Iterable[JobTemplate]) -> bool:
+    """Whether any of ``jobs`` may hold an unstorable value, in one scan of all their texts
+    joined (a 100,000-job discovery: no regular expression per value); JSON values (dicts,
+    lists) are examined one by one. A conservative filter: every value set on a job is
+    looked at, mapped or not; :func:`_unstorable` then judges the columns only."""
+    values = [
+        value for job in jobs for value in instance_dict(job).values() if type(value) in _TEXT_TYPES
+    ]
+    texts = [value for value in values if type(value) is str]
+    if why_unstorable("".join(texts)) is not None:
+        return True
+    return len(texts) < len(values) and any(
+        why_unstorable(value) for value in values if type(value) is not str
+    )
+
+
+def _unstorable(values: Mapping[str, Any], columns: Sequence[str]) -> Rejection | None:
+    for column in columns:
+        value = values.get(column)
+        problem = why_unstorable(value)
+        if problem is not None:
+            quoted = escape(value) if isinstance(value, str) else ascii(value)
+            return _rejection(
+                values,
+                NOT_UTF8 if problem == NOT_UTF8_TEXT else NUL,
+                f"{column} {_cut(quoted)} contains {problem}",
+            )
+    return None
+
+
+def _unsafe_key(values: Mapping[str, Any]) -> Rejection | None:
+    for column in KEY_COLUMNS:
+        location = values.get(column)
+        if not isinstance(location, str):
+            continue
+        try:
+            check_location(location, prefix=location.endswith("/"))
+        except UnsafeKey as exc:
+            return _rejection(values, UNSAFE_KEY, f"{column}: {exc}")
+    return None
+
+
+def _rejection(values: Mapping[str, Any], reason_class: str, reason: str) -> Rejection:
+    product = values.get("input_product_id")
+    name = escape(product if isinstance(product, str) else str(product))
+    if len(name) > REJECTED_NAME_MAX:
+        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        name = f"{name[:REJECTED_NAME_MAX]}…#{digest}"
+    return Rejection(name, reason_class, storable_text(reason, REJECTED_REASON_MAX_BYTES))
+
+
+def _cut(quoted: str) -> str:
+    return quoted if len(quoted) <= QUOTED_VALUE_MAX else quoted[:QUOTED_VALUE_MAX] + "…"
+
+
+_RECORD_REJECTIONS = text(
+    "SELECT name, first_time FROM record_rejected_products(:job_type, :names, :classes, "
+    ":reasons, :seen_at)"
+).bindparams(
+    bindparam("names", type_=ARRAY(Text)),
+    bindparam("classes", type_=ARRAY(Text)),
+    bindparam("reasons", type_=ARRAY(Text)),
+)
+
+
+def record_rejections(
+    engine: Engine, job_type: str, rejections: Sequence[Rejection], now: datetime
+) -> list[Rejection]:
+    """Upsert ``rejections`` into ``rejected_products`` (one row per product: a product
+    rediscovered at every cycle stays one row); log and count those seen for the first
+    time, and return them."""
+    unique: dict[str, Rejection] = {}
+    for rejection in rejections:
+        unique.setdefault(rejection.name, rejection)
+    if not unique:
+        return []
+    with Session(engine) as session:
+        rows = session.execute(
+            _RECORD_REJECTIONS,
+            {
+                "job_type": job_type,
+                "names": list(unique),
+                "classes": [r.reason_class for r in unique.values()],
+                "reasons": [r.reason for r in unique.values()],
+                "seen_at": now,
+            },
+        ).all()
+        session.commit()
+    new = [unique[row.name] for row in rows if row.first_time]
+    for rejection in new:
+        log.warning(
+            "%s: product %s refused (%s): %s",
+            job_type,
+            rejection.name,
+            rejection.reason_class,
+            rejection.reason,
+            extra={"job_type": job_type},
+        )
+        record_rejected_product(job_type, rejection.reason_class)
+    return new
 
 
 def insert_jobs(
@@ -161,10 +364,12 @@ def insert_discovered(
     now: datetime | None = None,
     parallelism: int = 1,
     committed: Counter[JobStatus] | None = None,
+    messages: Mapping[tuple[str, str], str] | None = None,
 ) -> Counter[JobStatus]:
     """Insert what a discovery found: ``to_create`` as initialized jobs, ``to_cancel`` as
     cancelled ones (a key in both: created), skipping known natural keys; return the jobs
-    inserted by status.
+    inserted by status. ``messages``: the first history message of cancelled jobs, by
+    natural key (input_product_id, reprocessing_context); the others say ``created``.
 
     The jobs are ordered by input publication date and cut into at most ``parallelism``
     contiguous ranges (one per ``INSERT_BATCH`` jobs at most), never between two jobs of the
@@ -186,14 +391,15 @@ def insert_discovered(
     ranges = _ranges(rows, parallelism)
     if len(ranges) == 1:  # no thread, no lock timeout: the common small discovery
         with Session(engine) as session:
-            counts = _insert_range(session, cls, ranges[0], now)
+            counts = _insert_range(session, cls, ranges[0], now, messages)
             session.commit()
         committed.update(counts)
         return committed
     futures: list[Future[tuple[Session, Counter[JobStatus]]]] = []
     try:
         with ThreadPoolExecutor(len(ranges), thread_name_prefix="joblife-creation") as pool:
-            futures = [pool.submit(_open_range, engine, cls, part, now) for part in ranges]
+            extra = {"messages": messages} if messages else {}  # most discoveries: none
+            futures = [pool.submit(_open_range, engine, cls, part, now, **extra) for part in ranges]
         _commit_in_order(cls.JOB_NAME, futures, committed)
     finally:  # also when interrupted: no range left open (closing rolls back)
         for future in futures:
@@ -207,12 +413,13 @@ def _open_range(
     cls: type[JobTemplate],
     rows: Sequence[tuple[JobTemplate, JobStatus]],
     now: datetime,
+    messages: Mapping[tuple[str, str], str] | None = None,
 ) -> tuple[Session, Counter[JobStatus]]:
     """Insert one range in a new session, left uncommitted for :func:`_commit_in_order`."""
     session = Session(engine)
     try:
         session.execute(text(f"SET LOCAL lock_timeout = '{RANGE_LOCK_TIMEOUT}'"))
-        return session, _insert_range(session, cls, rows, now)
+        return session, _insert_range(session, cls, rows, now, messages)
     except BaseException as exc:
         session.close()  # rolls back
         if isinstance(exc, OperationalError) and (
@@ -296,13 +503,15 @@ def _insert_range(
     cls: type[JobTemplate],
     rows: Sequence[tuple[JobTemplate, JobStatus]],
     now: datetime,
+    messages: Mapping[tuple[str, str], str] | None = None,
 ) -> Counter[JobStatus]:
     """Insert ``rows`` (unique natural keys) in batches, in ``session``'s transaction; return
     the jobs inserted by status.
 
     The rows are ``COPY``-ed into temporary staging tables, then moved by one statement per
     batch: ``INSERT INTO jobs ... SELECT ... ON CONFLICT DO NOTHING RETURNING`` feeding the
-    type's own table (the creation trigger writes the history rows of the whole batch)."""
+    type's own table (the creation trigger writes the history rows of the whole batch, with
+    the batch's cancelled jobs' ``messages`` when there are some)."""
     child_columns = _own_columns(cls)
     _create_staging_tables(session, cls, child_columns)
     constants = {
@@ -321,9 +530,39 @@ def _insert_range(
         values = [instance_dict(job) for job, _ in batch]
         copy_columns(session, _STAGE_JOBS, _parent_columns(cls, batch, values))
         copy_columns(session, _stage_child(cls), _child_columns(values, child_columns))
+        if messages:
+            _set_creation_messages(session, _batch_messages(batch, values, messages))
         for status, count in session.execute(moving, constants):
             inserted[JobStatus(status)] += count
+    if messages:
+        _set_creation_messages(session, {})
     return inserted
+
+
+def _batch_messages(
+    batch: Sequence[tuple[JobTemplate, JobStatus]],
+    values: Sequence[dict[str, Any]],
+    messages: Mapping[tuple[str, str], str],
+) -> dict[str, dict[str, str]]:
+    """The messages of the batch's cancelled jobs, as the creation trigger reads them:
+    ``{input_product_id: {reprocessing_context: message}}``."""
+    found: dict[str, dict[str, str]] = {}
+    for (_, status), job in zip(batch, values, strict=True):
+        if status is not JobStatus.CANCELLED:
+            continue
+        product, context = job["input_product_id"], job.get("reprocessing_context") or ""
+        message = messages.get((product, context))
+        if message is not None:
+            found.setdefault(product, {})[context] = message
+    return found
+
+
+def _set_creation_messages(session: Session, messages: dict[str, dict[str, str]]) -> None:
+    """Set (or clear, when empty) the creation trigger's messages for the transaction."""
+    session.execute(
+        text("SELECT set_config(:name, :value, true)"),
+        {"name": CREATION_MESSAGES_SETTING, "value": json.dumps(messages) if messages else ""},
+    )
 
 
 # The jobs columns staged per job, in COPY order (input_product_id and
@@ -343,6 +582,7 @@ _PARENT_COLUMNS = (
     "max_attempts",
     "worker_flavor",
     "status",
+    "input_listing",
 )
 _BATCH_CONSTANTS = ("job_type", "status_changed_at", "attempt", "created_at")
 _STAGE_JOBS = "joblife_stage_jobs"
@@ -461,6 +701,7 @@ def _parent_columns(
         "max_attempts": or_default("max_attempts", cls.MAX_ATTEMPTS),
         "worker_flavor": or_default("worker_flavor", cls.WORKER_FLAVOR_NAME),
         "status": [int(status) for _, status in batch],
+        "input_listing": plain("input_listing"),  # NULL but for multi-object inputs
     }
     assert tuple(columns) == _PARENT_COLUMNS
     return columns

@@ -11,6 +11,7 @@ from joblife.model.registry import (
     register_job_type,
     validate_job_type,
 )
+from joblife.model.rejected import RejectedProduct
 from joblife.model.status import ALLOWED_TRANSITIONS, JobStatus
 from joblife.model.template import JobsToCreate, JobTemplate
 
@@ -27,6 +28,7 @@ __all__ = [
     "JobsToCreate",
     "Priority",
     "Publication",
+    "RejectedProduct",
     "WorkerFlavor",
     "flavor_catalogue",
     "get_flavor",

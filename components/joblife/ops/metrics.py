@@ -17,7 +17,9 @@ From the database (every replica reports the same figures: aggregate with ``max`
 - ``joblife_database_up``, ``joblife_scrape_seconds``.
 
 Of this process: ``joblife_loop_errors_total{service}`` and ``joblife_loop_cycles_total
-{service}`` (:func:`record_cycle`), the standard ``process_*`` and ``python_*`` metrics.
+{service}`` (:func:`record_cycle`), ``joblife_rejected_products_total{job_type,reason}``
+(discovered products this process's creation refused for the first time: see
+:func:`record_rejected_product`), the standard ``process_*`` and ``python_*`` metrics.
 """
 
 from __future__ import annotations
@@ -65,6 +67,21 @@ LOOP_ERRORS = Counter(
     ["service"],
     registry=PROCESS_REGISTRY,
 )
+
+
+REJECTED_PRODUCTS = Counter(
+    "joblife_rejected_products",
+    "Discovered products refused by creation (first rejection, by this process), by job "
+    "type and reason: unsafe_key (recorded as a cancelled job), nul, not_utf8.",
+    ["job_type", "reason"],
+    registry=PROCESS_REGISTRY,
+)
+
+
+def record_rejected_product(job_type: str, reason: str) -> None:
+    """Count one product of ``job_type`` refused for the first time, ``reason`` being its
+    class (a few fixed words, never the product's name)."""
+    REJECTED_PRODUCTS.labels(job_type, reason).inc()
 
 
 def record_cycle(service: str, failed: bool = False) -> None:
@@ -312,7 +329,7 @@ class MetricsServer:
         self._thread.join(timeout=5)
 
 
-def start_metrics_server(engine: Engine, port: int, address: str = "0.0.0.0") -> MetricsServer:
+def start_metrics_server(engine: Engine, port: int, address: str = "127.0.0.1") -> MetricsServer:
     """Serve the metrics of the job database behind ``engine`` on ``address:port`` (0: a
     free port, see :attr:`MetricsServer.port`) from a daemon thread; returns at once."""
     server, thread = start_http_server(port, address, registry=build_registry(engine))
