@@ -12,7 +12,7 @@ of random bytes uploaded under one prefix.
 
 1. **Worker, no-op science step** (``--jobs`` runs, default 3): ``run_worker`` of a job whose
    type takes the whole prefix as input and runs, in a container, a science step that only
-   hard-links its inputs into ``output/`` (no data copied): so every input is downloaded
+   copies its inputs into ``output/`` (a hard link would be refused): so every input is downloaded
    from and uploaded back to S3. Figures from the job's ``processed`` status details:
    download and upload seconds; the container's create, start → end of wait (the runner's
    ``duration``, the ``processing`` seconds) and remove seconds, each timed by
@@ -56,6 +56,7 @@ from joblife.config import Settings
 from joblife.db.engine import create_joblife_engine
 from joblife.db.migrate import upgrade
 from joblife.db.status import set_job_status
+from joblife.db.worker_doors import issue_attempt_secret
 from joblife.jobtypes.test_job import TestJob
 from joblife.model import Job, JobStatus, JobStatusChange, JobTemplate
 from joblife.storage import Transfer, open_storage
@@ -79,7 +80,9 @@ class NoOpScienceJob(TestJob):
     JOB_NAME = "bench_worker"
     OUTPUT_PRODUCTS_LIST = []  # nothing to publish: done after processed
     SCIENCE_RUNNER = "docker"
-    SCIENCE_COMMAND = ["sh", "-c", "ln {input_dir}/* {output_dir}/"]
+    # A copy, not a hard link: the worker uploads only files with one link (a hard link
+    # could name a file outside the work dir).
+    SCIENCE_COMMAND = ["sh", "-c", "cp {input_dir}/* {output_dir}/"]
     job_pre_processing = JobTemplate.job_pre_processing
     job_processing = JobTemplate.job_processing
     job_post_processing = JobTemplate.job_post_processing
@@ -133,7 +136,8 @@ def busybox_image(client: docker.DockerClient) -> Iterator[str]:
         client.images.remove(f"{repository}:latest", force=True)
 
 
-def _queue_job(engine, product: str) -> int:  # type: ignore[no-untyped-def]
+def _queue_job(engine, settings: Settings, product: str) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+    """A queued job at attempt 1, and that attempt's secret."""
     with Session(engine) as session:
         job = NoOpScienceJob(input_product_id=product, input_path="inputs/", output_path=None)
         session.add(job)
@@ -141,8 +145,9 @@ def _queue_job(engine, product: str) -> int:  # type: ignore[no-untyped-def]
         for status in (JobStatus.READY, JobStatus.QUEUED):
             set_job_status(session, job.id, status)
         session.execute(update(Job).where(Job.id == job.id).values(attempt=1))
+        secret = issue_attempt_secret(session, settings, job.id)  # as dispatch does
         session.commit()
-        return job.id
+        return job.id, secret
 
 
 def bench_worker(args: argparse.Namespace, settings: Settings, engine) -> list[tuple]:  # type: ignore[no-untyped-def]
@@ -150,9 +155,9 @@ def bench_worker(args: argparse.Namespace, settings: Settings, engine) -> list[t
     names = ("wall", "download", "create", "processing", "remove", "upload", "overhead")
     figures: dict[str, list[float]] = {k: [] for k in names}
     for run in range(args.jobs):
-        job_id = _queue_job(engine, f"B{run:03d}")
+        job_id, secret = _queue_job(engine, settings, f"B{run:03d}")
         start = time.perf_counter()
-        code = run_worker(job_id, 1, settings)
+        code = run_worker(job_id, 1, settings, attempt_secret=secret)
         wall = time.perf_counter() - start
         with Session(engine) as session:
             status = session.get(Job, job_id).status

@@ -53,7 +53,7 @@ def test_processing_specs_carry_what_joblife_relies_on(settings: Settings):
         assert body["type"] == "batch"
         [parameterized] = body["parameterized"]
         assert parameterized["meta_required"] == ["job_id", "attempt"]
-        assert "meta_optional" not in parameterized
+        assert parameterized["meta_optional"] == ["attempt_secret"]  # the worker doors
         [group] = body["group"]
         group = group["worker"]
         [restart] = group["restart"]

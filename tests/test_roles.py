@@ -5,7 +5,9 @@ guard (setting ``joblife.status_door`` by hand)."""
 
 from __future__ import annotations
 
+import json
 import re
+import secrets
 import threading
 import uuid
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ from typing import Any
 import pytest
 from joblife.db.migration_helpers import read_sql_file
 from joblife.db.status import translate_status_error
+from joblife.db.worker_doors import present_secret, secret_hash
 from joblife.errors import StatusConflict
 from joblife.model import JobStatus
 from sqlalchemy import Connection, Engine, create_engine, text
@@ -92,6 +95,29 @@ def forbidden_everywhere(engine: Engine, job_id: int) -> None:
     denied(engine, "SELECT joblife_grant_role_privileges()")
 
 
+def give_attempt_secret(engine: Engine, job_id: int) -> str:
+    """A secret for the job's current attempt, its hash stored as the dispatcher does."""
+    secret = secrets.token_hex(32)
+    run(
+        engine,
+        "UPDATE jobs SET attempt_secret_hash = :hash WHERE id = :id",
+        id=job_id,
+        hash=secret_hash(secret),
+    )
+    return secret
+
+
+@contextmanager
+def presenting(engine: Engine, secret: str | None) -> Iterator[Engine]:
+    """An engine with ``engine``'s login whose connections present ``secret``."""
+    attempt = create_engine(engine.url)
+    present_secret(attempt, secret)
+    try:
+        yield attempt
+    finally:
+        attempt.dispose()
+
+
 def test_worker_role_moves_only_its_attempt_along_the_worker_path(
     session: Session, engine: Engine, admin_engine: Engine, db_url: str
 ) -> None:
@@ -100,30 +126,32 @@ def test_worker_role_moves_only_its_attempt_along_the_worker_path(
     move_to(session, [idle.id], S.READY)
     run(engine, "SELECT set_job_status(ARRAY[:a, :b]::bigint[], 'queued')", a=job.id, b=other.id)
     run(engine, "UPDATE jobs SET attempt = 1 WHERE id IN (:a, :b)", a=job.id, b=other.id)
+    secret = give_attempt_secret(engine, job.id)
+    other_secret = give_attempt_secret(engine, other.id)
     before = history_count(engine)
     door = "SELECT * FROM worker_set_job_status(:id, :attempt, :status)"
+    outbox = "SELECT worker_write_publications(:id, 1, CAST(:messages AS jsonb))"
 
-    with login_as(admin_engine, db_url, "joblife_worker") as worker:
+    with (
+        login_as(admin_engine, db_url, "joblife_worker") as login,
+        presenting(login, secret) as worker,
+    ):
         # Reads its job, stamps its heartbeat, walks its attempt to processed.
         assert run(worker, "SELECT attempt FROM jobs WHERE id = :id", id=job.id) == [(1,)]
         assert run(worker, "SELECT behaviour FROM test_jobs LIMIT 1") == []
-        run(
-            worker,
-            "UPDATE jobs SET heartbeat_at = now(), exit_code = 0, science_image = 'img' "
-            "WHERE id = :id",
-            id=job.id,
-        )
-        for step in ("started", "pre_processing", "processing", "post_processing", "processed"):
+        for step in ("started", "pre_processing", "processing", "post_processing"):
             (row,) = run(worker, door, id=job.id, attempt=1, status=step)
             assert row.status == step
-        # The outbox is written with `processed`; with messages, done is the relay's.
+        assert run(worker, "SELECT worker_heartbeat(:id, 1)", id=job.id) == [("post_processing",)]
         run(
             worker,
-            "INSERT INTO publications (job_id, attempt, product, message_id, body) "
-            "VALUES (:id, 1, 'p', :mid, '{}')",
+            "SELECT worker_record_outcome(:id, 1, 0, 'img', 'out/P1')",
             id=job.id,
-            mid=str(uuid.uuid4()),
         )
+        (row,) = run(worker, door, id=job.id, attempt=1, status="processed")
+        # The outbox is written with `processed`; with messages, done is the relay's.
+        messages = json.dumps([{"product": "p", "message_id": str(uuid.uuid4()), "body": {}}])
+        assert run(worker, outbox, id=job.id, messages=messages) == [(1,)]
         message = denied(worker, door, id=job.id, attempt=1, status="done")
         assert "publication" in message
         assert status(engine, job.id) is S.PROCESSED
@@ -144,6 +172,9 @@ def test_worker_role_moves_only_its_attempt_along_the_worker_path(
         with pytest.raises(DBAPIError) as info:
             run(worker, door, id=idle.id, attempt=0, status="started")
         assert isinstance(translate_status_error(info.value), StatusConflict)
+        # Another in-flight job at its right attempt: refused without that job's secret.
+        assert "attempt secret" in denied(worker, door, id=other.id, attempt=1, status="started")
+        denied(worker, "SELECT worker_heartbeat(:id, 1)", id=other.id)
         # Transitions that are not the worker's: refused whatever the job's status.
         for target in ("cancelled", "ready", "queued", "error_checked", "start_publication"):
             denied(worker, door, id=other.id, attempt=1, status=target)
@@ -152,10 +183,28 @@ def test_worker_role_moves_only_its_attempt_along_the_worker_path(
             "SELECT * FROM worker_set_job_status(:id, 1, 'started', ARRAY['ready'])",
             id=other.id,
         )
+        # No direct write on any table: not even its own job's heartbeat or outcome.
+        for column, value in (
+            ("heartbeat_at", "now()"),
+            ("exit_code", "0"),
+            ("output_path", "'x'"),
+            ("output_publication_date", "now()"),
+            ("science_image", "'img'"),
+            ("attempt_secret_hash", "NULL"),
+        ):
+            denied(worker, f"UPDATE jobs SET {column} = {value} WHERE id = :id", id=job.id)
+        denied(
+            worker,
+            "INSERT INTO publications (job_id, attempt, product, message_id, body) "
+            "VALUES (:id, 1, 'p', :mid, '{}')",
+            id=job.id,
+            mid=str(uuid.uuid4()),
+        )
         # Not the services' or the operators' doors, nor their columns.
         denied(worker, "SELECT set_job_status(ARRAY[:id]::bigint[], 'started')", id=other.id)
         for procedure in ("retry_jobs", "cancel_jobs", "acknowledge_jobs"):
             denied(worker, f"SELECT {procedure}(ARRAY[:id]::bigint[])", id=other.id)
+        denied(worker, "SELECT worker_check_attempt_secret(:id, NULL)", id=other.id)
         denied(worker, "UPDATE jobs SET attempt = 5 WHERE id = :id", id=other.id)
         denied(worker, "UPDATE jobs SET max_attempts = 9 WHERE id = :id", id=other.id)
         denied(worker, "UPDATE jobs SET nomad_job_id = 'x' WHERE id = :id", id=other.id)
@@ -166,9 +215,13 @@ def test_worker_role_moves_only_its_attempt_along_the_worker_path(
         )
         denied(worker, "UPDATE publications SET published_at = now()")
         forbidden_everywhere(worker, other.id)
+    with (
+        login_as(admin_engine, db_url, "joblife_worker") as login,
+        presenting(login, other_secret) as other_worker,
+    ):
         # A failure of its own running attempt is the worker's to record.
-        run(worker, door, id=other.id, attempt=1, status="started")
-        (row,) = run(worker, door, id=other.id, attempt=1, status="external_error")
+        run(other_worker, door, id=other.id, attempt=1, status="started")
+        (row,) = run(other_worker, door, id=other.id, attempt=1, status="external_error")
         assert row.previous_status == "started"
     assert status(engine, other.id) is S.EXTERNAL_ERROR
     assert status(engine, idle.id) is S.READY
@@ -180,7 +233,11 @@ def test_worker_role_finishes_a_job_without_publication(
     (job,) = make_jobs(session, 1)
     move_to(session, [job.id], S.POST_PROCESSING)
     run(engine, "UPDATE jobs SET attempt = 3 WHERE id = :id", id=job.id)
-    with login_as(admin_engine, db_url, "joblife_worker") as worker:
+    secret = give_attempt_secret(engine, job.id)
+    with (
+        login_as(admin_engine, db_url, "joblife_worker") as login,
+        presenting(login, secret) as worker,
+    ):
         door = "SELECT * FROM worker_set_job_status(:id, 3, :status)"
         run(worker, door, id=job.id, status="processed")
         run(worker, door, id=job.id, status="done")
@@ -391,10 +448,11 @@ def test_the_real_worker_runs_under_the_worker_role(
     job_id = run(engine, "SELECT id FROM jobs WHERE input_product_id = 'W1'")[0][0]
     move_to(session, [job_id], S.QUEUED)
     run(engine, "UPDATE jobs SET attempt = 1 WHERE id = :id", id=job_id)
+    secret = give_attempt_secret(engine, job_id)
     with login_as(admin_engine, db_url, "joblife_worker") as worker:
         url = worker.url.render_as_string(hide_password=False)
         settings = Settings(database_url=url, data_dir=tmp_path)
-        assert run_worker(job_id, 1, settings) == EXIT_DO_NOT_RELAUNCH
+        assert run_worker(job_id, 1, settings, attempt_secret=secret) == EXIT_DO_NOT_RELAUNCH
     expected = S.PROCESSED if publish else S.DONE
     assert status(engine, job_id) is expected
     outbox = run(engine, "SELECT count(*) FROM publications WHERE job_id = :id", id=job_id)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from joblife.config import Settings
 from joblife.db.status import set_job_status
+from joblife.db.worker_doors import issue_attempt_secret
 from joblife.model import Job, JobStatus, JobStatusChange
 from joblife.worker.runner import EXIT_DO_NOT_RELAUNCH, EXIT_RELAUNCH, run_worker
 from joblife.worker.steps import MANIFEST
@@ -75,6 +76,7 @@ class World:
             for status in (S.READY, S.QUEUED):
                 set_job_status(session, job.id, status)
             session.execute(update(Job).where(Job.id == job.id).values(attempt=1))
+            issue_attempt_secret(session, self.settings, job.id)  # as dispatch does
             session.commit()
             return job.id
 

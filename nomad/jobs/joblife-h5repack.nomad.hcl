@@ -13,6 +13,7 @@ job "joblife-h5repack" {
   parameterized {
     payload       = "forbidden"
     meta_required = ["job_id", "attempt"]
+    meta_optional = ["attempt_secret"]
   }
 
   group "worker" {
@@ -53,7 +54,7 @@ job "joblife-h5repack" {
           {{- range $key, $value := . }}
           {{- if eq $key "worker_database_url" }}
           JOBLIFE_DATABASE_URL={{ $value }}
-          {{- else if not (eq $key "amqp_url" "database_url" "nomad_token") }}
+          {{- else if not (eq $key "amqp_url" "attempt_secret_key" "database_url" "nomad_token") }}
           JOBLIFE_{{ $key | toUpper }}={{ $value }}
           {{- end }}
           {{- end }}

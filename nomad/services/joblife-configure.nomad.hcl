@@ -37,7 +37,7 @@ job "joblife-configure" {
         data        = <<-EOT
           {{- with nomadVar "nomad/jobs/joblife" -}}
           {{- range $key, $value := . }}
-          {{- if not (eq $key "amqp_url" "nomad_token" "worker_database_url") }}
+          {{- if not (eq $key "amqp_url" "attempt_secret_key" "nomad_token" "worker_database_url") }}
           JOBLIFE_{{ $key | toUpper }}={{ $value }}
           {{- end }}
           {{- end }}

@@ -37,7 +37,7 @@ job "joblife-publish" {
         data        = <<-EOT
           {{- with nomadVar "nomad/jobs/joblife" -}}
           {{- range $key, $value := . }}
-          {{- if not (eq $key "nomad_token" "s3_access_key_id" "s3_secret_access_key" "worker_database_url") }}
+          {{- if not (eq $key "attempt_secret_key" "nomad_token" "s3_access_key_id" "s3_secret_access_key" "worker_database_url") }}
           JOBLIFE_{{ $key | toUpper }}={{ $value }}
           {{- end }}
           {{- end }}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from joblife.errors import ExecutorError
@@ -21,6 +21,9 @@ class ExecutionRequest:
     job_type: str
     worker_flavor: str
     nomad_job_name: str | None = None
+    #: The attempt's secret (see :mod:`joblife.db.worker_doors`), passed to the worker:
+    #: without it the worker can write nothing. Never logged (not in the repr).
+    attempt_secret: str | None = field(default=None, repr=False)
 
 
 class ExecutionState(enum.Enum):

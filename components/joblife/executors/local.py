@@ -15,7 +15,10 @@ copy-on-write faults they cause (see :class:`_Zygote`).
 
 The worker is either forked (``fork``, the default: no interpreter start-up, joblife
 already imported) or started as a fresh ``python -m joblife.worker`` process
-(``exec``). Per-flavor slot limits bound how many run at once.
+(``exec``). Per-flavor slot limits bound how many run at once. The worker gets the
+attempt's secret (an argument when forked, ``JOBLIFE_ATTEMPT_SECRET`` when exec'd) and,
+with ``worker_database_url`` set, that URL as its database URL (the ``joblife_worker``
+role's login) instead of the services' one.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ class LocalExecutor:
         default_slots: int = 1,
         start_method: str = "fork",
         stop_grace_seconds: float = 10.0,
+        worker_database_url: str | None = None,
     ) -> None:
         if start_method not in ("fork", "exec"):
             raise ValueError(f"unknown start method {start_method!r} (fork or exec)")
@@ -81,6 +85,9 @@ class LocalExecutor:
         self.default_slots = default_slots
         self.start_method = start_method
         self.stop_grace_seconds = stop_grace_seconds
+        #: The workers' JOBLIFE_DATABASE_URL (the joblife_worker role's login); None: they
+        #: use the services' URL.
+        self.worker_database_url = worker_database_url
         self._zygote = _Zygote()
 
     @classmethod
@@ -90,6 +97,11 @@ class LocalExecutor:
             slots=settings.local_slots,
             default_slots=settings.local_default_slots,
             start_method=settings.local_start_method,
+            worker_database_url=(
+                settings.worker_database_url.get_secret_value()
+                if settings.worker_database_url is not None
+                else None
+            ),
         )
 
     # -- the Executor interface -------------------------------------------------------------
@@ -240,7 +252,9 @@ class LocalExecutor:
 
     def _start(self, request: ExecutionRequest, paths: _Paths) -> tuple[int, int]:
         """Start waiter and worker through the zygote; return their pids."""
-        return self._zygote.start(request, paths, self.start_method)
+        return self._zygote.start(
+            request, paths, _Launch(self.start_method, self.worker_database_url)
+        )
 
 
 class _Zygote:
@@ -260,19 +274,19 @@ class _Zygote:
         self._connection: Connection | None = None
         self._pid: int | None = None
 
-    def start(self, request: ExecutionRequest, paths: _Paths, method: str) -> tuple[int, int]:
+    def start(self, request: ExecutionRequest, paths: _Paths, launch: _Launch) -> tuple[int, int]:
         with self._lock:
             connection = self._connection
             try:
                 if connection is None:
                     raise BrokenPipeError("no zygote yet")
-                connection.send((request, paths, method))
+                connection.send((request, paths, launch))
             except OSError:
                 # Not received: a zygote that died since the last request. Another one
                 # may take it; once a request was received it is never sent twice.
                 self._reap()
                 connection = self._fork()
-                connection.send((request, paths, method))
+                connection.send((request, paths, launch))
             try:
                 if not connection.poll(ZYGOTE_ANSWER_SECONDS):
                     raise TimeoutError(f"no answer within {ZYGOTE_ANSWER_SECONDS:g} s")
@@ -321,11 +335,11 @@ def _zygote_main(connection: Connection) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         while True:
             try:
-                request, paths, method = connection.recv()
+                request, paths, launch = connection.recv()
             except (EOFError, OSError):
                 break
             try:
-                pids = _fork_supervisor(request, paths, method, connection.fileno())
+                pids = _fork_supervisor(request, paths, launch, connection.fileno())
             except BaseException as exc:
                 connection.send(("error", f"could not start the worker: {exc}"))
             else:
@@ -335,7 +349,7 @@ def _zygote_main(connection: Connection) -> None:
 
 
 def _fork_supervisor(
-    request: ExecutionRequest, paths: _Paths, method: str, inherited: int
+    request: ExecutionRequest, paths: _Paths, launch: _Launch, inherited: int
 ) -> tuple[int, int]:
     """Start waiter and worker; return their pids (learnt through a pipe). ``inherited``:
     a descriptor the children must not keep (the zygote's pipe)."""
@@ -346,7 +360,7 @@ def _fork_supervisor(
     if intermediate == 0:  # pragma: no cover - runs in the child
         os.close(read_end)
         os.close(inherited)
-        _intermediate(request, paths, write_end, method)
+        _intermediate(request, paths, write_end, launch)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as pipe:
         data = pipe.read().decode()
@@ -359,18 +373,18 @@ def _fork_supervisor(
 
 
 # -- the child processes (no return from these) -----------------------------------------------
-def _intermediate(request: ExecutionRequest, paths: _Paths, pipe: int, method: str) -> None:
+def _intermediate(request: ExecutionRequest, paths: _Paths, pipe: int, launch: _Launch) -> None:
     """Forks the waiter and exits at once, so that nobody must reap the waiter."""
     try:
         waiter = os.fork()
         if waiter == 0:
-            _waiter(request, paths, pipe, method)
+            _waiter(request, paths, pipe, launch)
         os.write(pipe, f"waiter={waiter}\n".encode())
     finally:
         os._exit(0)
 
 
-def _waiter(request: ExecutionRequest, paths: _Paths, pipe: int, method: str) -> None:
+def _waiter(request: ExecutionRequest, paths: _Paths, pipe: int, launch: _Launch) -> None:
     code = 1
     try:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -381,7 +395,7 @@ def _waiter(request: ExecutionRequest, paths: _Paths, pipe: int, method: str) ->
         worker = os.fork()
         if worker == 0:
             os.close(pipe)
-            _worker(request, paths, method)
+            _worker(request, paths, launch)
         os.write(pipe, f"worker={worker}\n".encode())
         os.close(pipe)
         _, status = os.waitpid(worker, 0)
@@ -394,7 +408,7 @@ def _waiter(request: ExecutionRequest, paths: _Paths, pipe: int, method: str) ->
         os._exit(0)
 
 
-def _worker(request: ExecutionRequest, paths: _Paths, method: str) -> None:
+def _worker(request: ExecutionRequest, paths: _Paths, launch: _Launch) -> None:
     code = 1
     try:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
@@ -404,12 +418,22 @@ def _worker(request: ExecutionRequest, paths: _Paths, method: str) -> None:
         os.dup2(null_fd, 0)
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
-        if method == "exec":  # the worker's own entry point: no CLI to import
+        if launch.method == "exec":  # the worker's own entry point: no CLI to import
             args = [str(request.job_id), "--attempt", str(request.attempt)]
-            os.execv(sys.executable, [sys.executable, "-m", "joblife.worker", *args])
+            argv = [sys.executable, "-m", "joblife.worker", *args]
+            os.execve(sys.executable, argv, _worker_environment(request, launch))
         from joblife.worker.runner import run_worker_process
 
-        code = run_worker_process(request.job_id, request.attempt)
+        # Forked: what this process read of the environment stays; the database URL and
+        # the secret are given explicitly (the secret never enters the environment).
+        if launch.database_url:
+            os.environ["JOBLIFE_DATABASE_URL"] = launch.database_url
+        code = run_worker_process(
+            request.job_id,
+            request.attempt,
+            attempt_secret=request.attempt_secret,
+            database_url=launch.database_url,
+        )
     except BaseException:
         import traceback
 
@@ -418,6 +442,28 @@ def _worker(request: ExecutionRequest, paths: _Paths, method: str) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+@dataclass(frozen=True, slots=True)
+class _Launch:
+    """How an execution's worker starts: ``fork`` or ``exec``, and the database URL it
+    gets (None: the services' own)."""
+
+    method: str
+    database_url: str | None = None
+
+
+def _worker_environment(request: ExecutionRequest, launch: _Launch) -> dict[str, str]:
+    """The environment of an ``exec`` worker: this process's, with the workers' database
+    URL and the attempt's secret (see :mod:`joblife.db.worker_doors`)."""
+    from joblife.db.worker_doors import SECRET_ENVIRONMENT
+
+    environment = {k: v for k, v in os.environ.items() if k not in SECRET_ENVIRONMENT}
+    if launch.database_url:
+        environment["JOBLIFE_DATABASE_URL"] = launch.database_url
+    if request.attempt_secret:
+        environment[SECRET_ENVIRONMENT[0]] = request.attempt_secret
+    return environment
 
 
 # -- small helpers -----------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 parameterized batch job (see :mod:`joblife.nomad.specs`), through python-nomad.
 
 - **dispatch**: ``POST /v1/job/<parent>/dispatch?idempotency_token=<job>-<attempt>`` with
-  meta ``job_id``/``attempt`` and an ``IdPrefixTemplate`` naming the job, so the child is
+  meta ``job_id``/``attempt``/``attempt_secret`` (the worker reads the secret as
+  ``NOMAD_META_attempt_secret``; anyone who may read the Nomad job sees it) and an
+  ``IdPrefixTemplate`` naming the job, so the child is
   ``<parent>/dispatch-job<id>-a<attempt>-<unix>-<8 hex>``. Nomad reads the token only from
   the query string (python-nomad's own ``idempotency_token`` argument puts it in the body,
   where Nomad ignores it); a repeated token returns the existing child and starts nothing.
@@ -103,8 +105,13 @@ class NomadExecutor:
             raise ExecutorError(
                 f"job type {request.job_type!r} names no Nomad job (NOMAD_JOB_NAME)"
             )
+        meta = {"job_id": str(request.job_id), "attempt": str(request.attempt)}
+        if request.attempt_secret:
+            # Readable by whoever may read the Nomad job (its meta), as the secret of
+            # this one attempt only: see joblife.db.worker_doors.
+            meta["attempt_secret"] = request.attempt_secret
         body = {
-            "Meta": {"job_id": str(request.job_id), "attempt": str(request.attempt)},
+            "Meta": meta,
             "IdPrefixTemplate": f"job{request.job_id}-a{request.attempt}",
         }
         self._pacer.wait()

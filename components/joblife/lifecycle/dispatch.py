@@ -22,13 +22,15 @@ once the executor answers; the report says why (``unavailable``) and how many wa
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import BigInteger, all_, bindparam, func, select, text, update
+from sqlalchemy import BigInteger, LargeBinary, all_, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
+from joblife.db import worker_doors
 from joblife.db.status import set_job_status
 from joblife.errors import StatusError
 from joblife.executors.base import (
@@ -77,6 +79,7 @@ class _Claimed:
     job_type: str
     worker_flavor: str
     attempt: int
+    attempt_secret: str = field(repr=False)
 
 
 def dispatch_jobs(context: ServiceContext, executor: Executor) -> DispatchReport:
@@ -96,6 +99,7 @@ def dispatch_jobs(context: ServiceContext, executor: Executor) -> DispatchReport
                     job.attempt,
                     job.job_type,
                     job.worker_flavor,
+                    attempt_secret=job.attempt_secret,
                 )
             except ExecutorUnavailable as exc:
                 report.waiting = len(claimed) - index
@@ -126,18 +130,25 @@ def start_execution(
     attempt: int,
     job_type: str,
     worker_flavor: str,
+    attempt_secret: str | None = None,
 ) -> str | None:
     """Start one queued attempt through the executor and return its reference. When the
     executor refuses, the job becomes external_error with the reason (committed) and None
     is returned; when it is unavailable, :class:`ExecutorUnavailable` is raised and the
-    job stays queued without a reference."""
+    job stays queued without a reference. ``attempt_secret``: the attempt's secret, derived
+    again when not given (a re-dispatch: the same secret, whose hash queuing stored)."""
     cls = context.job_types.get(job_type)
+    if attempt_secret is None:
+        unique_id = session.scalar(select(Job.unique_id).where(Job.id == job_id))
+        key = worker_doors.attempt_secret_key(context.settings)
+        attempt_secret = worker_doors.attempt_secret(key, job_id, attempt, unique_id)  # type: ignore[arg-type]
     request = ExecutionRequest(
         job_id=job_id,
         attempt=attempt,
         job_type=job_type,
         worker_flavor=worker_flavor,
         nomad_job_name=cls.NOMAD_JOB_NAME if cls else None,
+        attempt_secret=attempt_secret,
     )
     try:
         return executor.dispatch(request, execution_token(job_id, attempt))
@@ -275,16 +286,49 @@ def _claim(
         return []
     ids = [row.id for row in chosen]
     set_job_status(session, ids, S.QUEUED, expected=S.READY, message="dispatch requested")
-    attempts = dict(
-        session.execute(
+    queued = {
+        row.id: row
+        for row in session.execute(
             update(Job)
             .where(Job.id.in_(ids))
             .values(attempt=Job.attempt + 1, nomad_job_id=None, exit_code=None, heartbeat_at=None)
-            .returning(Job.id, Job.attempt),
+            .returning(Job.id, Job.attempt, Job.unique_id),
             execution_options={"synchronize_session": False},
-        ).all()
+        )
+    }
+    secrets = _store_secret_hashes(session, context, queued.values())
+    return [
+        _Claimed(r.id, r.job_type, r.worker_flavor, queued[r.id].attempt, secrets[r.id])
+        for r in chosen
+    ]
+
+
+def _store_secret_hashes(
+    session: Session, context: ServiceContext, queued: Iterable[Any]
+) -> dict[int, str]:
+    """Each queued attempt's secret (see :mod:`joblife.db.worker_doors`), its hash stored
+    with the attempt: only the worker given the secret can write the job."""
+    key = worker_doors.attempt_secret_key(context.settings)
+    secrets = {
+        row.id: worker_doors.attempt_secret(key, row.id, row.attempt, row.unique_id)
+        for row in queued
+    }
+    session.execute(  # one statement for the batch, not one per job
+        _STORE_SECRET_HASHES,
+        {
+            "ids": list(secrets),
+            "hashes": [worker_doors.secret_hash(s) for s in secrets.values()],
+        },
     )
-    return [_Claimed(r.id, r.job_type, r.worker_flavor, attempts[r.id]) for r in chosen]
+    return secrets
+
+
+_STORE_SECRET_HASHES = text(
+    "UPDATE jobs j SET attempt_secret_hash = v.hash "
+    "FROM unnest(:ids, :hashes) AS v(id, hash) WHERE j.id = v.id"
+).bindparams(
+    bindparam("ids", type_=ARRAY(BigInteger)), bindparam("hashes", type_=ARRAY(LargeBinary))
+)
 
 
 def _lock_still_ready(session: Session, chosen: list[Any]) -> list[Any]:

@@ -10,12 +10,14 @@ registered job types, the flavor catalogue and the settings (``joblife nomad ren
   long-running variant (``joblife run``, several replicas are safe);
 - a **client configuration** per flavor (node class, driver plugin).
 
-Secrets never appear in a spec or in dispatch meta: every task reads them from a Nomad
-variable (``nomad_variables_path``) through a template rendered into its environment, and
-each task gets only the secret keys its part needs (:data:`SECRETS_OF`): a processing task
-the worker role's database URL (key ``worker_database_url``) and the storage keys, never
-the Nomad token, the broker URL or the services' database URL; the Nomad token goes only to
-the services that dispatch and monitor. The variable's other keys (non-secret settings)
+Secrets never appear in a spec, nor in dispatch meta but the attempt's own secret
+(``attempt_secret``, which admits its worker to that attempt only): every task reads them
+from a Nomad variable (``nomad_variables_path``) through a template rendered into its
+environment, and each task gets only the secret keys its part needs (:data:`SECRETS_OF`):
+a processing task the worker role's database URL (key ``worker_database_url``) and the
+storage keys, never the Nomad token, the broker URL, the services' database URL or the
+attempt secret key; the Nomad token and that key go only to the services that dispatch and
+monitor. The variable's other keys (non-secret settings)
 reach every task.
 """
 
@@ -32,8 +34,12 @@ from joblife.model.flavors import WorkerFlavor, flavor_catalogue
 from joblife.model.template import JobTemplate
 from joblife.nomad.hcl import Block, render
 
-#: The dispatch meta every processing child carries (and nothing else: no secret).
+#: The dispatch meta every processing child carries.
 META_REQUIRED = ("job_id", "attempt")
+#: The attempt's secret (joblife.db.worker_doors), the one secret in dispatch meta: it
+#: admits the worker to its own attempt only, and whoever may read the Nomad job sees it.
+#: Optional to Nomad so that a dispatch by hand is accepted (its worker can write nothing).
+META_OPTIONAL = ("attempt_secret",)
 PROCESSING_GROUP = "worker"
 PROCESSING_TASK = "worker"
 #: The services run as periodic jobs, with the command each runs (one cycle per run).
@@ -51,6 +57,7 @@ SECRET_KEYS = {
     "worker_database_url": "database_url",
     "amqp_url": "amqp_url",
     "nomad_token": "nomad_token",
+    "attempt_secret_key": "attempt_secret_key",
     "s3_access_key_id": "s3_access_key_id",
     "s3_secret_access_key": "s3_secret_access_key",
 }
@@ -61,10 +68,10 @@ SECRETS_OF: dict[str, tuple[str, ...]] = {
     "worker": ("worker_database_url", *_STORAGE),
     "create": ("database_url", *_STORAGE),  # discovery lists the storage
     "configure": ("database_url", *_STORAGE),  # a type's hooks may look at the storage
-    "dispatch": ("database_url", "nomad_token"),
-    "monitor": ("database_url", "nomad_token"),
+    "dispatch": ("database_url", "nomad_token", "attempt_secret_key"),
+    "monitor": ("database_url", "nomad_token", "attempt_secret_key"),  # it re-dispatches
     "publish": ("database_url", "amqp_url"),
-    "run": ("database_url", "amqp_url", "nomad_token", *_STORAGE),
+    "run": ("database_url", "amqp_url", "nomad_token", "attempt_secret_key", *_STORAGE),
 }
 
 HEADER = (
@@ -131,7 +138,7 @@ def processing_job(name: str, job_type: str, flavor: WorkerFlavor, settings: Set
     job.block("meta").attr("joblife_job_type", job_type).attr("joblife_flavor", flavor.name)
     job.block("parameterized").attr("payload", "forbidden").attr(
         "meta_required", list(META_REQUIRED)
-    )
+    ).attr("meta_optional", list(META_OPTIONAL))
     group = job.block("group", PROCESSING_GROUP).attr("count", 1)
     group.block("constraint").attr("attribute", "${node.class}").attr("value", flavor.name)
     _no_retries(group)

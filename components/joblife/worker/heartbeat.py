@@ -10,20 +10,19 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
+from joblife.db.worker_doors import worker_heartbeat
 from joblife.logs import JobLogger
 from joblife.model.status import IN_FLIGHT_STATUSES, JobStatus
 
 log = logging.getLogger(__name__)
 
-_BEAT = text(
-    "UPDATE jobs SET heartbeat_at = now() WHERE id = :id AND attempt = :attempt RETURNING status"
-)
-
 
 class Heartbeat:
-    """Stamps ``jobs.heartbeat_at`` every ``interval`` seconds from a daemon thread. If the
+    """Stamps ``jobs.heartbeat_at`` every ``interval`` seconds from a daemon thread, through
+    the door ``worker_heartbeat`` (the server's clock; ``engine``'s connections carry the
+    attempt's secret, see :func:`joblife.db.worker_doors.present_secret`). If the
     job is no longer this attempt's (cancelled, failed by the monitor, another attempt), the
     worker process is terminated: nothing it would still do could be recorded. ``log_fields``:
     the job fields of its log lines (the worker's, kept current by the worker)."""
@@ -58,8 +57,7 @@ class Heartbeat:
     def beat(self) -> JobStatus | None:
         """One heartbeat; returns the job's status, None if it is no longer this attempt's."""
         with self.engine.begin() as conn:
-            status = conn.execute(_BEAT, {"id": self.job_id, "attempt": self.attempt}).scalar()
-        return None if status is None else JobStatus(status)
+            return worker_heartbeat(conn, self.job_id, self.attempt)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

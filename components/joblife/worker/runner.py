@@ -18,6 +18,13 @@ Every line the worker process logs, from any thread or library, carries the job'
 ``job_id``, ``job_type``, ``attempt`` and current ``status`` (updated at each change; see
 :mod:`joblife.logs`).
 
+The worker writes no table itself: its status changes, heartbeat, outcome (exit code,
+science image, output path) and outbox go through the database's worker doors
+(:mod:`joblife.db.worker_doors`), each checking the attempt and its secret, which every
+connection of the worker presents. What a step's hooks change on the job is recorded
+through the outcome door before each status change; any other column a hook changes is
+an internal error (a worker may not write it).
+
 Whatever the outcome, the work dir is removed and the science logs uploaded
 (:meth:`WorkerContext.close`); the figures of the download, processing and upload steps
 (files, bytes, seconds) go into the status details. SIGTERM (a cancel, Nomad stopping the
@@ -36,16 +43,27 @@ import traceback
 import uuid
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from pydantic import SecretStr
+from sqlalchemy import Engine, inspect, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from joblife.config import Settings, get_settings
 from joblife.db.engine import create_joblife_engine
 from joblife.db.status import worker_set_job_status
-from joblife.errors import ExternalJobError, StatusConflict, StatusError
+from joblife.db.worker_doors import (
+    OUTCOME_COLUMNS,
+    attempt_secret,
+    attempt_secret_key,
+    present_secret,
+    secret_from_environment,
+    worker_heartbeat,
+    worker_record_outcome,
+    worker_write_publications,
+)
+from joblife.errors import ExternalJobError, InternalJobError, StatusConflict, StatusError
 from joblife.logs import JobLogger, setup_logging
-from joblife.model import Job, JobStatus, JobTemplate, Publication, load_job_types
+from joblife.model import Job, JobStatus, JobTemplate, load_job_types
 from joblife.model.status import IN_FLIGHT_STATUSES
 from joblife.worker.context import WorkerContext, work_root
 from joblife.worker.heartbeat import Heartbeat
@@ -56,6 +74,8 @@ LogFields = dict[str, Any]
 
 EXIT_DO_NOT_RELAUNCH = 0
 EXIT_RELAUNCH = 2
+#: SQLSTATE of a door's refusal (a wrong or missing attempt secret, an insane value).
+INSUFFICIENT_PRIVILEGE = "42501"
 #: Namespace of the deterministic publication message ids.
 MESSAGE_NAMESPACE = uuid.UUID("6f1c3b9e-6a43-4d53-9c36-7f4a8d2b1e10")
 S = JobStatus
@@ -64,6 +84,11 @@ S = JobStatus
 def message_id(unique_id: uuid.UUID, product: str, attempt: int) -> str:
     """The deterministic id of a product's publication message for one attempt."""
     return str(uuid.uuid5(MESSAGE_NAMESPACE, f"{unique_id}/{product}/{attempt}"))
+
+
+class _Refused(Exception):
+    """The database refused this worker its attempt (a wrong or missing secret): nothing
+    can be recorded; the worker exits asking for a relaunch (a new attempt, a new secret)."""
 
 
 class WorkerTerminated(BaseException):
@@ -75,15 +100,28 @@ def _terminate(signum: int, frame: Any) -> None:
     raise WorkerTerminated(f"signal {signum}")
 
 
-def run_worker_process(job_id: int, attempt: int | None) -> int:
+def run_worker_process(
+    job_id: int,
+    attempt: int | None,
+    *,
+    attempt_secret: str | None = None,
+    database_url: str | None = None,
+) -> int:
     """Entry point of a worker process: configure logging (every line of the process with
-    the job's fields, kept current by the attempt), run, return the exit code."""
+    the job's fields, kept current by the attempt), run, return the exit code.
+    ``attempt_secret``: the attempt's secret (default: from the environment, see
+    :func:`run_worker`); ``database_url``: instead of the configured one (the local
+    executor's ``worker_database_url``)."""
     settings = get_settings()
+    if database_url:
+        settings = settings.model_copy(update={"database_url": SecretStr(database_url)})
     fields: LogFields = {"job_id": job_id, "attempt": attempt}
     setup_logging(settings=settings, context=fields)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        return run_worker(job_id, attempt, settings, log_fields=fields)
+        return run_worker(
+            job_id, attempt, settings, log_fields=fields, attempt_secret=attempt_secret
+        )
     except WorkerTerminated:
         JobLogger(log, fields).warning("job %s: terminated by SIGTERM (cleaned up)", job_id)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -98,22 +136,53 @@ def run_worker(
     attempt: int | None = None,
     settings: Settings | None = None,
     log_fields: LogFields | None = None,
+    attempt_secret: str | None = None,
 ) -> int:
     """Run one attempt of ``job_id`` (``attempt`` None: whatever attempt is queued).
     ``log_fields``: the job fields of the worker's log lines, updated in place as the
-    attempt goes on (:func:`run_worker_process` passes the mapping its log handler reads)."""
+    attempt goes on (:func:`run_worker_process` passes the mapping its log handler reads).
+    ``attempt_secret``: the secret the executor gave the attempt; default: the environment
+    (``JOBLIFE_ATTEMPT_SECRET``, ``NOMAD_META_attempt_secret``), else derived when this
+    process holds the services' key (one machine: the same user and data dir)."""
     settings = settings or get_settings()
     fields = log_fields if log_fields is not None else {"job_id": job_id, "attempt": attempt}
     engine = create_joblife_engine(settings=settings, pool_size=2, max_overflow=0)
     try:
+        secret = attempt_secret or secret_from_environment()
+        if secret is None:
+            secret = _derived_secret(engine, settings, job_id, attempt)
+        present_secret(engine, secret)
         return _Attempt(engine, settings, job_id, attempt, fields).run()
     except OperationalError as exc:
         # The database is unreachable: nothing can be recorded; the monitor will see this
         # exit code with the job still in flight and fail it as external.
         JobLogger(log, fields).error("job %s: database unavailable: %s", job_id, exc)
         return EXIT_RELAUNCH
+    except _Refused as exc:
+        JobLogger(log, fields).error("%s", exc)
+        return EXIT_RELAUNCH
     finally:
         engine.dispose()
+
+
+def _derived_secret(
+    engine: Engine, settings: Settings, job_id: int, attempt: int | None
+) -> str | None:
+    """The attempt's secret derived from the services' key, if this process has it (never
+    made here); None otherwise (the doors will refuse the worker)."""
+    key = attempt_secret_key(settings, create=False)
+    if key is None:
+        return None
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                select(Job.attempt, Job.unique_id).where(Job.id == job_id)
+            ).one_or_none()
+    finally:
+        engine.dispose()  # the connections from now on carry the secret
+    if row is None:
+        return None
+    return attempt_secret(key, job_id, row.attempt if attempt is None else attempt, row.unique_id)
 
 
 class _Attempt:
@@ -140,7 +209,9 @@ class _Attempt:
 
     def run(self) -> int:
         load_job_types(self.settings)
-        with Session(self.engine, expire_on_commit=False) as session:
+        # No autoflush: what a hook changes on the job is recorded through the outcome door
+        # (_record_outcome), never flushed (the worker may write no table).
+        with Session(self.engine, expire_on_commit=False, autoflush=False) as session:
             if not self._claim(session):
                 return EXIT_DO_NOT_RELAUNCH
             assert self.attempt is not None
@@ -157,12 +228,12 @@ class _Attempt:
                 heartbeat.stop()
 
     def _claim(self, session: Session) -> bool:
-        """queued → started for this attempt, or nothing at all."""
+        """queued → started for this attempt, or nothing at all. The door locks the row and
+        decides between duplicates: one gets started, the others StatusConflict."""
         row = session.execute(
-            select(Job.attempt, Job.status_id, Job.job_type)
-            .where(Job.id == self.job_id)
-            .with_for_update()
+            select(Job.attempt, Job.status_id, Job.job_type).where(Job.id == self.job_id)
         ).one_or_none()
+        session.rollback()  # no transaction stays open on a read
         if row is None:
             self.log.error("job %s does not exist: nothing to do", self.job_id)
             return False
@@ -181,18 +252,36 @@ class _Attempt:
                 self.attempt,
             )
             return False
-        worker_set_job_status(
-            session,
-            self.job_id,
-            self.attempt,
-            S.STARTED,
-            expected=S.QUEUED,
-            message=f"attempt {self.attempt} started",
-            details={"host": socket.gethostname(), "pid": os.getpid()},
-        )
+        try:
+            worker_set_job_status(
+                session,
+                self.job_id,
+                self.attempt,
+                S.STARTED,
+                expected=S.QUEUED,
+                message=f"attempt {self.attempt} started",
+                details={"host": socket.gethostname(), "pid": os.getpid()},
+            )
+            worker_heartbeat(session, self.job_id, self.attempt)
+            session.commit()
+        except StatusConflict as exc:
+            session.rollback()
+            self.log.warning(
+                "job %s changed before this worker started (%s): duplicate or outdated "
+                "execution, nothing done",
+                self.job_id,
+                exc,
+            )
+            return False
+        except DBAPIError as exc:
+            session.rollback()
+            if getattr(exc.orig, "pgcode", None) != INSUFFICIENT_PRIVILEGE:
+                raise
+            raise _Refused(
+                f"job {self.job_id}: the database refused this worker ({exc.orig}): it "
+                "needs the attempt's secret the executor gave it"
+            ) from exc
         self.fields["status"] = S.STARTED
-        session.execute(update(Job).where(Job.id == self.job_id).values(heartbeat_at=_now()))
-        session.commit()
         self.log.info("job %s: attempt %s started", self.job_id, self.attempt)
         return True
 
@@ -258,6 +347,7 @@ class _Attempt:
         expected: JobStatus,
         details: dict[str, Any] | None = None,
     ) -> None:
+        self._record_outcome(session)
         worker_set_job_status(
             session, self.job_id, self.attempt, status, expected=expected, details=details
         )
@@ -285,6 +375,7 @@ class _Attempt:
             "product": produced,
             **self._figures(),
         }
+        self._record_outcome(session)
         worker_set_job_status(
             session,
             self.job_id,
@@ -319,33 +410,64 @@ class _Attempt:
     def _write_outbox(
         self, session: Session, job: JobTemplate, messages: list[dict[str, Any]]
     ) -> None:
+        """The attempt's publication messages, through the outbox door (the job is
+        processed at this attempt, in this transaction)."""
+        assert self.attempt is not None
         products = type(job).OUTPUT_PRODUCTS_LIST or []
+        rows = []
         for index, body in enumerate(messages):
             product = str(body.get("product") or products[index])
-            session.add(
-                Publication(
-                    job_id=self.job_id,
-                    attempt=self.attempt,
-                    product=product,
-                    message_id=message_id(job.unique_id, product, self.attempt),  # type: ignore[arg-type]
-                    body=body,
-                )
+            rows.append(
+                {
+                    "product": product,
+                    "message_id": message_id(job.unique_id, product, self.attempt),
+                    "body": body,
+                }
             )
+        worker_write_publications(session, self.job_id, self.attempt, rows)
+
+    def _record_outcome(self, session: Session) -> None:
+        """Send what the hooks changed on the job (exit code, science image, output path,
+        output publication date) through the outcome door, and drop the ORM's pending
+        writes: the job's values are read back from the database. A hook that changed
+        another column is an internal error: a worker may not write it."""
+        job = self.job
+        if job is None:
+            return
+        state = inspect(job)
+        changed = {
+            key
+            for key in state.mapper.column_attrs.keys()  # noqa: SIM118 - not a dict
+            if state.attrs[key].history.has_changes()
+        }
+        if not changed:
+            return
+        others = sorted(changed - set(OUTCOME_COLUMNS))
+        if others:
+            raise InternalJobError(
+                f"job type {job.job_type} changed {', '.join(others)} of job {self.job_id} "
+                f"in a worker step: a worker records only {', '.join(OUTCOME_COLUMNS)}"
+            )
+        values = {key: getattr(job, key) for key in changed}
+        worker_record_outcome(session, self.job_id, self.attempt, **values)  # type: ignore[arg-type]
+        session.expire(job, list(changed))
 
     def _fail(self, session: Session, status: JobStatus, error: BaseException) -> None:
+        """Record ``error`` as this attempt's ``status`` (an error status), with its details.
+
+        A failure to record the failure is itself recorded: if the first try raises
+        anything but a :class:`StatusConflict` (the job is no longer this attempt's:
+        nothing to record), it is rolled back and a second try records the same message
+        with minimal details (the attempt, the error, and what went wrong recording it),
+        so that the real reason is never lost to an unstorable detail."""
         session.rollback()
         kind = "external" if status is S.EXTERNAL_ERROR else "internal"
         message = f"{type(error).__name__}: {error}"
         previous = self.fields.get("status")
         self.fields["status"] = status  # the line reports the move to it
         self.log.error("job %s: %s error: %s", self.job_id, kind, message)
-        details = {
-            "attempt": self.attempt,
-            "durations": self.timings,
-            **self._figures(),
-            "traceback": traceback.format_exception(error)[-5:],
-        }
-        try:
+
+        def record(details: dict[str, Any]) -> None:
             worker_set_job_status(
                 session,
                 self.job_id,
@@ -356,13 +478,41 @@ class _Attempt:
                 details=details,
             )
             session.commit()
-        except (StatusError, DBAPIError) as exc:
+
+        try:  # gathering the details may fail too (a figure that cannot be read)
+            record(
+                {
+                    "attempt": self.attempt,
+                    "durations": self.timings,
+                    **self._figures(),
+                    "traceback": traceback.format_exception(error)[-5:],
+                }
+            )
+            return
+        except StatusConflict as exc:
+            session.rollback()
+            self.fields["status"] = exc.actual
+            self.log.warning("job %s changed under this worker (%s): stopping", self.job_id, exc)
+            return
+        except Exception as exc:  # the details, the door, the database: try once more
+            session.rollback()
+            cause = getattr(exc, "orig", None) or exc  # a DBAPIError without its SQL
+            problem = f"{type(exc).__name__}: {cause}"
+        self.log.error(
+            "job %s: could not record the %s error with its details (%s); recording it "
+            "with minimal details",
+            self.job_id,
+            kind,
+            problem,
+        )
+        minimal = {
+            "attempt": self.attempt,
+            "error": {"class": type(error).__name__, "message": message},
+            "recording_error": problem,
+        }
+        try:
+            record(minimal)
+        except (StatusError, DBAPIError) as exc:  # minimal details: nothing else to expect
             session.rollback()
             self.fields["status"] = getattr(exc, "actual", previous)
             self.log.error("job %s: could not record the %s error: %s", self.job_id, kind, exc)
-
-
-def _now() -> Any:
-    from sqlalchemy import func
-
-    return func.now()
