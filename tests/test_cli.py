@@ -195,7 +195,28 @@ def test_status_on_an_empty_database_prints_an_empty_table(joblife_env: str) -> 
     assert table_headers(result.stdout) == [["job type", "total"]]
     assert table_rows(result.stdout) == []
     assert "no jobs yet" in result.stdout
-    assert run_json("status") == {"statuses": [], "job_types": [], "totals": {}, "total": 0}
+    assert run_json("status") == {
+        "statuses": [],
+        "job_types": [],
+        "totals": {},
+        "total": 0,
+        "rejected_products": {},
+    }
+
+
+def test_status_counts_the_products_creation_refused(joblife_env: str, engine: Engine) -> None:
+    """Refused products are not jobs: `status` names them apart, by type."""
+    from joblife.lifecycle.creation import Rejection, record_rejections
+
+    now = datetime.now(UTC)
+    refused = [Rejection("'in/a\\x00.h5'", "nul", "input_product_id contains a NUL")]
+    record_rejections(engine, "example", refused, now)
+    record_rejections(engine, "example", refused, now)  # rediscovered: still one product
+    record_rejections(engine, "other", [Rejection("'b'", "unsafe_key", "'..'")], now)
+    result = run("status")
+    assert result.exit_code == 0, result.output
+    assert "products refused at creation (not jobs): example 1, other 1" in result.stdout
+    assert run_json("status")["rejected_products"] == {"example": 1, "other": 1}
 
 
 # -- joblife jobs list ------------------------------------------------------------------------
@@ -535,9 +556,9 @@ def test_db_url_prints_the_configured_database(joblife_env: str) -> None:
 def test_db_current_at_head(joblife_env: str) -> None:
     data = run_json("db", "current")
     assert data["at_head"] is True
-    assert data["heads"] == ["0009", "e001"]
+    assert data["heads"] == ["0013", "e001"]
     # e001 depends on 0001: Alembic records only the branch tips, which imply the rest.
-    assert data["current"] == ["0009", "e001"]
+    assert data["current"] == ["0013", "e001"]
     assert data["pending"] == []
     assert data["unknown"] == []
     result = run("db", "current")
@@ -568,19 +589,37 @@ def test_db_upgrade_brings_an_empty_database_to_head(empty_database: str) -> Non
     state = json.loads(result.stdout)
     assert (state["current"], state["pending"], state["at_head"]) == (
         [],
-        ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "e001"],
+        [
+            "0001",
+            "0002",
+            "0003",
+            "0004",
+            "0005",
+            "0006",
+            "0007",
+            "0008",
+            "0009",
+            "0010",
+            "0011",
+            "0012",
+            "0013",
+            "e001",
+        ],
         False,
     )
     result = run("db", "current")
     assert result.exit_code == 1
-    pending = "0001, 0002, 0003, 0004, 0005, 0006, 0007, 0008, 0009, e001"
+    pending = "0001, 0002, 0003, 0004, 0005, 0006, 0007, 0008, 0009, 0010, 0011, 0012, 0013, e001"
     assert f"NOT at the heads (pending: {pending})" in result.stdout
     assert_one_line_error(run("jobs", "list"), "not migrated", "joblife db upgrade")
 
     result = run("db", "upgrade", "--revision", "0001")
     assert result.exit_code == 0, result.output
     assert "applied 0001\n" in result.stdout
-    assert "still pending: 0002, 0003, 0004, 0005, 0006, 0007, 0008, 0009, e001" in result.stdout
+    assert (
+        "still pending: 0002, 0003, 0004, 0005, 0006, 0007, 0008, 0009, 0010, 0011, 0012, "
+        "0013, e001" in result.stdout
+    )
     assert run("db", "current").exit_code == 1
 
     result = run("db", "upgrade")
@@ -670,3 +709,89 @@ def test_an_unexpected_error_is_one_line_unless_debug(
     assert result.exit_code == 1
     assert "Traceback (most recent call last)" in result.stderr
     assert "second line" in result.stderr
+
+
+# -- db roles (issue 13, item 11) ---------------------------------------------------------------
+@pytest.fixture
+def roles_admin(
+    admin_engine: Engine, pg_admin_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, str]]:
+    """The admin's URL configured; unique names for a database and its four logins,
+    dropped afterwards."""
+    tag = uuid.uuid4().hex[:8]
+    names = {p: f"jl_{tag}_{p}" for p in ("database", "owner", "service", "worker", "operator")}
+    monkeypatch.setenv("JOBLIFE_DATABASE_URL", pg_admin_url)
+    get_settings.cache_clear()
+    yield names
+    get_settings.cache_clear()
+    with admin_engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{names["database"]}" WITH (FORCE)'))
+        for part in ("owner", "service", "worker", "operator"):
+            if conn.execute(
+                text("SELECT 1 FROM pg_roles WHERE rolname = :n"), {"n": names[part]}
+            ).first():
+                conn.execute(text(f'DROP ROLE "{names[part]}"'))
+
+
+def roles_args(names: dict[str, str]) -> list[str]:
+    return ["db", "roles", *(f"--{part}={name}" for part, name in names.items())]
+
+
+def logins(engine: Engine, names: dict[str, str]) -> set[str]:
+    with engine.connect() as conn:
+        found = conn.execute(
+            text("SELECT rolname FROM pg_roles WHERE rolname = ANY(:n)"),
+            {"n": list(names.values())},
+        )
+        return set(found.scalars())
+
+
+def test_db_roles_sql_prints_an_idempotent_script_and_creates_nothing(
+    roles_admin: dict[str, str], admin_engine: Engine
+) -> None:
+    result = run(*roles_args(roles_admin), "--sql", "--service-password", "s'pw")
+    assert result.exit_code == 0, result.output
+    script = result.stdout
+    assert f"CREATE ROLE \"{roles_admin['service']}\" LOGIN PASSWORD 's''pw'" in script
+    assert f'GRANT joblife_worker TO "{roles_admin["worker"]}"' in script
+    assert f'CREATE DATABASE "{roles_admin["database"]}" OWNER "{roles_admin["owner"]}"' in script
+    assert "IF NOT EXISTS" in script and "\\gexec" in script
+    assert "-- worker_database_url: the workers (if this script creates the role): " in script
+    assert logins(admin_engine, roles_admin) == set()
+
+
+def test_db_roles_creates_then_keeps_or_resets_passwords(
+    roles_admin: dict[str, str], admin_engine: Engine
+) -> None:
+    first = run(*roles_args(roles_admin), "--worker-password", "w1")
+    assert first.exit_code == 0, first.output
+    assert f"created database {roles_admin['database']}" in first.stdout
+    assert first.stdout.count("(created)") == 4
+    assert f"postgresql://{roles_admin['worker']}:w1@" in first.stdout
+    assert logins(admin_engine, roles_admin) == {
+        v for k, v in roles_admin.items() if k != "database"
+    }
+
+    again = run(*roles_args(roles_admin), "--worker-password", "w2")
+    assert again.exit_code == 0, again.output
+    assert "created database" not in again.stdout
+    assert again.stdout.count("(unchanged)") == 3 and "(password set)" in again.stdout
+    # A kept password is not printed (the generated one was not applied).
+    assert f"postgresql://{roles_admin['owner']}@" in again.stdout
+    with admin_engine.connect() as conn:
+        members = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_auth_members m WHERE m.member = ANY("
+                "SELECT oid FROM pg_roles WHERE rolname = ANY(:n))"
+            ),
+            {"n": list(roles_admin.values())},
+        ).scalar()
+    assert members == 3  # service, worker, operator: one group each, granted once
+
+
+def test_db_roles_refuses_a_name_that_is_not_a_plain_identifier(
+    roles_admin: dict[str, str],
+) -> None:
+    assert_one_line_error(
+        run("db", "roles", "--owner", 'x"; DROP ROLE y; --'), "role or database name"
+    )

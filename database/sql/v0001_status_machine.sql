@@ -66,7 +66,6 @@ CREATE OR REPLACE FUNCTION set_job_status(
     p_details jsonb DEFAULT NULL
 ) RETURNS TABLE (job_id bigint, previous_status text, status text, changed_at timestamptz)
 LANGUAGE plpgsql
-SET joblife.status_door = 'open'
 -- The statements below take the id array as a parameter. With a custom plan (PostgreSQL's
 -- choice for the first 5 calls of a session) the planner sees a 10,000-element array and
 -- reads the whole of jobs; the generic plan always finds the rows through the primary key.
@@ -84,6 +83,7 @@ DECLARE
     v_unexpected bigint;   -- lowest id not in an expected status
     v_refused bigint;      -- lowest id whose transition is not allowed
     v_bad record;
+    v_door text := current_setting('joblife.status_door', true);
 BEGIN
     SELECT s.id, ARRAY(SELECT tr.from_status FROM job_status_transitions tr
                         WHERE tr.to_status = s.id AND tr.from_status IS NOT NULL)
@@ -144,12 +144,18 @@ BEGIN
                      WHERE tr.from_status = v_bad.from_id);
     END IF;
 
+    -- Open the guard for these two writes only, then restore the caller's value. Not a
+    -- SET clause on the function: one on a custom parameter can be created only by a
+    -- superuser (or, on PostgreSQL 15+, a user granted SET ON PARAMETER); set_config is
+    -- any user's, and an error undoes it with the rest of the (sub)transaction.
+    PERFORM set_config('joblife.status_door', 'open', true);
     UPDATE jobs AS j SET status = v_new, status_changed_at = v_now
      WHERE j.id = ANY (v_ids);
 
     INSERT INTO job_status_changes (job_id, previous_status, status, time, message, details)
     SELECT t.id, t.st, v_new, v_now, p_message, coalesce(p_details, '{}'::jsonb)
       FROM unnest(v_ids, v_old) AS t(id, st);
+    PERFORM set_config('joblife.status_door', coalesce(v_door, ''), true);
 
     RETURN QUERY
     SELECT t.id, s.name, p_new_status, v_now

@@ -1,4 +1,4 @@
-"""``joblife db ...``: migrate, locate and stop the job database."""
+"""``joblife db ...``: migrate, locate and stop the job database; make its login roles."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from joblife.cli.output import print_json
 from joblife.cli.revisions import revision_state
 from joblife.cli.state import get_state, hide_password
 from joblife.config import get_settings
-from joblife.db import migrate
+from joblife.db import migrate, roles
 from joblife.db.embedded import stop_embedded_server
 
 db_app = typer.Typer(
@@ -37,6 +37,9 @@ def upgrade(
     state = get_state(ctx)
     engine = state.engine()
     before = revision_state(engine)
+    warning = migrate.superuser_warning(engine) if before.pending else None
+    if warning:
+        typer.echo(warning, err=True)
     migrate.upgrade(engine, revision)
     after = revision_state(engine)
     applied = before.pending - after.pending
@@ -127,3 +130,79 @@ def stop() -> None:
         typer.echo(f"stopped the embedded PostgreSQL server in {pgdata}")
     else:
         typer.echo(f"the embedded PostgreSQL server in {pgdata} is not running")
+
+
+@db_app.command("roles")
+def make_roles(
+    ctx: typer.Context,
+    database: Annotated[
+        str | None,
+        typer.Option(help="The joblife database (created, owned by the owner, if missing)."),
+    ] = None,
+    owner: Annotated[str, typer.Option(help="Login that owns the schema and migrates.")] = (
+        "joblife_owner"
+    ),
+    service: Annotated[str, typer.Option(help="Login of the services (joblife_service).")] = (
+        "joblife_run"
+    ),
+    worker: Annotated[str, typer.Option(help="Login of the workers (joblife_worker).")] = (
+        "joblife_worker_login"
+    ),
+    operator: Annotated[str, typer.Option(help="Login of operators (joblife_operator).")] = (
+        "joblife_ops"
+    ),
+    owner_password: Annotated[
+        str | None, typer.Option(envvar="JOBLIFE_ROLES_OWNER_PASSWORD", show_default=False)
+    ] = None,
+    service_password: Annotated[
+        str | None, typer.Option(envvar="JOBLIFE_ROLES_SERVICE_PASSWORD", show_default=False)
+    ] = None,
+    worker_password: Annotated[
+        str | None, typer.Option(envvar="JOBLIFE_ROLES_WORKER_PASSWORD", show_default=False)
+    ] = None,
+    operator_password: Annotated[
+        str | None, typer.Option(envvar="JOBLIFE_ROLES_OPERATOR_PASSWORD", show_default=False)
+    ] = None,
+    sql: Annotated[
+        bool,
+        typer.Option(
+            "--sql", "--print", help="Print the idempotent psql script instead of running it."
+        ),
+    ] = False,
+) -> None:
+    """Create the login roles of a least-privilege deployment (run by an admin, with the
+    admin's JOBLIFE_DATABASE_URL): an owner that migrates, and a service, worker and
+    operator login granted joblife_service, joblife_worker, joblife_operator. Idempotent:
+    an existing role keeps its password unless one is given; a missing one gets the given
+    or a generated password. Prints each part's URL."""
+    state = get_state(ctx)
+    admin_url = state.database_url()
+    database = database or make_url(admin_url).database or "joblife"
+    plan = roles.plan_roles(
+        database,
+        {"owner": owner, "service": service, "worker": worker, "operator": operator},
+        {
+            "owner": owner_password,
+            "service": service_password,
+            "worker": worker_password,
+            "operator": operator_password,
+        },
+    )
+    if sql:
+        typer.echo(roles.roles_script(plan), nl=False)
+        for login in plan.logins:
+            note = " (if this script creates the role)" if login.generated else ""
+            url = roles.login_url(admin_url, database, login.name, login.password)
+            typer.echo(f"-- {roles.USES[login.part]}{note}: {url}")
+        return
+    result = roles.apply_roles(state.engine(), plan)
+    if result.database_created:
+        typer.echo(f"created database {database}, owned by {plan.owner.name}")
+    for login in plan.logins:
+        outcome = result.logins[login.name]
+        password = None if outcome == "unchanged" else login.password
+        url = roles.login_url(admin_url, database, login.name, password)
+        typer.echo(f"{login.part:<9} {login.name} ({outcome})")
+        typer.echo(f"          {roles.USES[login.part]}: {url}")
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)

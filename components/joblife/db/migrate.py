@@ -17,7 +17,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, text
 
 from joblife.config import Settings, get_settings
 
@@ -89,3 +89,19 @@ def pending_revisions(engine: Engine, settings: Settings | None = None) -> set[s
     if not current:
         return everything
     return everything - {r.revision for r in script.iterate_revisions(current, "base")}
+
+
+def superuser_warning(engine: Engine) -> str | None:
+    """A warning if the connected user is a superuser (migrating as one makes every
+    SECURITY DEFINER function run as superuser); None otherwise."""
+    with engine.connect() as connection:
+        user, superuser = connection.execute(
+            text("SELECT current_user, r.rolsuper FROM pg_roles r WHERE r.rolname = current_user")
+        ).one()
+    if not superuser:
+        return None
+    return (
+        f"warning: migrating as the superuser {user}: joblife's SECURITY DEFINER functions "
+        "(the status door, the worker and operator procedures) run with their owner's rights, "
+        "so they will run as superuser; migrate as a dedicated owner (`joblife db roles`)"
+    )
