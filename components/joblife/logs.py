@@ -21,9 +21,13 @@
   a list of ids) get ``job_id`` / ``job_ids`` from the message's first argument: a
   fallback, not the way to log.
 - Secrets are redacted from every line, exception text included: passwords in URLs
-  (``postgresql://u:***@h``, ``amqp://u:***@h``), ``password=``/``token=``-like pairs,
-  bearer tokens, and the configured secrets themselves (database and broker passwords, the
-  Nomad token, the S3 secret key) wherever they appear.
+  (``postgresql://u:***@h``, ``amqp://u:***@h``), the signatures, credentials and tokens
+  of presigned URLs (``?X-Amz-Signature=***``, Azure SAS ``&sig=***``...),
+  ``password=``/``token=``-like pairs, bearer tokens, and the configured secrets themselves
+  (database, workers' database and broker passwords, the Nomad token, the S3 secret key,
+  the attempt secret key) wherever they appear.
+  :func:`redact` is the one function for it: the CLI applies it to everything it prints
+  (job fields such as ``input_path``, status messages and details) as the logs do.
 """
 
 from __future__ import annotations
@@ -50,22 +54,39 @@ REDACTED = "***"
 
 _URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)[^@\s/]+(?=@)")
 _KEY_VALUE = re.compile(
-    r"(?P<key>\b(?:password|passwd|pwd|token|secret|secret_access_key|aws_secret_access_key|"
+    # "pwd" in lower case only: the shell's PWD=/work is a directory, not a password.
+    r"(?P<key>\b(?:password|passwd|(?-i:pwd)|token|secret|secret_access_key|aws_secret_access_key|"
     r"access_token|api_key|apikey|x-nomad-token)\b[\"']?\s*[=:]\s*[\"']?)[^\s\"'&,;}]+",
     re.IGNORECASE,
 )
 _BEARER = re.compile(r"(?P<key>\b(?:bearer|basic)\s+)[A-Za-z0-9._~+/=\-]{8,}", re.IGNORECASE)
+# A query parameter that carries a credential: presigned S3 (X-Amz-Signature, -Credential,
+# -Security-Token; AWSAccessKeyId + Signature), GCS (X-Goog-Signature), Azure SAS (sig),
+# CloudFront (Signature), API keys and tokens. Matched after any ``?``, ``&`` or ``;`` (an
+# HTML ``&amp;``), in a URL or not, so a query string cut from its URL is redacted too.
+_QUERY_SECRET = re.compile(
+    r"(?P<head>[?&;](?:sig|pwd|key|[\w.\-]*(?:signature|token|secret|password|passwd|"
+    r"credential|access_?key|api_?key)[\w.\-]*)=)[^&#\s\"'<>]+",
+    re.IGNORECASE,
+)
 _JOB_MESSAGE = re.compile(r"^jobs? %[sd]\b")
 _HANDLER_MARK = "_joblife_handler"
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` without passwords in URLs, secret-looking ``key=value`` pairs, bearer
-    tokens, or any of ``secrets`` (replaced by ``***``)."""
+    """``text`` without passwords in URLs (``http://user:***@host``), credentials in query
+    strings (``?X-Amz-Signature=***``, ``&sig=***``, ``&token=***``...), secret-looking
+    ``key=value`` pairs, bearer tokens, or any of ``secrets`` (each replaced by ``***``).
+    A URL keeps everything else (host, path, the other parameters), so it still says which
+    object it names."""
     for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
         text = text.replace(secret, REDACTED)
-    text = _URL_PASSWORD.sub(rf"\g<head>{REDACTED}", text)
-    text = _KEY_VALUE.sub(rf"\g<key>{REDACTED}", text)
+    if "://" in text:
+        text = _URL_PASSWORD.sub(rf"\g<head>{REDACTED}", text)
+    if "=" in text:
+        text = _QUERY_SECRET.sub(rf"\g<head>{REDACTED}", text)
+    if "=" in text or ":" in text:  # the pattern needs one (a log of short lines: cheap)
+        text = _KEY_VALUE.sub(rf"\g<key>{REDACTED}", text)
     return _BEARER.sub(rf"\g<key>{REDACTED}", text)
 
 
@@ -74,7 +95,8 @@ def configured_secrets(settings: Settings) -> list[str]:
     from sqlalchemy.engine import make_url
 
     secrets: list[str] = []
-    for url in (settings.database_url, settings.amqp_url):
+    for name in ("database_url", "amqp_url", "worker_database_url"):
+        url = getattr(settings, name, None)
         if url is None:
             continue
         try:
@@ -83,7 +105,7 @@ def configured_secrets(settings: Settings) -> list[str]:
             password = None
         if password:
             secrets.append(str(password))
-    for name in ("nomad_token", "s3_secret_access_key"):
+    for name in ("nomad_token", "s3_secret_access_key", "attempt_secret_key"):
         value = getattr(settings, name, None)
         if value is not None:
             secrets.append(value.get_secret_value())

@@ -12,9 +12,10 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
+from joblife.cli.output import printed_secrets
 from joblife.cli.state import CliState
-from joblife.config import get_settings
 from joblife.errors import JoblifeError
+from joblife.logs import redact
 
 EXIT_ERROR = 1
 
@@ -37,20 +38,9 @@ def _first_line(text: str) -> str:
 
 
 def _scrub(message: str) -> str:
-    """Remove the configured database password from ``message``, wherever it appears."""
-    try:
-        configured = get_settings().database_url
-    except Exception:
-        return message
-    if configured is None:
-        return message
-    from sqlalchemy.engine import make_url
-
-    try:
-        password = make_url(configured.get_secret_value()).password
-    except Exception:
-        password = None
-    return message.replace(password, "***") if password else message
+    """``message`` without the configured secrets or credentials in URLs (see
+    :func:`joblife.logs.redact`)."""
+    return redact(message, printed_secrets())
 
 
 def describe_error(error: BaseException, state: CliState | None) -> str:
@@ -88,7 +78,7 @@ def describe_error(error: BaseException, state: CliState | None) -> str:
 def report_error(error: BaseException, state: CliState | None) -> None:
     """Print ``error`` on stderr: its traceback first if --debug, then the one line."""
     if state is not None and state.debug:
-        typer.echo("".join(traceback.format_exception(error)).rstrip(), err=True)
+        typer.echo(_scrub("".join(traceback.format_exception(error)).rstrip()), err=True)
     typer.echo(f"error: {_scrub(describe_error(error, state))}", err=True)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Annotated
 
 import typer
@@ -24,7 +25,7 @@ from joblife.cli.service_commands import configure, create, dispatch, monitor, r
 from joblife.cli.state import CliState
 from joblife.cli.status_command import status
 from joblife.cli.worker_commands import worker_app
-from joblife.config import get_settings
+from joblife.config import apply_file_umask, get_settings
 from joblife.logs import command_log_level, setup_logging
 
 app = typer.Typer(
@@ -85,7 +86,13 @@ def root(
     state = CliState(debug=debug)
     ctx.obj = state
     ctx.call_on_close(state.close)
-    setup_logging(command_log_level(ctx.invoked_subcommand, debug, get_settings()))
+    settings = get_settings()
+    # Files and dirs this process and the workers it forks create (work dirs, executor
+    # state and logs, file storage, the spool) are private by default; the previous mask
+    # is restored when the command ends (a command run in-process leaves nothing behind).
+    previous_umask = apply_file_umask(settings)
+    ctx.call_on_close(lambda: os.umask(previous_umask))
+    setup_logging(command_log_level(ctx.invoked_subcommand, debug, settings))
     if debug:
         logging.getLogger("joblife").setLevel(logging.DEBUG)
 

@@ -2,6 +2,11 @@
 
 JSON output: datetimes and dates in ISO 8601, intervals as seconds (float), UUIDs as
 strings. Tables never interpret data as rich markup.
+
+Every value printed, as a table cell or in JSON, passes :func:`joblife.logs.redact` with
+the configured secrets: a credentialed or presigned URL a job was discovered with
+(``jobs.input_path``), or a status message quoting one, is shown without its password,
+signature or token. (The database keeps what was discovered: a psql reader sees it all.)
 """
 
 from __future__ import annotations
@@ -19,8 +24,39 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from joblife.config import Settings, get_settings
+from joblife.logs import configured_secrets, redact
+
 #: Width of tables written to a pipe or a file (a terminal's own width is used otherwise).
 NON_TERMINAL_WIDTH = 200
+
+_secrets_of: tuple[Settings | None, list[str]] = (None, [])
+
+
+def printed_secrets() -> list[str]:
+    """The configured secret values (none if the configuration cannot be read), computed
+    once per settings object: every printed value is searched for them."""
+    global _secrets_of
+    try:
+        settings = get_settings()
+    except Exception:  # an invalid configuration: the command reports it itself
+        return []
+    if _secrets_of[0] is not settings:
+        _secrets_of = (settings, configured_secrets(settings))
+    return _secrets_of[1]
+
+
+def redacted(value: Any, secrets: list[str] | None = None) -> Any:
+    """``value`` with every string in it (in mappings and lists too) passed through
+    :func:`joblife.logs.redact`; other values unchanged."""
+    secrets = printed_secrets() if secrets is None else secrets
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, Mapping):
+        return {k: redacted(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redacted(v, secrets) for v in value]
+    return value
 
 
 def to_jsonable(value: Any) -> Any:
@@ -41,8 +77,14 @@ def to_jsonable(value: Any) -> Any:
 
 
 def print_json(data: Any) -> None:
-    """Write ``data`` to stdout as indented JSON."""
-    typer.echo(json.dumps(to_jsonable(data), indent=2, ensure_ascii=False))
+    """Write ``data`` to stdout as indented JSON, secrets redacted."""
+    typer.echo(json.dumps(redacted(to_jsonable(data)), indent=2, ensure_ascii=False))
+
+
+def print_line(text: str, *, err: bool = False) -> None:
+    """Write one line of text (job data, a service's report) to stdout, or stderr with
+    ``err``, secrets redacted."""
+    typer.echo(redact(text, printed_secrets()), err=err)
 
 
 def console() -> Console:
@@ -99,8 +141,10 @@ def make_table(
 
 
 def add_row(table: Table, values: Iterable[Any], *, end_section: bool = False) -> None:
-    """Add a row of raw values, formatted and never read as markup."""
-    table.add_row(*(Text(format_value(v)) for v in values), end_section=end_section)
+    """Add a row of raw values, formatted, secrets redacted, and never read as markup."""
+    secrets = printed_secrets()
+    cells = (Text(redact(format_value(v), secrets)) for v in values)
+    table.add_row(*cells, end_section=end_section)
 
 
 def print_table(table: Table) -> None:

@@ -13,7 +13,14 @@ from typing import Annotated, Any
 import typer
 
 from joblife.cli.actions import apply
-from joblife.cli.output import add_row, format_duration, make_table, print_json, print_table
+from joblife.cli.output import (
+    add_row,
+    format_duration,
+    make_table,
+    print_json,
+    print_line,
+    print_table,
+)
 from joblife.cli.parsing import parse_duration, parse_since
 from joblife.cli.state import get_state
 from joblife.config import get_settings
@@ -62,7 +69,7 @@ def publish(
         if as_json:
             print_json(data)
         else:
-            typer.echo(", ".join(f"{k}={v}" for k, v in data.items() if v not in (None, 0)))
+            print_line(", ".join(f"{k}={v}" for k, v in data.items() if v not in (None, 0)))
         if report.error or report.result.unconfirmed or report.result.returned:
             raise typer.Exit(1)
         return

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from joblife.cli.output import print_json
+from joblife.cli.output import print_json, print_line
 from joblife.cli.state import get_state
 from joblife.config import get_settings
 from joblife.executors import build_executor
@@ -33,7 +33,7 @@ def _show(result: Any, as_json: bool) -> None:
         print_json(result)
         return
     for item in result if isinstance(result, list) else [result]:
-        typer.echo(", ".join(f"{k}={v}" for k, v in item.items() if v not in (None, {}, [])))
+        print_line(", ".join(f"{k}={v}" for k, v in item.items() if v not in (None, {}, [])))
 
 
 def create(ctx: typer.Context, as_json: JsonOption = False) -> None:

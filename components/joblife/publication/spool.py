@@ -2,7 +2,8 @@
 
 When ``amqp_url`` is unset and ``publication_spool`` is set (a directory, a ``.jsonl`` file,
 or a ``file://`` URL of either), the relay hands its batches to :class:`SpoolPublisher`
-instead of RabbitMQ. Each message becomes one JSON line appended to the spool file::
+instead of RabbitMQ. Each message becomes one JSON line appended to the spool file (mode
+0600, made so if it existed with a looser one)::
 
     {"message_id": "...", "exchange": "joblife.products", "routing_key": "h5repack.repacked",
      "headers": {...}, "body": {...the product's publication JSON...},
@@ -23,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +44,17 @@ from joblife.publication.errors import BrokerUnavailable
 
 #: The spool file's name when ``publication_spool`` names a directory.
 SPOOL_FILE_NAME = "publications.jsonl"
+#: The spool's mode: it holds every product message, for its owner only.
+SPOOL_MODE = 0o600
+
+
+def _make_private(fd: int) -> None:
+    """Give the open spool file :data:`SPOOL_MODE` if it was readable by others (a spool
+    created before, or by a process with a looser umask). One owned by another user keeps
+    its mode: that user chose it."""
+    info = os.fstat(fd)
+    if stat.S_IMODE(info.st_mode) & ~SPOOL_MODE and info.st_uid == os.geteuid():
+        os.fchmod(fd, SPOOL_MODE)
 
 
 def spool_path(location: str) -> Path:
@@ -90,7 +103,8 @@ class SpoolPublisher:
         self._error = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, SPOOL_MODE)
+            _make_private(self._fd)
         except OSError as exc:
             self._error = f"{type(exc).__name__}: {exc}"
             raise BrokerUnavailable(

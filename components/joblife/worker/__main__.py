@@ -22,7 +22,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--attempt", type=int, default=None, help="the attempt this execution is for"
     )
     args = parser.parse_args(argv)
+    from joblife.config import apply_file_umask, get_settings
     from joblife.worker.runner import run_worker_process
+
+    apply_file_umask(get_settings())  # as every joblife entry point: private files
 
     return run_worker_process(args.job_id, args.attempt)
 
