@@ -222,7 +222,10 @@ def main() -> None:
     parser.add_argument(
         "--amqp-url",
         default=os.environ.get("JOBLIFE_BENCH_AMQP_URL", DEFAULT_AMQP_URL),
-        help=f"broker URL (env JOBLIFE_BENCH_AMQP_URL; default {DEFAULT_AMQP_URL})",
+        # argparse formats help with %: the URL's %2F must be escaped.
+        help=f"broker URL (env JOBLIFE_BENCH_AMQP_URL; default {DEFAULT_AMQP_URL})".replace(
+            "%", "%%"
+        ),
     )
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--batch-size", type=int, default=1000)
