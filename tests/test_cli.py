@@ -4,6 +4,9 @@ filter, operator actions go through the one door all-or-nothing, and errors are 
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import uuid
 from collections import Counter
@@ -787,6 +790,32 @@ def test_db_roles_creates_then_keeps_or_resets_passwords(
             {"n": list(roles_admin.values())},
         ).scalar()
     assert members == 3  # service, worker, operator: one group each, granted once
+
+
+def test_db_roles_stores_any_password_hashed(
+    roles_admin: dict[str, str], admin_engine: Engine
+) -> None:
+    """A password with dollar quotes and quotes in it is set as given, and the server
+    stores (and is sent) only its SCRAM verifier."""
+    password = "a$$b'c$jl$d"
+    result = run(*roles_args(roles_admin), "--service-password", password)
+    assert result.exit_code == 0, result.output
+    with admin_engine.connect() as conn:
+        stored = conn.execute(
+            text("SELECT rolpassword FROM pg_authid WHERE rolname = :n"),
+            {"n": roles_admin["service"]},
+        ).scalar()
+    assert stored.startswith("SCRAM-SHA-256$") and password not in stored
+    # The verifier is the password's (RFC 5802: StoredKey = H(HMAC(SaltedPassword, ...))).
+    iterations_salt, keys = stored.removeprefix("SCRAM-SHA-256$").split("$")
+    iterations, salt = iterations_salt.split(":")
+    salted = hashlib.pbkdf2_hmac(
+        "sha256", password.encode(), base64.b64decode(salt), int(iterations)
+    )
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    assert base64.b64encode(hashlib.sha256(client_key).digest()).decode() == keys.split(":")[0]
+    script = run(*roles_args(roles_admin), "--sql", "--service-password", password).stdout
+    assert "a$$b''c$jl$d" in script and "DO $jl_" in script  # a tag the password lacks
 
 
 def test_db_roles_refuses_a_name_that_is_not_a_plain_identifier(

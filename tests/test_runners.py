@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 from joblife.errors import ExternalJobError
-from joblife.runners import TIMEOUT_RETURN_CODE, ProcessRunner, RunSpec
+from joblife.runners import TIMEOUT_RETURN_CODE, ContainerIsolation, ProcessRunner, RunSpec
 from joblife.runners.docker import DockerRunner
 
 from tests.support.containers import ContainerEngine
@@ -227,3 +227,55 @@ def test_docker_log_on_a_full_disk_keeps_the_tail_and_reports_it(
     assert result.log_tail == ["first", "last"]
     assert "No space left on device" in result.details["log_error"]
     assert container_engine.leftovers() == []
+
+
+@pytest.mark.parametrize(
+    ("euid", "user", "isolation", "expected"),
+    [
+        (0, None, ContainerIsolation(), "65534:65534"),  # the image's user may be root
+        (0, "0:0", ContainerIsolation(), "65534:65534"),
+        (0, "root", ContainerIsolation(), "65534:65534"),
+        (0, "1000:1000", ContainerIsolation(), "1000:1000"),
+        (0, "0:0", ContainerIsolation(allow_root=True), "0:0"),  # relaxed explicitly
+        (1000, "1000:1000", ContainerIsolation(), "1000:1000"),
+        (1000, None, ContainerIsolation(), None),  # not root: the image's user, no change
+    ],
+)
+def test_docker_never_runs_root_because_the_worker_is_root(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    euid: int,
+    user: str | None,
+    isolation: ContainerIsolation,
+    expected: str | None,
+):
+    """The user choice itself, whatever user this test runs as (the container tests of
+    tests/test_science_sandbox.py check it inside a real container, as root only)."""
+    monkeypatch.setattr(os, "geteuid", lambda: euid)
+    spec = RunSpec(
+        ["true"], tmp_path, tmp_path / "log", 5, image="x", user=user, isolation=isolation
+    )
+    assert DockerRunner(unprivileged_user="65534:65534").user(spec) == expected
+
+
+def test_docker_isolation_options_by_default_and_relaxed(tmp_path: Path):
+    runner = DockerRunner(pids_limit=256)
+    spec = RunSpec(["true"], tmp_path, tmp_path / "log", 5, image="x")
+    environment: dict[str, str] = {}
+    options = runner._isolation(spec, environment)
+    assert options["cap_drop"] == ["ALL"] and "cap_add" not in options
+    assert options["security_opt"] == ["no-new-privileges"]
+    assert options["read_only"] is True and "/tmp" in options["tmpfs"]
+    assert options["pids_limit"] == 256
+    assert environment == {"HOME": "/tmp"}  # a writable HOME on a read-only root
+    relaxed = dataclasses.replace(
+        spec,
+        isolation=ContainerIsolation(
+            read_only_root=False,
+            no_new_privileges=False,
+            capabilities=frozenset({"CHOWN"}),
+            pids_limit=-1,
+        ),
+    )
+    options = runner._isolation(relaxed, {})
+    assert options == {"cap_drop": ["ALL"], "cap_add": ["CHOWN"]}

@@ -24,6 +24,7 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from psycopg2.extensions import encrypt_password
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import make_url
 
@@ -122,10 +123,13 @@ def _ident(name: str) -> str:
     return f'"{check_name(name)}"'
 
 
-def _login_statement(login: Login) -> str:
+def _login_statement(login: Login, stored_password: str | None = None) -> str:
     """A DO block that creates ``login`` (or sets the password it was given) and grants it
-    its group role; a race with another admin counts as "exists"."""
-    password = _literal(login.password) if login.password is not None else "NULL"
+    its group role; a race with another admin counts as "exists". ``stored_password``:
+    what to store instead of the clear password (a SCRAM verifier hashed on the client, so
+    that the clear password reaches neither the server's logs nor ``pg_stat_activity``)."""
+    secret = stored_password if stored_password is not None else login.password
+    password = _literal(secret) if secret is not None else "NULL"
     change = "" if login.generated else f" PASSWORD {password}"
     name = _ident(login.name)
     grant = (
@@ -137,7 +141,7 @@ def _login_statement(login: Login) -> str:
         if login.group
         else ""
     )
-    return f"""DO $$
+    body = f"""
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {_literal(login.name)}) THEN
         CREATE ROLE {name} LOGIN PASSWORD {password};
@@ -145,7 +149,17 @@ BEGIN
         ALTER ROLE {name} LOGIN{change};
     END IF;{grant}
 END;
-$$;"""
+"""
+    return f"DO {_dollar_quoted(body)};"
+
+
+def _dollar_quoted(body: str) -> str:
+    """``body`` between dollar quotes whose tag it does not contain (a password may hold
+    ``$$``, which would end a plain ``$$`` quote early)."""
+    tag = "$jl$"
+    while tag in body:
+        tag = f"$jl_{secrets.token_hex(4)}$"
+    return f"{tag}{body}{tag}"
 
 
 def group_roles_statement() -> str:
@@ -209,7 +223,12 @@ def apply_roles(engine: Engine, plan: RolesPlan) -> RolesResult:
         try:
             cursor.execute(group_roles_statement())
             for login in plan.logins:
-                cursor.execute(_login_statement(login))
+                stored = (
+                    encrypt_password(login.password, login.name, cursor, "scram-sha-256")
+                    if login.password is not None
+                    else None
+                )
+                cursor.execute(_login_statement(login, stored))
         finally:
             cursor.close()
     database_created = _create_database(engine, plan)
