@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from joblife.storage.keys import UnsafeKey, check_key, check_location, escape, key_under
@@ -98,3 +99,77 @@ def test_key_under_a_folder_prefix() -> None:
     assert key_under("a.h5", "")
     with pytest.raises(UnsafeKey):
         key_under("out/job-1/../job-2/a.h5", "out/job-1")
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "s3://bucket//abs.h5",
+        "file:////etc/passwd",
+        "s3://bucket///in/a.h5",
+        "s3://bucket/%2Fabs.h5",
+        "https://host//a.tif?X-Amz-Signature=abc",
+        "s3://[bucket/a.h5",
+    ],
+)
+def test_a_url_path_loses_only_the_slash_after_its_authority(location: str) -> None:
+    # s3://bucket//abs.h5 names the key "/abs.h5": a storage that stripped the slashes
+    # would make it abs.h5, so it is refused, fast path or not.
+    for prefix in (False, True):
+        with pytest.raises(UnsafeKey):
+            check_location(location, prefix=prefix)
+    assert check_location("file:///data/x") == "file:///data/x"
+    assert check_location("s3://bucket/", prefix=True) == "s3://bucket/"
+
+
+#: What random locations are built from: separators, dot segments, schemes, escapes and
+#: characters the checks refuse.
+_TOKENS = ["a", "b.h5", ".", "..", "/", "//", "://", "s3://", "file:///", "https://h"]
+_TOKENS += ["%2F", "%2e", "%", "?", "#", ":", "@", "[", "]", " ", "\x00", "\n", "\x85"]
+_TOKENS += ["é", "\uff0f", "\udcff", "S3://"]
+
+
+def _verdict(location: str, prefix: bool) -> str | None:
+    """``None`` if ``check_location`` accepts ``location``, else the reason it gives."""
+    try:
+        check_location(location, prefix=prefix)
+    except UnsafeKey as exc:
+        return exc.reason
+    return None
+
+
+def test_the_fast_path_agrees_with_the_detailed_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import random
+
+    import joblife.storage.keys as keys
+
+    rng = random.Random(13)
+    cases = ["".join(rng.choices(_TOKENS, k=rng.randint(1, 8))) for _ in range(20_000)]
+    cases += ["s3://bucket/in/a.h5", "file:///data/x", "s3://bucket//abs.h5", "in/a/"]
+    fast = {(c, p): _verdict(c, p) is None for c in cases for p in (False, True)}
+    monkeypatch.setattr(keys, "_PLAIN_MAX_CHARS", -1)
+    slow = {(c, p): _verdict(c, p) is None for c in cases for p in (False, True)}
+    assert [case for case in fast if fast[case] != slow[case]] == []
+    assert sum(fast.values()) > 1_000  # the cases reach both answers
+
+
+def test_s3_storage_refuses_a_prefix_or_key_it_would_have_to_rewrite(tmp_path: Path) -> None:
+    from joblife.config import Settings
+    from joblife.storage import KeyRefused, open_storage
+    from joblife.storage.s3 import S3Storage
+
+    # A product's URL becomes a storage whose prefix is the URL's path: "//abs.h5" is not
+    # "abs.h5". Only the "/" after the bucket and a folder's trailing "/" go.
+    settings = Settings(data_dir=tmp_path)
+    for url in ("s3://bucket//abs.h5", "s3://bucket/in//a.h5", "s3://bucket/in/../a.h5"):
+        with pytest.raises(KeyRefused):
+            open_storage(url, settings)
+    assert open_storage("s3://bucket/in/", settings).prefix == "in"  # type: ignore[attr-defined]
+    assert open_storage("s3://bucket", settings).prefix == ""  # type: ignore[attr-defined]
+    storage = S3Storage("bucket", "/in/")
+    assert storage._key("a.h5") == "in/a.h5"
+    assert storage._key("sub/", prefix=True) == "in/sub"
+    assert storage._key("") == "in"
+    for key in ("/abs.h5", "x//y", "x/"):
+        with pytest.raises(KeyRefused):
+            storage._key(key)

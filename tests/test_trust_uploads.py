@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from joblife.config import get_settings
@@ -132,6 +133,51 @@ def test_links_and_special_files_in_output_end_internal_error_naming_them(
     assert (host / "secret").read_bytes() == SECRET  # removing the work dir left it alone
 
 
+@pytest.mark.parametrize(
+    ("leave", "named"),
+    [
+        (os.mkfifo, "'output/rec_0.h5' is a FIFO"),
+        (
+            lambda path: path.symlink_to(path.parents[1] / "input" / path.name),
+            "'output/rec_0.h5' is a symbolic link",
+        ),
+    ],
+    ids=["fifo", "symlink"],
+)
+def test_h5repack_checks_its_output_layout_without_following_or_blocking_on_it(
+    engine: Engine,
+    db_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    leave: Callable[[Path], None],
+    named: str,
+):
+    """The container variant checks the repacked file's layout on the worker: a FIFO left
+    as the output would block h5py's open forever (the heartbeat beating on), a link would
+    be followed. Both end internal_error naming them. The container is a stand-in that
+    leaves the entry (the check runs after any container); the forked worker inherits it."""
+    from joblife.jobtypes import h5repack as h5repack_type
+    from joblife.science import outcome
+    from joblife.worker import steps
+
+    def container(job: Any, context: Any, kind: str, spec: Any) -> int:
+        leave(context.output_dir / job.file_name)
+        return outcome.EXIT_PRODUCT
+
+    monkeypatch.setattr(h5repack_type, "choose_runner", lambda settings: "docker")
+    monkeypatch.setattr(steps, "run_science_spec", container)
+    pipeline = Pipeline(engine, db_url, tmp_path, monkeypatch)
+    pipeline.set(H5REPACK_INPUT_PREFIX="in/h5")
+    synthetic.make_recording(tmp_path / "h5" / "rec_0.h5", channels=6, samples=5000, seed=0)
+    pipeline.upload(tmp_path / "h5", "in/h5")
+
+    [job] = pipeline.run_until_settled("h5repack", 1, timeout=30)  # a safety net only
+    assert job.status is S.INTERNAL_ERROR
+    message = pipeline.history(job.id)[-1].message
+    assert f"refused to upload the output {named}" in message, message
+    assert not (pipeline.storage_root / "h5repack").exists()
+
+
 def test_links_in_logs_are_skipped_and_the_manifest_is_not_written_through_one(
     world: World, host: Path, monkeypatch: pytest.MonkeyPatch
 ):
@@ -153,6 +199,27 @@ def test_links_in_logs_are_skipped_and_the_manifest_is_not_written_through_one(
     logs = [k for k in stored if k.startswith("joblife-logs/")]
     assert sorted(k.rsplit("/", 1)[1] for k in logs) == [MANIFEST, "science.log"]
     assert stored["worker_test/P1/good"] == b"ok\n"
+    world.assert_clean()
+
+
+def test_logs_past_the_upload_budget_are_skipped_and_counted(
+    world: World, monkeypatch: pytest.MonkeyPatch
+):
+    """logs/ is the science step's to fill: its upload has a budget (science.log and the
+    manifest copy first, then by name); a file past it is skipped, logged and counted."""
+    world.configure(logs_upload_max_bytes=250_000)  # joblife's own logs and two of three
+    job_id = _process(
+        world,
+        monkeypatch,
+        "echo ok > {output_dir}/good; "
+        "for n in a b c; do head -c 100000 /dev/zero > {logs_dir}/$n.log; done",
+    )
+    assert world.run(job_id) == EXIT_DO_NOT_RELAUNCH
+    assert world.load(job_id).status is S.DONE, world.last(job_id).message
+    logs = sorted(k.rsplit("/", 1)[1] for k in _stored(world) if k.startswith("joblife-logs/"))
+    assert logs == [MANIFEST, "a.log", "b.log", "science.log"]
+    details = world.change(job_id, S.PROCESSED).details
+    assert details["logs_skipped"] == {"files": 1, "bytes": 100_000}
     world.assert_clean()
 
 

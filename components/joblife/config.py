@@ -251,6 +251,12 @@ class Settings(BaseSettings):
         description="Most bytes of the uploaded science log; output past it is dropped and "
         "the drop recorded in the status details.",
     )
+    logs_upload_max_bytes: PositiveInt = Field(
+        256 * 1024 * 1024,
+        description="Most bytes of an attempt's logs/ uploaded (science.log first, then the "
+        "files the science step wrote there, by name); files past it are skipped, logged and "
+        "counted in the status details (logs_skipped).",
+    )
 
     # -- publication over RabbitMQ (issue 6) ------------------------------------------------
     amqp_exchange: str = Field(

@@ -28,12 +28,14 @@ from sqlalchemy import BigInteger, Integer, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from joblife.config import Settings, get_settings
+from joblife.errors import InternalJobError
 from joblife.jobtypes import discovery, science_runner
 from joblife.model.template import JobsToCreate, JobTemplate
 from joblife.science import outcome
 
 if TYPE_CHECKING:
     from joblife.runners import RunSpec
+    from joblife.science.h5repack import RepackPlan
     from joblife.worker.context import WorkerContext
 
 DEFAULT_CHUNK_BYTES = 1 << 20
@@ -137,8 +139,26 @@ class H5RepackJob(JobTemplate):
         if code == outcome.EXIT_PRODUCT:
             # The tool's own success is not enough: the layout must be the planned one
             # (ProcessingFailed, an external error, otherwise).
-            h5repack.check_layout(context.output_dir / self.file_name, plan)
+            self._check_output(context, plan)
         return code
+
+    def _check_output(self, context: WorkerContext, plan: RepackPlan) -> None:
+        """Check the layout of ``output/<file_name>`` as read from a descriptor the upload's
+        own checks opened: the container may have left a link there (h5py would follow
+        it) or a FIFO (h5py would wait for a writer forever, the heartbeat beating on).
+        Such an entry is an InternalJobError naming it, as the upload would say."""
+        from joblife.science import h5repack
+        from joblife.worker.workfiles import UnsafeWorkFile, WorkTree
+
+        try:
+            with WorkTree(context.work_dir, "output").open(self.file_name) as file:
+                h5repack.check_layout(file, plan)
+        except UnsafeWorkFile as exc:
+            raise InternalJobError(f"refused to upload the output {exc}") from None
+        except FileNotFoundError as exc:
+            raise outcome.ProcessingFailed(
+                f"the repacked file is not readable HDF5: {exc.strerror}: output/{self.file_name}"
+            ) from None
 
 
 def choose_runner(settings: Settings) -> str:

@@ -34,7 +34,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import h5py
 import numpy as np
@@ -337,8 +337,10 @@ def _copy_attrs(src: h5py.HLObject, dst: h5py.HLObject) -> None:
         dst.attrs[key] = value
 
 
-def check_layout(path: Path, plan: RepackPlan) -> None:
-    """Raise :class:`ProcessingFailed` unless ``path`` has the chunks and filters of ``plan``."""
+def check_layout(path: Path | BinaryIO, plan: RepackPlan) -> None:
+    """Raise :class:`ProcessingFailed` unless ``path`` has the chunks and filters of ``plan``.
+    ``path`` may be a file opened for reading (one the worker checked: what is checked is
+    what it opened, not what a name leads to later)."""
     try:
         h5 = h5py.File(path, "r")
     except OSError as exc:

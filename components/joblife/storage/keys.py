@@ -27,8 +27,11 @@ MAX_KEY_BYTES = 1024
 # 100,000 at a time): a key, or a URL with no query, fragment or escape, whose segments are
 # plain names. Anything else, safe or not, takes the detailed checks below, which say why.
 _PLAIN_SEGMENT = r"(?!\.\.?(?:/|\Z))[^/?#%\x00-\x1f\x7f-\x9f\ud800-\udfff]+"
+# The authority is plain ASCII (no brackets, which urlsplit may refuse as a bad IPv6
+# address, nor letters NFKC would turn into a separator), and exactly one "/" follows it:
+# ``s3://bucket//abs.h5`` is the key ``/abs.h5``, refused below.
 _PLAIN_LOCATION = re.compile(
-    rf"(?:[a-z][a-z0-9+.\-]*://[^/?#%\x00-\x1f\x7f-\x9f\ud800-\udfff]*/+)?"
+    rf"(?:[a-z][a-z0-9+.\-]*://[A-Za-z0-9._~:@!$&'()*+,;=\-]*/)?"
     rf"{_PLAIN_SEGMENT}(?:/{_PLAIN_SEGMENT})*(?P<slash>/)?"
 )
 #: Characters of a location short enough for the fast path (4 bytes each at most).
@@ -80,7 +83,8 @@ def check_key(key: str) -> str:
 
 def check_location(location: str, *, prefix: bool = False) -> str:
     """``location`` if it is safe: a key (:func:`check_key`), or a URL (``s3://bucket/key``,
-    ``file:///path``, ``https://host/path?query``) whose path, decoded, is one. With
+    ``file:///path``, ``https://host/path?query``) whose path, decoded and without the
+    one ``/`` that ends the authority, is one (``s3://bucket//abs.h5`` is not). With
     ``prefix``, one trailing ``/`` is allowed (a folder). Returns it unchanged; raises
     :class:`UnsafeKey`."""
     if len(location) <= _PLAIN_MAX_CHARS:
@@ -88,10 +92,16 @@ def check_location(location: str, *, prefix: bool = False) -> str:
         if plain is not None and (prefix or plain["slash"] is None):
             return location
     if "://" in location:
-        parts = urlsplit(location)
         if _FORBIDDEN.search(location):
             check_key(location)  # raises, naming the character
-        path = unquote(parts.path, errors="surrogateescape").lstrip("/")
+        try:
+            parts = urlsplit(location)
+        except ValueError as exc:  # an unbalanced "[" in the host, say
+            raise UnsafeKey(location, f"not a URL: {exc}") from None
+        # Only the one "/" that ends the authority goes: more would be repaired away by
+        # a storage, and ``s3://bucket//abs.h5`` would name ``abs.h5``.
+        path = parts.path[1:] if parts.path.startswith("/") else parts.path
+        path = unquote(path, errors="surrogateescape")
         if parts.scheme == "s3" and not path:
             return location  # a bucket's root
     else:

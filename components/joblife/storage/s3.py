@@ -50,7 +50,7 @@ class S3Storage(Storage):
         concurrency: int = 4,
     ) -> None:
         self.bucket = bucket
-        self.prefix = prefix.strip("/")
+        self.prefix = _bucket_prefix(prefix)
         self.endpoint_url = endpoint_url
         self.concurrency = concurrency
         session = boto3.session.Session(
@@ -80,8 +80,11 @@ class S3Storage(Storage):
         return f"s3://{self.bucket}/{join_key(self.prefix, key)}"
 
     def _key(self, key: str, *, prefix: bool = False) -> str:
-        # Refused, not repaired: join_key would make ``in//abs.h5`` the object ``in/abs.h5``.
-        return join_key(self.prefix, safe_key(key, prefix=prefix))
+        # Refused, not repaired: stripping slashes would make ``in//abs.h5`` the object
+        # ``in/abs.h5``. Only a folder's one trailing "/" goes (list() adds its own).
+        key = safe_key(key, prefix=prefix)
+        key = key[:-1] if prefix and key.endswith("/") else key
+        return f"{self.prefix}/{key}" if self.prefix and key else self.prefix or key
 
     def _error(self, action: str, key: str, exc: Exception) -> StorageError:
         """The StorageError of ``exc``: S3's answer (code, message, how many attempts were
@@ -187,6 +190,16 @@ class S3Storage(Storage):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
         except (ClientError, BotoCoreError) as exc:
             raise self._error("delete", key, exc) from exc
+
+
+def _bucket_prefix(prefix: str) -> str:
+    """The key prefix of a URL's path (``/in/`` of ``s3://bucket/in/``): without the one
+    ``/`` after the bucket and a folder's trailing ``/``. The rest must be a safe key, else
+    :class:`KeyRefused`: a product's URL becomes a storage too, and stripping every slash
+    would make ``s3://bucket//abs.h5`` the object ``abs.h5``."""
+    body = prefix[1:] if prefix.startswith("/") else prefix
+    body = body[:-1] if body.endswith("/") else body
+    return safe_key(body) if body else ""
 
 
 def _client_error(exc: BaseException | None) -> ClientError | None:

@@ -20,12 +20,16 @@ from joblife.runners import Runner, make_runner
 from joblife.storage import Storage, Transfer, child_key, open_storage
 from joblife.storage.keys import UnsafeKey, escape
 from joblife.worker.heartbeat import Heartbeat
-from joblife.worker.workfiles import UnsafeWorkFile, WorkTree
+from joblife.worker.workfiles import UnsafeWorkFile, WorkFile, WorkTree
 
 #: The work dir's layout (``<work root>/<unique_id>/<name>``).
 WORK_SUBDIRS = ("input", "output", "aux", "logs")
 #: The errors of a full disk (no space left, quota exceeded).
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: Most files of ``logs/`` uploaded per attempt (the bytes: ``logs_upload_max_bytes``).
+LOGS_UPLOAD_MAX_FILES = 1000
+#: joblife's own log, capped by ``science_log_max_bytes``: uploaded before the others.
+SCIENCE_LOG = "science.log"
 #: A file system counts as nearly full with less than this free (or 5 % of it, if less).
 NEARLY_FULL_BYTES = 64 * 1024 * 1024
 
@@ -218,7 +222,9 @@ class WorkerContext:
         """Upload the regular files of ``logs/`` under ``location``, read as the outputs
         are (:class:`~joblife.worker.workfiles.WorkTree`: no link followed); what the
         science step left there that is not one, or whose name is no safe key, is skipped
-        and logged."""
+        and logged. At most :data:`LOGS_UPLOAD_MAX_FILES` files and ``logs_upload_max_bytes``
+        bytes go, ``science.log`` first: the science step writes what it likes there, and
+        the others are skipped, logged and counted (``logs_skipped``)."""
         tree = WorkTree(self.work_dir, "logs")
         try:
             files, refused = tree.scan()
@@ -229,7 +235,7 @@ class WorkerContext:
             self.log.warning("job %s: log not uploaded: %s", self.job_id, entry)
         storage, prefix = self.storage_for(location)
         names: dict[str, str] = {}
-        for file in files:
+        for file in self._within_logs_budget(tree, files):
             try:
                 names[child_key(prefix, file.name)] = file.name
             except UnsafeKey as exc:
@@ -238,6 +244,37 @@ class WorkerContext:
         transfers = [Transfer(key, self.logs_dir / name) for key, name in names.items()]
         storage.upload_many_opened(transfers, lambda transfer: tree.open(names[transfer.key]))
         self.figures["logs"] = storage.url(prefix)
+
+    def _within_logs_budget(self, tree: WorkTree, files: list[WorkFile]) -> list[WorkFile]:
+        """The ``files`` of ``logs/`` to upload, ``science.log`` first, within the budget;
+        each file past it is skipped, the skip logged and recorded in the figures."""
+        budget = self.settings.logs_upload_max_bytes
+        ordered = sorted(files, key=lambda f: f.name != SCIENCE_LOG)  # stable: by name after
+        kept: list[WorkFile] = []
+        skipped: list[WorkFile] = []
+        for file in ordered:
+            if len(kept) < LOGS_UPLOAD_MAX_FILES and file.size <= budget:
+                kept.append(file)
+                budget -= file.size
+            else:
+                skipped.append(file)
+        if skipped:
+            size = sum(f.size for f in skipped)
+            self.figures["logs_skipped"] = {"files": len(skipped), "bytes": size}
+            shown = ", ".join(escape(tree.label(f.name)) for f in skipped[:5])
+            more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+            self.log.warning(
+                "job %s: %d logs (%d bytes) not uploaded, past the budget of %d files and %d "
+                "bytes: %s%s",
+                self.job_id,
+                len(skipped),
+                size,
+                LOGS_UPLOAD_MAX_FILES,
+                self.settings.logs_upload_max_bytes,
+                shown,
+                more,
+            )
+        return kept
 
     def details(self) -> dict[str, Any]:
         """The figures for the status details (and the log tail, if any)."""
