@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -130,6 +131,58 @@ def test_secrets_are_redacted_everywhere(captured: tuple[io.StringIO, Settings])
 def test_redact_keeps_what_is_not_secret() -> None:
     assert redact("http://nomad.example:4646/v1/jobs") == "http://nomad.example:4646/v1/jobs"
     assert redact("s3://bucket/prefix password=hunter22 x") == "s3://bucket/prefix password=*** x"
+
+
+#: Texts each pattern of redact() would retry from many starts: quadratic if a repeat that
+#: follows a start were unbounded (a run of scheme letters, a long parameter name...).
+ADVERSARIAL = [
+    ("a.", "x://"),  # a scheme of 64 KiB (the old one: 2 s)
+    ("a+", "://"),
+    ("b", "http://a:"),
+    ("http://a:", ""),  # URL heads with no "@"
+    ("token", "=&"),  # one parameter name of 64 KiB (the old one: 3.6 s)
+    ("&token", "="),
+    ("?x", "="),
+    ("password", ""),  # keywords with no "="
+    ("password ", ":"),
+    (" ", "password:"),
+    (" ", "bearer"),
+    ("bearer ", ""),
+]
+
+
+def _seconds(text: str) -> float:
+    """The fastest of three redactions of ``text`` (the least disturbed by other work)."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        redact(text)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@pytest.mark.parametrize(("unit", "prefix"), ADVERSARIAL)
+def test_redaction_is_linear_in_the_text(unit: str, prefix: str) -> None:
+    """Four times the text takes about four times as long, not sixteen (quadratic): the
+    ratio leaves room for noise (both times are minima of three) and none for a square."""
+    size = 16 * 1024  # and 64 KiB
+
+    def text(n: int) -> str:
+        return prefix + (unit * (n // len(unit) + 1))[:n] + prefix
+
+    small, large = _seconds(text(size)), _seconds(text(4 * size))
+    assert large < 8 * small + 0.005, (unit, prefix, small, large)
+
+
+def test_the_bounded_patterns_still_redact_real_names() -> None:
+    """Long real parameter names and schemes are within the bounds; one past them still
+    loses its value when it is a URL password (the match starts inside the scheme)."""
+    name = "X-Amz-Security-Token-With-A-Realistically-Long-Vendor-Prefix-Name"
+    assert redact(f"https://h/k?{name}=secret1&b=2") == f"https://h/k?{name}=***&b=2"
+    assert redact("&X-Goog-Credential=c/2&sig=s") == "&X-Goog-Credential=***&sig=***"
+    long_scheme = "vendor+" + "x" * 60 + "://u:hunter22@h/p"
+    assert redact(long_scheme) == long_scheme.replace("hunter22", "***")
+    assert redact("xpostgresql+psycopg://u:pw12@h") == "xpostgresql+psycopg://u:***@h"
 
 
 def test_command_levels() -> None:

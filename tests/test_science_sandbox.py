@@ -6,7 +6,9 @@ captured in bounded memory and space.
 - a step leaves no process behind, even a ``setsid`` daemon, at its end or its timeout;
 - a container runs unprivileged on a root worker, read-only, without capabilities or new
   privileges, with a pids limit; a type relaxes these explicitly;
-- capture is linear and bounded: an endless line, a huge tail, a log past its cap.
+- capture is linear and bounded: an endless line, a huge tail, a log past its cap; a
+  secret running across the cut of an over-long line is redacted whole;
+- the log file is never written through a link (or a FIFO, a hard link) the step planted.
 """
 
 from __future__ import annotations
@@ -272,7 +274,7 @@ def test_an_endless_line_is_captured_in_bounded_memory(tmp_path: Path):
     the file stops at its cap, the tail keeps the line's start and says it was cut."""
     capture = Capture(secrets=(S3_SECRET,), file_max_bytes=1 * MIB)
     tail = LogTail(tmp_path / "science.log", 40, capture)
-    bound = 2 * capture.line_max_bytes + len(S3_SECRET) + capture.tail_max_bytes
+    bound = 3 * capture.line_max_bytes + capture.tail_max_bytes  # redaction window, head
     chunk = b"x" * (64 * 1024)
     tracemalloc.start()
     try:
@@ -321,6 +323,96 @@ def test_a_secret_across_chunks_or_a_long_line_cut_is_redacted(tmp_path: Path):
     assert text.count("***") == 3
     assert lines[0] == "key *** end"
     assert not any(S3_SECRET in line or "hunter22" in line for line in lines)
+
+
+#: Secrets that are only recognised whole: a piece on each side of a cut looks harmless.
+CUT_SECRETS = {
+    "http://user:hunter2pass@db.example/x": "hunter2pass",
+    "https://s3.example/b/k?X-Amz-Signature=abcdef123&X-Amz-Date=1": "abcdef123",
+    "password=hunter2word": "hunter2word",
+    "Authorization: Bearer eyJhbGciOi.payload.sig": "eyJhbGciOi.payload.sig",
+    S3_SECRET: S3_SECRET,
+}
+
+
+@pytest.mark.parametrize("text", list(CUT_SECRETS))
+def test_a_secret_running_across_the_cut_of_a_long_line_is_redacted_whole(
+    tmp_path: Path, text: str
+):
+    """A line with no blank, ``text`` at every offset around its first and second cut (and
+    across the end of the redaction window): neither piece of the secret reaches the file
+    or the tail, whether the line comes at once or byte by byte."""
+    line_max = 64
+    secret = CUT_SECRETS[text].encode()
+    offsets = [*range(line_max - len(text), line_max + 1), *range(2 * line_max - len(text), 200)]
+    for offset in offsets:
+        for whole in (True, False):
+            log = tmp_path / f"{offset}-{whole}.log"
+            tail = LogTail(log, 40, Capture(secrets=(S3_SECRET,), line_max_bytes=line_max))
+            data = b"-" * offset + text.encode() + b'"' + b"y" * 300 + b"\nend\n"
+            for chunk in [data] if whole else [data[i : i + 1] for i in range(len(data))]:
+                tail.write(chunk)
+            lines = tail.close()
+            written = log.read_bytes()
+            for piece in (secret[:6], secret[-6:]):  # neither end of it, on either side
+                assert piece not in written, (offset, written)
+                assert not any(piece.decode() in line for line in lines), (offset, lines)
+            assert b"***" in written and written.endswith(b"y\nend\n")
+
+
+def test_the_log_is_never_written_through_what_the_step_planted(tmp_path: Path):
+    """A step that can write in the work dir replaced ``science.log`` or ``logs`` by a link
+    to a host file or folder, a hard link to a host file, a FIFO: the worker (root, maybe)
+    writes nothing through it, the next step still runs and ``log_error`` says why."""
+    host = tmp_path / "host"
+    host.mkdir()
+    host_file = host / "authorized_keys"
+    host_file.write_text("host content\n")
+    spec = _spec(tmp_path, ["sh", "-c", "echo ssh-ed25519 AAAA attacker"])
+    logs = spec.log_path.parent
+
+    def plant(kind: str) -> None:
+        if logs.is_symlink() or logs.is_file():
+            logs.unlink()
+        elif logs.exists():
+            for entry in logs.iterdir():
+                entry.unlink()
+            logs.rmdir()
+        if kind == "logs -> host":
+            logs.symlink_to(host, target_is_directory=True)
+            return
+        logs.mkdir()
+        if kind == "link":
+            spec.log_path.symlink_to(host_file)
+        elif kind == "dangling link":
+            spec.log_path.symlink_to(host / "science.log")
+        elif kind == "hard link":
+            os.link(host_file, spec.log_path)
+        elif kind == "fifo":
+            os.mkfifo(spec.log_path)
+
+    for kind, what in [
+        ("link", "it is a symbolic link (not followed)"),
+        ("dangling link", "it is a symbolic link (not followed)"),
+        ("logs -> host", f"{logs} is a symbolic link (not followed)"),
+        ("hard link", "it has 2 hard links"),
+        ("fifo", "it is a FIFO or a socket"),
+    ]:
+        plant(kind)
+        result = ProcessRunner().run(spec)
+        assert result.return_code == 0, kind
+        assert result.log_tail == ["ssh-ed25519 AAAA attacker"], kind
+        assert result.details["log_error"].startswith(
+            f"could not write {spec.log_path} (26 of 26 bytes of output dropped): {what}"
+        ), (kind, result.details)
+        assert sorted(p.name for p in host.iterdir()) == ["authorized_keys"], kind
+        assert host_file.read_text() == "host content\n", kind
+    # A plain log from an earlier step is appended to.
+    plant("none")
+    spec.log_path.write_text("step 1\n")
+    result = ProcessRunner().run(spec)
+    assert "log_error" not in result.details
+    assert spec.log_path.read_text() == "step 1\nssh-ed25519 AAAA attacker\n"
 
 
 def test_bytes_that_are_not_utf8_reach_the_file_as_they_came(tmp_path: Path):

@@ -52,21 +52,29 @@ DESCRIBED_IDS = 10
 SERVICE_COMMANDS = frozenset({"run", "worker", "metrics", "publish"})
 REDACTED = "***"
 
-_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)[^@\s/]+(?=@)")
+# Every repeat a match may retry from many starts is bounded, so redaction stays linear: an
+# unbounded scheme (``a.a.a...``) or parameter name (``&tokentoken...``) is tried again from
+# each of its letters, quadratic in its length. A longer scheme still loses its password (the
+# match starts inside it; no ``\b`` needed); a parameter name longer than 64 + 64 characters
+# around its keyword is not redacted (no real one is).
+# (``*+``/``++``: possessive, as the next character cannot be one of the run anyway.)
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]{0,31}://[^:/@\s]*+:)[^@\s/]++(?=@)")
 _KEY_VALUE = re.compile(
     # "pwd" in lower case only: the shell's PWD=/work is a directory, not a password.
     r"(?P<key>\b(?:password|passwd|(?-i:pwd)|token|secret|secret_access_key|aws_secret_access_key|"
     r"access_token|api_key|apikey|x-nomad-token)\b[\"']?\s*[=:]\s*[\"']?)[^\s\"'&,;}]+",
     re.IGNORECASE,
 )
-_BEARER = re.compile(r"(?P<key>\b(?:bearer|basic)\s+)[A-Za-z0-9._~+/=\-]{8,}", re.IGNORECASE)
+# ``*`` too: a token cut by LogTail's window and redacted in part (``Bearer ***rest``) is
+# redacted whole once the rest of it comes.
+_BEARER = re.compile(r"(?P<key>\b(?:bearer|basic)\s+)[A-Za-z0-9._~+/=*\-]{8,}", re.IGNORECASE)
 # A query parameter that carries a credential: presigned S3 (X-Amz-Signature, -Credential,
 # -Security-Token; AWSAccessKeyId + Signature), GCS (X-Goog-Signature), Azure SAS (sig),
 # CloudFront (Signature), API keys and tokens. Matched after any ``?``, ``&`` or ``;`` (an
 # HTML ``&amp;``), in a URL or not, so a query string cut from its URL is redacted too.
 _QUERY_SECRET = re.compile(
-    r"(?P<head>[?&;](?:sig|pwd|key|[\w.\-]*(?:signature|token|secret|password|passwd|"
-    r"credential|access_?key|api_?key)[\w.\-]*)=)[^&#\s\"'<>]+",
+    r"(?P<head>[?&;](?:sig|pwd|key|[\w.\-]{0,64}(?:signature|token|secret|password|passwd|"
+    r"credential|access_?key|api_?key)[\w.\-]{0,64})=)[^&#\s\"'<>]+",
     re.IGNORECASE,
 )
 _JOB_MESSAGE = re.compile(r"^jobs? %[sd]\b")

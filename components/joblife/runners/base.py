@@ -18,6 +18,7 @@ import contextlib
 import errno
 import fnmatch
 import os
+import stat
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -181,13 +182,22 @@ class LogTail:
     """Writes a stream of bytes to the log file, redacted, and keeps its last lines.
 
     Linear and bounded: output is redacted and written line by line as it comes; in memory
-    are only the current line (at most :attr:`Capture.line_max_bytes` plus the longest
-    secret) and the kept tail (at most ``lines`` lines and ``tail_max_bytes``). A line
-    longer than ``line_max_bytes`` is written to the file in pieces, each redacted on its
-    own, cut after a space or tab where the piece has one (a URL password or a
-    ``key=value`` secret has none) and never through a configured secret; only its first
-    piece is kept in the tail. The file holds at most ``file_max_bytes``: output past it
-    is still read (the step must never block on a full pipe) and counted as dropped.
+    are only the current line (at most twice :attr:`Capture.line_max_bytes`, and its
+    kept start) and the kept tail (at most ``lines`` lines and ``tail_max_bytes``). A line
+    longer than ``line_max_bytes`` is written to the file in pieces: its next
+    ``2 x line_max_bytes`` are redacted together and only about the first half of them is
+    written (cut after a space or tab where it has one), so a secret shorter than
+    ``line_max_bytes`` running across the cut (a URL password, ``?X-Amz-Signature=...``, a
+    configured secret) is redacted whole before it is cut; only the first piece is kept in
+    the tail. The file holds at most ``file_max_bytes``: output past it is still read (the
+    step must never block on a full pipe) and counted as dropped.
+
+    The file is opened without following a link (``O_NOFOLLOW``, ``logs`` and the file
+    itself): the science step writes in the work dir and may have planted
+    ``logs/science.log -> /a/host/file`` for the worker to append to. Such a log, a FIFO or
+    a file with other names (hard links) is not written at all: like a log that cannot be
+    written, the step still runs (the log loses its text, not the step), and
+    :meth:`problem` reports it as ``log_error``.
 
     Writing never raises: a log file that cannot be written (a full disk...) must not stop
     the runner draining the step's output. What cannot be written is dropped (the last
@@ -196,21 +206,22 @@ class LogTail:
 
     def __init__(self, path: Path, lines: int, capture: Capture | None = None) -> None:
         capture = capture or Capture()
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.capture = capture
         self._secrets = capture.secrets
-        # Longest first, as redact() replaces them; as bytes to find them in a cut line.
-        self._secret_bytes = sorted(
-            {s.encode() for s in capture.secrets if len(s) >= 4}, key=len, reverse=True
-        )
-        longest = len(self._secret_bytes[0]) if self._secret_bytes else 0
+        longest = max((len(s.encode()) for s in capture.secrets if len(s) >= 4), default=0)
         self._line_max = max(capture.line_max_bytes, 2 * longest, 64)
-        # A line is cut once this many bytes of it are pending: the bytes past the cut
-        # show whether a secret runs across it.
-        self._pending_max = self._line_max + longest
+        # A line is cut once this many bytes of it are pending: redacted together, the
+        # bytes past the cut complete a secret that runs across it.
+        self._pending_max = 2 * self._line_max
+        #: The first error writing the log file (None if it was written whole).
+        self.error: OSError | None = None
         # Unbuffered: what reached the file is known exactly when a write fails.
-        self._file: BinaryIO | None = path.open("ab", buffering=0)
+        self._file: BinaryIO | None = None
+        try:
+            self._file = os.fdopen(_open_log(path), "ab", buffering=0)
+        except UnsafeLog as exc:
+            self.error = exc
         self._lines: deque[str] = deque()
         self._lines_max = lines
         self._tail_bytes = 0
@@ -218,8 +229,6 @@ class LogTail:
         self._head: str | None = None  # the kept start of an over-long current line
         self._cut_bytes = 0  # bytes of the current line past its kept start
         self._written = 0
-        #: The first error writing the log file (None if it was written whole).
-        self.error: OSError | None = None
         #: Bytes of output received, and those (redacted) that could not be written.
         self.received = 0
         self.dropped = 0
@@ -247,8 +256,9 @@ class LogTail:
         rest = memoryview(chunk)[end:]
         while rest:
             room = self._pending_max - len(self._pending)
-            self._pending += rest[:room]
-            rest = rest[room:]
+            if room > 0:  # redaction may have made the pending text longer than its max
+                self._pending += rest[:room]
+                rest = rest[room:]
             if len(self._pending) >= self._pending_max:
                 self._cut()
 
@@ -266,33 +276,25 @@ class LogTail:
             self._keep(line)
 
     def _cut(self) -> None:
-        """Write the first piece of the pending over-long line; keep its start."""
-        cut = self._cut_point(self._pending)
-        piece = self._redact(bytes(self._pending[:cut]))
-        del self._pending[:cut]
-        self._write(memoryview(piece.encode(errors="surrogateescape")))
+        """Write the first piece of the pending over-long line; keep its start.
+
+        The whole pending text (``2 x line_max``) is redacted before it is cut after
+        ``line_max`` at most: a secret shorter than ``line_max`` that starts before the cut
+        ends before the text does, so it is redacted whole, never in two pieces that each
+        look harmless. What follows the cut stays pending, redacted: redacting it again
+        with what comes next changes nothing of it but completes a secret cut at its end
+        (``password=***`` + ``rest`` is redacted whole again; ``redact`` is built for it)."""
+        text = self._redact(bytes(self._pending)).encode(errors="surrogateescape")
+        limit = self._line_max
+        blank = max(text.rfind(b" ", limit // 2, limit), text.rfind(b"\t", limit // 2, limit))
+        cut = blank + 1 if blank >= 0 else limit
+        piece = text[:cut]
+        self._pending[:] = text[cut:]
+        self._write(memoryview(piece))
         if self._head is None:
-            self._head = piece
+            self._head = piece.decode(errors="surrogateescape")
         else:
             self._cut_bytes += cut
-
-    def _cut_point(self, line: bytearray) -> int:
-        """Where to cut an over-long line: after its last space or tab in the second half
-        of ``line_max``, else at ``line_max``; moved back to the start of a configured
-        secret that would run across it."""
-        limit = self._line_max
-        blank = max(line.rfind(b" ", limit // 2, limit), line.rfind(b"\t", limit // 2, limit))
-        cut = blank + 1 if blank >= 0 else limit
-        # Only ever backwards, so this ends; overlapping secrets may take a few passes.
-        for _ in range(len(self._secret_bytes) + 1):
-            before = cut
-            for secret in self._secret_bytes:
-                start = line.find(secret, max(0, cut - len(secret) + 1), cut + len(secret) - 1)
-                if 0 < start < cut:
-                    cut = start
-            if cut == before:
-                break
-        return cut
 
     def _redact(self, data: bytes) -> str:
         # surrogateescape: bytes that are not UTF-8 reach the file as they came.
@@ -385,3 +387,58 @@ class LogTail:
                 f"output dropped): {self.error.strerror or self.error}"
             )
         return details
+
+
+class UnsafeLog(OSError):
+    """The log path holds what the worker must not write through: a link, a FIFO, a file
+    with other names."""
+
+
+_LOG_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: opening a FIFO planted there must not wait for a reader (ENXIO without one).
+_LOG_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+#: What the errors of opening a log path say the science step planted there.
+_PLANTED = {
+    errno.ELOOP: "a symbolic link (not followed)",
+    errno.ENOTDIR: "not a directory",  # ``logs`` replaced by a file
+    errno.ENXIO: "a FIFO or a socket",
+    errno.EISDIR: "a directory",
+}
+
+
+def _open_log(path: Path) -> int:
+    """A descriptor appending to ``path`` (created 0600), opened without following a link
+    in its last two parts (``logs/science.log``: the science step may replace either);
+    UnsafeLog if either is a link, or the file is a FIFO, a directory or has other names.
+    Other errors (the worker's own: permissions, a full disk) raise as they are."""
+    with contextlib.suppress(FileExistsError):  # a file or a dangling link: refused below
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        parent = os.open(path.parent, _LOG_DIR_FLAGS)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # a link to a folder: ENOTDIR too
+            link = path.parent.is_symlink()
+            kind = _PLANTED[errno.ELOOP if link else errno.ENOTDIR]
+            raise UnsafeLog(exc.errno, f"{path.parent} is {kind}") from None
+        raise
+    try:
+        fd = os.open(path.name, _LOG_FLAGS, 0o600, dir_fd=parent)
+    except OSError as exc:
+        if exc.errno in _PLANTED:
+            raise UnsafeLog(exc.errno, f"it is {_PLANTED[exc.errno]}") from None
+        raise
+    finally:
+        os.close(parent)
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISFIFO(info.st_mode):  # one with a reader opens
+            raise UnsafeLog(errno.ENXIO, f"it is {_PLANTED[errno.ENXIO]}")
+        if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
+            raise UnsafeLog(
+                errno.EMLINK, f"it has {info.st_nlink} hard links (another may be a host file)"
+            )
+        os.set_blocking(fd, True)  # a device (/dev/full in tests): block as a file would
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
