@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 import statistics
 import subprocess
 import sys
@@ -103,6 +104,7 @@ def main() -> None:
                 database_url=sqlalchemy_url(url),
                 data_dir=Path(data_dir),
                 nomad_addr=address,
+                attempt_secret_key=secrets.token_hex(32),  # required with Nomad
                 nomad_dispatch_rate=0,
                 batch_size=args.batch_size,
             )

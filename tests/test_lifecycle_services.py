@@ -806,7 +806,7 @@ def test_worker_publishing_job_writes_its_outbox(lc: Lifecycle):
     with lc.session() as session:
         [publication] = session.scalars(select(Publication)).all()
     expected_id = str(
-        uuid.uuid5(uuid.UUID("6f1c3b9e-6a43-4d53-9c36-7f4a8d2b1e10"), f"{job.unique_id}/result/1")
+        uuid.uuid3(uuid.UUID("6f1c3b9e-6a43-4d53-9c36-7f4a8d2b1e10"), f"{job.unique_id}/result/1")
     )
     assert publication.message_id == expected_id
     assert (publication.job_id, publication.attempt, publication.product) == (job_id, 1, "result")

@@ -150,7 +150,7 @@ def test_worker_role_moves_only_its_attempt_along_the_worker_path(
         )
         (row,) = run(worker, door, id=job.id, attempt=1, status="processed")
         # The outbox is written with `processed`; with messages, done is the relay's.
-        messages = json.dumps([{"product": "p", "message_id": str(uuid.uuid4()), "body": {}}])
+        messages = json.dumps([{"product": "p", "body": {}}])  # the door computes the id
         assert run(worker, outbox, id=job.id, messages=messages) == [(1,)]
         message = denied(worker, door, id=job.id, attempt=1, status="done")
         assert "publication" in message
@@ -457,3 +457,43 @@ def test_the_real_worker_runs_under_the_worker_role(
     assert status(engine, job_id) is expected
     outbox = run(engine, "SELECT count(*) FROM publications WHERE job_id = :id", id=job_id)
     assert outbox[0][0] == (1 if publish else 0)
+
+
+def test_what_the_publication_hook_changes_is_recorded_through_the_door(
+    session: Session,
+    engine: Engine,
+    admin_engine: Engine,
+    db_url: str,
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A job type's get_products_publication_jsons may set an outcome column: the worker
+    records it through the outcome door while the job still runs (the door refuses it once
+    processed, and the worker role may not write the column itself)."""
+    from joblife.config import Settings
+    from joblife.jobtypes.test_job import TestJob
+    from joblife.lifecycle.creation import insert_jobs
+    from joblife.worker.runner import EXIT_DO_NOT_RELAUNCH, run_worker
+
+    original = TestJob.get_products_publication_jsons
+
+    def messages_naming_the_image(self: TestJob) -> list[dict[str, Any]]:
+        self.science_image = "registry.example/science:7"
+        return original(self)
+
+    monkeypatch.setattr(TestJob, "get_products_publication_jsons", messages_naming_the_image)
+    insert_jobs(session, TestJob, [TestJob(input_product_id="W2", publish=True)], S.INITIALIZED)
+    session.commit()
+    job_id = run(engine, "SELECT id FROM jobs WHERE input_product_id = 'W2'")[0][0]
+    move_to(session, [job_id], S.QUEUED)
+    run(engine, "UPDATE jobs SET attempt = 1 WHERE id = :id", id=job_id)
+    secret = give_attempt_secret(engine, job_id)
+    with login_as(admin_engine, db_url, "joblife_worker") as worker:
+        url = worker.url.render_as_string(hide_password=False)
+        settings = Settings(database_url=url, data_dir=tmp_path)
+        assert run_worker(job_id, 1, settings, attempt_secret=secret) == EXIT_DO_NOT_RELAUNCH
+    assert status(engine, job_id) is S.PROCESSED
+    image = run(engine, "SELECT science_image FROM jobs WHERE id = :id", id=job_id)
+    assert image == [("registry.example/science:7",)]
+    outbox = run(engine, "SELECT count(*) FROM publications WHERE job_id = :id", id=job_id)
+    assert outbox == [(1,)]

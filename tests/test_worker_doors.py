@@ -9,6 +9,10 @@ workers the secret and ``worker_database_url``; Nomad carries it in the dispatch
 from __future__ import annotations
 
 import json
+import os
+import pwd
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,11 +22,13 @@ import pytest
 from joblife.config import Settings, get_settings
 from joblife.db.status import translate_status_error
 from joblife.db.worker_doors import attempt_secret, attempt_secret_key, secret_hash
-from joblife.errors import StatusConflict
+from joblife.errors import ConfigurationError, StatusConflict
 from joblife.executors.base import ExecutionRequest
 from joblife.executors.local import LocalExecutor, _Launch, _worker_environment
 from joblife.lifecycle.dispatch import start_execution
 from joblife.model import JobStatus
+from joblife.worker.runner import message_id
+from pydantic import SecretStr
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -46,8 +52,13 @@ BEAT = "SELECT worker_heartbeat(:id, :attempt)"
 DOOR = "SELECT * FROM worker_set_job_status(:id, :attempt, :status)"
 
 
-def messages(product: str = "p") -> str:
-    return json.dumps([{"product": product, "message_id": str(uuid.uuid4()), "body": {}}])
+def messages(product: str = "p", **extra: Any) -> str:
+    """An outbox door argument: one message for ``product`` (the door computes its id)."""
+    return json.dumps([{"product": product, "body": {}, **extra}])
+
+
+def unique_id(engine: Engine, job_id: int) -> uuid.UUID:
+    return run(engine, "SELECT unique_id FROM jobs WHERE id = :id", id=job_id)[0][0]
 
 
 def conflict(engine: Engine, sql: str, **params: Any) -> None:
@@ -113,15 +124,51 @@ def test_publications_cannot_be_forged(
         conflict(worker, OUTBOX, id=processed, attempt=2, messages=messages())
         bad = [
             json.dumps({"product": "p"}),
-            json.dumps([{"product": "", "message_id": str(uuid.uuid4()), "body": {}}]),
-            json.dumps([{"product": "p", "message_id": "not-a-uuid", "body": {}}]),
-            json.dumps([{"product": "p", "message_id": str(uuid.uuid4()), "body": []}]),
+            messages(""),
+            messages(message_id="not-a-uuid"),
+            messages(message_id=str(uuid.uuid4())),  # not this attempt's id
+            json.dumps([{"product": "p", "body": []}]),
         ]
         for forged in bad:
             denied(worker, OUTBOX, id=processed, attempt=1, messages=forged)
         assert run(worker, OUTBOX, id=processed, attempt=1, messages=messages()) == [(1,)]
     rows = run(engine, "SELECT job_id, attempt, republication FROM publications")
     assert rows == [(processed, 1, 0)]
+
+
+def test_a_worker_cannot_take_another_jobs_message_ids(
+    session: Session, engine: Engine, worker_login: Engine
+) -> None:
+    """Message ids are unique across jobs and predictable: the door computes them from
+    the job's own unique id, so a worker can neither pre-claim another job's ids nor
+    publish under them; products and bodies are bounded."""
+    own, secret = running_job(session, engine, S.PROCESSED)
+    victim, victim_secret = running_job(session, engine, S.PROCESSED)
+    victims_id = message_id(unique_id(engine, victim), "p", 1)
+    with presenting(worker_login, secret) as worker:
+        message = denied(
+            worker, OUTBOX, id=own, attempt=1, messages=messages(message_id=victims_id)
+        )
+        assert "message id" in message and victims_id in message
+        for product in ("x" * 257, "é" * 129, "p\x1b[2J"):
+            assert "refused" in denied(
+                worker, OUTBOX, id=own, attempt=1, messages=messages(product)
+            )
+        huge = json.dumps([{"product": "p", "body": {"blob": "x" * (1 << 20)}}])
+        assert "1048576 bytes" in denied(worker, OUTBOX, id=own, attempt=1, messages=huge)
+        # Python and SQL compute the same ids (a non-ASCII product too); given or not.
+        run(worker, OUTBOX, id=own, attempt=1, messages=messages("é/ü"))
+        mine = message_id(unique_id(engine, own), "p", 1)
+        run(worker, OUTBOX, id=own, attempt=1, messages=messages("p", message_id=mine))
+    with presenting(worker_login, victim_secret) as worker:  # the victim's outbox: intact
+        assert run(worker, OUTBOX, id=victim, attempt=1, messages=messages()) == [(1,)]
+    rows = run(engine, "SELECT job_id, product, message_id FROM publications ORDER BY id")
+    own_uid = unique_id(engine, own)
+    assert rows == [
+        (own, "é/ü", message_id(own_uid, "é/ü", 1)),
+        (own, "p", mine),
+        (victim, "p", victims_id),
+    ]
 
 
 def test_the_heartbeat_takes_no_time_from_the_worker(
@@ -268,3 +315,80 @@ def test_a_worker_without_its_secret_is_refused_and_asks_for_a_relaunch(
     assert run_worker(job, 1, settings, attempt_secret=secret_hash(secret).hex()) == EXIT_RELAUNCH
     assert status(engine, job) is S.QUEUED
     assert DENIED == "42501"
+
+
+#: A worker process whose run_worker is a process step reading the worker's initial
+#: environment: what the step saw, and whether the worker is dumpable. Started as root
+#: with a user id, it becomes that user first (as dumpable as any process after an exec).
+WORKER_LIKE = """
+import ctypes, json, os, subprocess, sys
+import joblife.worker.runner as runner
+
+libc = ctypes.CDLL(None)
+runner.get_settings()  # read (and cached) while the configuration is readable
+if len(sys.argv) > 1:
+    os.setgroups([])
+    os.setgid(int(sys.argv[1]))
+    os.setuid(int(sys.argv[1]))
+    libc.prctl(runner.PR_SET_DUMPABLE, 1, 0, 0, 0)
+
+def step(job_id, attempt, settings, log_fields=None, attempt_secret=None):
+    child = subprocess.run(["cat", f"/proc/{os.getpid()}/environ"], capture_output=True)
+    seen = b"attempt-secret-in-env" in child.stdout if child.returncode == 0 else "denied"
+    dumpable = libc.prctl(runner.PR_GET_DUMPABLE, 0, 0, 0, 0)
+    print(json.dumps({"step": seen, "dumpable": dumpable}))
+    return 0
+
+runner.run_worker = step
+sys.exit(runner.run_worker_process(1, 1))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl and /proc: Linux")
+def test_a_process_step_cannot_read_the_workers_environment(tmp_path: Path) -> None:
+    """The worker process is not dumpable before any step runs: a step running as the same
+    non-root user cannot read the secret from /proc/<worker>/environ. Run as root, the
+    worker-like process becomes ``nobody`` first (root reads any /proc file: a root
+    worker's steps are root anyway)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    environment = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "JOBLIFE_DATA_DIR": str(home / "data"),
+        "JOBLIFE_ATTEMPT_SECRET": "attempt-secret-in-env",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    user: list[str] = []
+    if os.geteuid() == 0:
+        user = [str(pwd.getpwnam("nobody").pw_uid)]
+    done = subprocess.run(
+        [sys.executable, "-c", WORKER_LIKE, *user],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=home,
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen == {"step": "denied", "dumpable": 0}
+
+
+def test_the_nomad_executor_needs_the_attempt_secret_key(tmp_path: Path) -> None:
+    """Without ``attempt_secret_key``, each Nomad allocation of the dispatch and monitor
+    jobs would make its own key file: a re-dispatch from another one would carry a secret
+    the database refuses. The services refuse to start; stopping executions needs no key."""
+    from joblife.executors import build_executor
+    from joblife.executors.nomad import NomadExecutor
+
+    settings = Settings(nomad_addr="http://127.0.0.1:9", data_dir=tmp_path)
+    with pytest.raises(ConfigurationError) as info:
+        build_executor(settings)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "attempt_secret_key is not set" in message and "Nomad variable" in message
+    assert not (tmp_path / "attempt-secret.key").exists()
+    assert isinstance(build_executor(settings, dispatching=False), NomadExecutor)
+    keyed = settings.model_copy(update={"attempt_secret_key": SecretStr("k" * 64)})
+    assert isinstance(build_executor(keyed), NomadExecutor)

@@ -81,8 +81,9 @@ class Settings(BaseSettings):
     attempt_secret_key: SecretStr | None = Field(
         default=None,
         description="Key the services derive each attempt's secret from (HMAC-SHA256); "
-        "every service that dispatches must have the same one. Unset = a random key kept "
-        "in <data_dir>/attempt-secret.key (0600), made on first use.",
+        "every service that dispatches must have the same one. Required with the Nomad "
+        "executor; unset with the local one = a random key kept in "
+        "<data_dir>/attempt-secret.key (0600), made on first use.",
     )
     data_dir: Path = Field(
         default_factory=default_data_dir,

@@ -59,7 +59,7 @@ $$;
 
 -- The message id of an operator's republication round: an RFC 4122 version 3 (MD5) UUID
 -- of p_name in joblife's message namespace (the one of joblife.worker.runner, whose
--- first-round ids are version 5). Deterministic: the same round always gets the same id.
+-- first-round ids are version 3 too since migration 0011). Deterministic: the same round always gets the same id.
 CREATE OR REPLACE FUNCTION joblife_message_uuid(p_name text) RETURNS uuid
 LANGUAGE sql IMMUTABLE STRICT AS $$
     SELECT overlay(overlay(h PLACING '3' FROM 13)

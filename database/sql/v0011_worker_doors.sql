@@ -233,10 +233,16 @@ END;
 $$;
 
 -- The outbox of an attempt: one row per message of p_messages, a JSON array of
--- {"product": text, "message_id": uuid text, "body": object}, written while the job is
--- processed at p_attempt (the worker writes it in the transaction that sets processed).
--- The rows are the attempt's own (job_id, attempt, republication 0, unpublished); a
--- message id already used anywhere is refused by the table's unique key. Returns how many.
+-- {"product": text, "body": object, "message_id": uuid text (optional)}, written while the
+-- job is processed at p_attempt (the worker writes it in the transaction that sets
+-- processed). The rows are the attempt's own (job_id, attempt, republication 0,
+-- unpublished). The door computes each message id itself, from the job's own unique id,
+-- the product and the attempt (joblife_message_uuid of '<unique_id>/<product>/<attempt>',
+-- what joblife.worker.runner.message_id computes): message ids are unique across all jobs
+-- and predictable, so a worker naming its own would pre-claim, or publish under, another
+-- job's. A message_id given must be that one (a worker computing another is refused).
+-- A product is printable text of at most 256 bytes, a body an object of at most 1 MiB
+-- (as JSON text). Returns how many rows.
 CREATE OR REPLACE FUNCTION worker_write_publications(
     p_job_id bigint,
     p_attempt integer,
@@ -246,10 +252,15 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 AS $$
 DECLARE
+    v_max_product_bytes CONSTANT integer := 256;
+    v_max_body_bytes CONSTANT integer := 1048576;
     v_job record;
-    v_count integer;
+    v_message record;
+    v_product text;
+    v_id uuid;
+    v_count integer := 0;
 BEGIN
-    SELECT j.attempt, j.attempt_secret_hash, s.name AS status INTO v_job
+    SELECT j.attempt, j.unique_id, j.attempt_secret_hash, s.name AS status INTO v_job
       FROM jobs j JOIN job_statuses s ON s.id = j.status
      WHERE j.id = p_job_id FOR NO KEY UPDATE OF j;
     IF NOT FOUND OR v_job.attempt IS DISTINCT FROM p_attempt OR v_job.status <> 'processed' THEN
@@ -263,26 +274,57 @@ BEGIN
                                        'requested', 'publications')::text;
     END IF;
     PERFORM worker_check_attempt_secret(p_job_id, v_job.attempt_secret_hash);
-    IF jsonb_typeof(p_messages) IS DISTINCT FROM 'array' OR EXISTS (
-        SELECT 1 FROM jsonb_array_elements(p_messages) AS m(value)
-         WHERE jsonb_typeof(m.value) <> 'object'
-            OR jsonb_typeof(m.value -> 'body') IS DISTINCT FROM 'object'
-            OR coalesce(m.value ->> 'product', '') = ''
-            OR (m.value ->> 'product') ~ '[\x01-\x1f\x7f-\x9f]'
-            OR (m.value ->> 'message_id') IS NULL
-            OR (m.value ->> 'message_id') !~
-               '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
-    ) THEN
+    IF jsonb_typeof(p_messages) IS DISTINCT FROM 'array' THEN
         RAISE EXCEPTION USING
             ERRCODE = 'insufficient_privilege',
             MESSAGE = format('job %s: publication messages refused: an array of {product, '
-                             'message_id (a UUID), body (an object)} is expected', p_job_id);
+                             'body (an object)} is expected', p_job_id);
     END IF;
-    INSERT INTO publications (job_id, attempt, product, message_id, body)
-    SELECT p_job_id, p_attempt, m.value ->> 'product', m.value ->> 'message_id', m.value -> 'body'
-      FROM jsonb_array_elements(p_messages) WITH ORDINALITY AS m(value, n)
-     ORDER BY m.n;
-    GET DIAGNOSTICS v_count = ROW_COUNT;
+    FOR v_message IN
+        SELECT m.value, m.n FROM jsonb_array_elements(p_messages) WITH ORDINALITY AS m(value, n)
+         ORDER BY m.n
+    LOOP
+        IF jsonb_typeof(v_message.value) <> 'object'
+           OR jsonb_typeof(v_message.value -> 'body') IS DISTINCT FROM 'object'
+           OR jsonb_typeof(v_message.value -> 'product') IS DISTINCT FROM 'string'
+           OR jsonb_typeof(coalesce(v_message.value -> 'message_id', '""'))
+              IS DISTINCT FROM 'string' THEN
+            RAISE EXCEPTION USING
+                ERRCODE = 'insufficient_privilege',
+                MESSAGE = format('job %s: publication message %s refused: {product (text), '
+                                 'body (an object), message_id (optional)} is expected',
+                                 p_job_id, v_message.n);
+        END IF;
+        v_product := v_message.value ->> 'product';
+        IF v_product = '' OR octet_length(v_product) > v_max_product_bytes
+           OR v_product ~ '[\x01-\x1f\x7f-\x9f]' THEN
+            RAISE EXCEPTION USING
+                ERRCODE = 'insufficient_privilege',
+                MESSAGE = format('job %s: publication product %s refused (empty, control '
+                                 'characters or longer than %s bytes)', p_job_id,
+                                 left(quote_literal(v_product), 200), v_max_product_bytes);
+        END IF;
+        IF octet_length((v_message.value -> 'body')::text) > v_max_body_bytes THEN
+            RAISE EXCEPTION USING
+                ERRCODE = 'insufficient_privilege',
+                MESSAGE = format('job %s: publication body of product %s refused (longer '
+                                 'than %s bytes of JSON)', p_job_id, quote_literal(v_product),
+                                 v_max_body_bytes);
+        END IF;
+        v_id := joblife_message_uuid(format('%s/%s/%s', v_job.unique_id, v_product, p_attempt));
+        IF (v_message.value -> 'message_id') IS NOT NULL
+           AND (v_message.value ->> 'message_id') IS DISTINCT FROM v_id::text THEN
+            RAISE EXCEPTION USING
+                ERRCODE = 'insufficient_privilege',
+                MESSAGE = format('job %s: message id %s refused for product %s: this '
+                                 'attempt''s is %s', p_job_id,
+                                 left(quote_literal(v_message.value ->> 'message_id'), 80),
+                                 quote_literal(v_product), v_id);
+        END IF;
+        INSERT INTO publications (job_id, attempt, product, message_id, body)
+        VALUES (p_job_id, p_attempt, v_product, v_id::text, v_message.value -> 'body');
+        v_count := v_count + 1;
+    END LOOP;
     RETURN v_count;
 END;
 $$;

@@ -40,6 +40,8 @@ def nomad_test_settings(address: str, **overrides: Any) -> Settings:
         "nomad_connect_timeout_seconds": 1.0,
         "nomad_read_timeout_seconds": 2.0,
         "nomad_unavailable_retry_seconds": 0.3,
+        # Required with Nomad: one key for every allocation (see NomadExecutor.from_settings).
+        "attempt_secret_key": "test-attempt-secret-key-shared-by-every-allocation",
         **overrides,
     }
     return Settings(**values)

@@ -80,7 +80,7 @@ def cancel(
     as_json: JsonOption = False,
 ) -> None:
     """Cancel jobs (any status that allows it); a running execution is stopped first."""
-    executor = build_executor()
+    executor = build_executor(dispatching=False)  # it only stops executions
 
     def operation(session: Session, ids: Sequence[int], text: str | None) -> list[StatusChange]:
         return cancel_and_stop(session, executor, ids, text)

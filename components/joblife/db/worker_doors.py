@@ -193,10 +193,16 @@ def worker_write_publications(
     attempt: int,
     messages: Iterable[Mapping[str, Any]],
 ) -> int:
-    """Write the attempt's outbox (each message ``{product, message_id, body}``) while the
-    job is processed at ``attempt``; how many rows."""
+    """Write the attempt's outbox (each message ``{product, body}``, and optionally the
+    ``message_id`` the caller expects) while the job is processed at ``attempt``; how many
+    rows. The door computes each message id itself (the job's unique id, the product, the
+    attempt) and refuses a ``message_id`` that is not that one."""
     payload = [
-        {"product": m["product"], "message_id": m["message_id"], "body": m["body"]}
+        {
+            "product": m["product"],
+            "body": m["body"],
+            **({"message_id": m["message_id"]} if m.get("message_id") is not None else {}),
+        }
         for m in messages
     ]
     return int(

@@ -41,7 +41,7 @@ from nomad.api.exceptions import BaseNomadException
 
 import nomad
 from joblife.config import Settings
-from joblife.errors import ExecutorError
+from joblife.errors import ConfigurationError, ExecutorError
 from joblife.executors.base import (
     ExecutionRequest,
     ExecutionState,
@@ -81,7 +81,19 @@ class NomadExecutor:
         self._retry_at = 0.0
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> NomadExecutor:
+    def from_settings(cls, settings: Settings, *, dispatching: bool = True) -> NomadExecutor:
+        """The executor of the settings. ``dispatching`` (the services): refused with
+        :class:`ConfigurationError` without ``attempt_secret_key``, as each allocation of
+        the dispatch and monitor jobs would make its own random key file, and a re-dispatch
+        from another allocation would carry a secret whose hash the database refuses. Only
+        stopping executions (an operator's cancel) needs no key."""
+        if dispatching and settings.attempt_secret_key is None:
+            raise ConfigurationError(
+                "attempt_secret_key is not set: the Nomad executor needs one key shared by "
+                "every dispatch and monitor allocation; put a long random string (e.g. "
+                "`openssl rand -hex 32`) under the key attempt_secret_key of the Nomad "
+                "variable (nomad_variables_path), or set JOBLIFE_ATTEMPT_SECRET_KEY"
+            )
         return cls(
             nomad_client(settings),
             address=str(settings.nomad_addr),

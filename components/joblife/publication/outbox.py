@@ -392,7 +392,7 @@ def _fail_unroutable(
 
 def republication_message_id(unique_id: uuid.UUID, product: str, attempt: int, round_: int) -> str:
     """The message id ``republish_jobs`` gives an operator's ``round_``-th republication
-    (a version 3 UUID in the namespace of the worker's version 5 first-round ids)."""
+    (a version 3 UUID in the namespace of the worker's first-round ids, also version 3)."""
     return str(uuid.uuid3(MESSAGE_NAMESPACE, f"{unique_id}/{product}/{attempt}/republish-{round_}"))
 
 

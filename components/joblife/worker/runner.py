@@ -34,6 +34,7 @@ removed, then ends the process by that signal.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -82,8 +83,11 @@ S = JobStatus
 
 
 def message_id(unique_id: uuid.UUID, product: str, attempt: int) -> str:
-    """The deterministic id of a product's publication message for one attempt."""
-    return str(uuid.uuid5(MESSAGE_NAMESPACE, f"{unique_id}/{product}/{attempt}"))
+    """The deterministic id of a product's publication message for one attempt: the version
+    3 UUID of ``<unique_id>/<product>/<attempt>`` in :data:`MESSAGE_NAMESPACE`. The outbox
+    door computes the same (``joblife_message_uuid`` in SQL, which has no SHA-1 for a
+    version 5) and refuses any other: a worker cannot name another job's message."""
+    return str(uuid.uuid3(MESSAGE_NAMESPACE, f"{unique_id}/{product}/{attempt}"))
 
 
 class _Refused(Exception):
@@ -100,6 +104,25 @@ def _terminate(signum: int, frame: Any) -> None:
     raise WorkerTerminated(f"signal {signum}")
 
 
+#: prctl(2) options: whether the process's /proc files belong to its user or to root.
+PR_GET_DUMPABLE = 3
+PR_SET_DUMPABLE = 4
+
+
+def forbid_inspection() -> bool:
+    """Make this process not dumpable (Linux ``prctl(PR_SET_DUMPABLE, 0)``): its /proc files
+    (``environ``, ``mem``, ...) then belong to root and it cannot be ptraced, so a process
+    step running as the same non-root user cannot read the attempt secret or the database
+    URL from the environment block the worker started with (removing them from
+    ``os.environ`` does not change that block). A step started by exec is dumpable again:
+    it runs as usual. Whether it took effect (False off Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
+    except (OSError, AttributeError):  # no libc prctl: not Linux
+        return False
+
+
 def run_worker_process(
     job_id: int,
     attempt: int | None,
@@ -112,11 +135,18 @@ def run_worker_process(
     ``attempt_secret``: the attempt's secret (default: from the environment, see
     :func:`run_worker`); ``database_url``: instead of the configured one (the local
     executor's ``worker_database_url``)."""
+    inspectable = not forbid_inspection()  # first: before anything reads a secret
     settings = get_settings()
     if database_url:
         settings = settings.model_copy(update={"database_url": SecretStr(database_url)})
     fields: LogFields = {"job_id": job_id, "attempt": attempt}
     setup_logging(settings=settings, context=fields)
+    if inspectable:
+        JobLogger(log, fields).warning(
+            "job %s: could not make the worker process undumpable (not Linux?): a process "
+            "step running as this user may read its environment",
+            job_id,
+        )
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return run_worker(
@@ -375,6 +405,10 @@ class _Attempt:
             "product": produced,
             **self._figures(),
         }
+        # The messages first: what their hook changes on the job is recorded by the outcome
+        # door, which takes it only while the job runs (before processed); a change made
+        # after it would be flushed by the commit as a direct write (refused to a worker).
+        messages = job.get_products_publication_jsons() if produced else []
         self._record_outcome(session)
         worker_set_job_status(
             session,
@@ -385,7 +419,6 @@ class _Attempt:
             details=details,
         )
         self.fields["status"] = S.PROCESSED
-        messages = job.get_products_publication_jsons() if produced else []
         if messages:
             self._write_outbox(session, job, messages)  # the publication service takes over
         else:
