@@ -13,6 +13,7 @@ import os
 import pwd
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,12 +30,18 @@ from joblife.lifecycle.dispatch import start_execution
 from joblife.model import JobStatus
 from joblife.worker.runner import message_id
 from pydantic import SecretStr
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from tests.support.factories import make_jobs, move_to
-from tests.support.lifecycle import FAST_SERVICES, Lifecycle, RecordingExecutor, kill_leftovers
+from tests.support.lifecycle import (
+    FAST_SERVICES,
+    Lifecycle,
+    RecordingExecutor,
+    kill_leftovers,
+    wait_for,
+)
 from tests.test_roles import (
     DENIED,
     denied,
@@ -192,6 +199,37 @@ def test_the_heartbeat_takes_no_time_from_the_worker(
     with presenting(worker_login, other_secret) as worker:
         future_date = "SELECT worker_record_outcome(:id, 1, NULL, NULL, NULL, now() + '1 day')"
         assert "in the future" in denied(worker, future_date, id=other)
+
+
+def test_a_door_waiting_for_the_row_sees_the_status_change_it_waited_for(
+    session: Session, engine: Engine, worker_login: Engine
+) -> None:
+    """The heartbeat (and every door) locks the job's row; when the worker's own status
+    change holds it, the door waits and then answers with the new status: never "not this
+    attempt's" (which stopped a healthy worker when the door joined job_statuses, whose
+    row PostgreSQL does not re-read after the wait)."""
+    job, secret = running_job(session, engine, S.POST_PROCESSING)
+    with presenting(worker_login, secret) as worker, worker.connect() as holder:
+        holder.execute(
+            text("SELECT * FROM worker_set_job_status(:id, 1, 'processed')"), {"id": job}
+        )  # uncommitted: the row stays locked
+        holder_pid = holder.execute(text("SELECT pg_backend_pid()")).scalar()
+        answers: list[Any] = []
+        beat = threading.Thread(target=lambda: answers.extend(run(worker, BEAT, id=job, attempt=1)))
+        beat.start()
+        wait_for(
+            lambda: run(
+                engine,
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND :pid = ANY("
+                "SELECT unnest(pg_blocking_pids(pid)))",
+                pid=holder_pid,
+            )[0][0],
+            timeout=20,
+            message="the heartbeat waiting for the row lock",
+        )
+        holder.commit()
+        beat.join(timeout=20)
+    assert answers == [("processed",)]
 
 
 @pytest.mark.parametrize("presented", [None, "wrong"], ids=["missing", "wrong"])

@@ -15,6 +15,12 @@
 -- (libpq options "-c joblife.attempt_secret=...") never appears in a query.
 --
 -- A job queued outside the dispatcher has no hash: no worker may write it.
+--
+-- Each door locks the job's row with a scan of jobs alone, its status name read by a
+-- subquery: when the row changed while the door waited for its lock, PostgreSQL rechecks
+-- the locked row's new version but not the rows it was joined to, so a join with
+-- job_statuses would drop the row (a heartbeat colliding with the worker's own status
+-- change read "not this attempt's" and stopped a healthy worker).
 
 -- The check every door makes, under the row lock the caller took. Not granted to anyone:
 -- called only from the SECURITY DEFINER doors (it then runs as the owner).
@@ -96,8 +102,9 @@ BEGIN
         END IF;
     END IF;
 
-    SELECT j.attempt, j.attempt_secret_hash, s.name AS status INTO v_job
-      FROM jobs j JOIN job_statuses s ON s.id = j.status
+    SELECT j.attempt, j.attempt_secret_hash,
+           (SELECT s.name FROM job_statuses s WHERE s.id = j.status) AS status
+      INTO v_job FROM jobs j
      WHERE j.id = p_job_id FOR NO KEY UPDATE OF j;
     IF FOUND AND v_job.attempt IS DISTINCT FROM p_attempt THEN
         RAISE EXCEPTION USING
@@ -142,8 +149,9 @@ DECLARE
                                          'post_processing'];
     v_job record;
 BEGIN
-    SELECT j.attempt_secret_hash, s.name AS status INTO v_job
-      FROM jobs j JOIN job_statuses s ON s.id = j.status
+    SELECT j.attempt_secret_hash,
+           (SELECT s.name FROM job_statuses s WHERE s.id = j.status) AS status
+      INTO v_job FROM jobs j
      WHERE j.id = p_job_id AND j.attempt = p_attempt FOR NO KEY UPDATE OF j;
     IF NOT FOUND THEN
         RETURN NULL;
@@ -179,8 +187,9 @@ DECLARE
                                        'post_processing'];
     v_job record;
 BEGIN
-    SELECT j.attempt, j.attempt_secret_hash, j.output_path, s.name AS status INTO v_job
-      FROM jobs j JOIN job_statuses s ON s.id = j.status
+    SELECT j.attempt, j.attempt_secret_hash, j.output_path,
+           (SELECT s.name FROM job_statuses s WHERE s.id = j.status) AS status
+      INTO v_job FROM jobs j
      WHERE j.id = p_job_id FOR NO KEY UPDATE OF j;
     IF NOT FOUND OR v_job.attempt IS DISTINCT FROM p_attempt
        OR NOT v_job.status = ANY (v_running) THEN
@@ -260,8 +269,9 @@ DECLARE
     v_id uuid;
     v_count integer := 0;
 BEGIN
-    SELECT j.attempt, j.unique_id, j.attempt_secret_hash, s.name AS status INTO v_job
-      FROM jobs j JOIN job_statuses s ON s.id = j.status
+    SELECT j.attempt, j.unique_id, j.attempt_secret_hash,
+           (SELECT s.name FROM job_statuses s WHERE s.id = j.status) AS status
+      INTO v_job FROM jobs j
      WHERE j.id = p_job_id FOR NO KEY UPDATE OF j;
     IF NOT FOUND OR v_job.attempt IS DISTINCT FROM p_attempt OR v_job.status <> 'processed' THEN
         RAISE EXCEPTION USING
