@@ -9,19 +9,34 @@ executor, local file storage and publication kept in the outbox. See docs/config
 
 from __future__ import annotations
 
+import ipaddress
+import keyword
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 import platformdirs
-from pydantic import BaseModel, BeforeValidator, Field, PositiveInt, SecretStr
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from joblife.errors import ConfigurationError
 
 #: How a reference type runs its science step (see joblife.jobtypes.science_runner).
 RunnerMode = Literal["auto", "docker", "process"]
@@ -51,13 +66,124 @@ def _octal(value: object) -> object:
 #: A file-creation mask (0 to 0o777), octal when given as text.
 FileUmask = Annotated[int, BeforeValidator(_octal), Field(ge=0, le=0o777)]
 
+# -- ranges and formats (issue 14, item 10) ------------------------------------------------
+# Every numeric setting has a range: a value outside it (or inf/nan, refused model-wide by
+# allow_inf_nan=False) would break a service later (an OverflowError in a timedelta, a
+# monitor failing every cycle, a cap that silently pauses dispatch).
+HOUR = 3600.0
+DAY = 24 * HOUR
+#: Ten years: the longest look-back, deadline or age a setting may name.
+DECADE_HOURS = 10 * 366 * 24.0
+TIB = 1 << 40
+#: A cap or slot count per flavor / type: 0 pauses, negative is refused.
+Cap = Annotated[int, Field(ge=0, le=1_000_000)]
+#: A deadline per status (seconds): 0 to ten years.
+Deadline = Annotated[float, Field(ge=0, le=DECADE_HOURS * HOUR)]
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens.
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+_MODULE_NAME = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")
+# Cron fields of Nomad's periodic block: minute, hour, day of month, month, day of week.
+_MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+_WEEKDAYS = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")
+_CRON_FIELDS = (
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day of month", 1, 31, ()),
+    ("month", 1, 12, _MONTHS),
+    ("day of week", 0, 7, _WEEKDAYS),
+)
+_CRON_MACROS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
+CRON_FORMAT = (
+    "must be a 5-field cron expression (minute hour day-of-month month day-of-week: *, N, "
+    "N-M, lists, /step) or @hourly, @daily, @weekly, @monthly, @yearly"
+)
+
+
+class InvalidSettingError(ConfigurationError, ValueError):
+    """A setting's value is outside its range or format; the message is one line naming the
+    setting, the value (redacted if secret) and what is allowed."""
+
+
+def _is_hostname(host: str) -> bool:
+    """Whether ``host`` is an IP address (v4 or v6) or an RFC 1123 host name."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return bool(_HOSTNAME.match(host))
+
+
+def check_url(url: str, schemes: tuple[str, ...], *, host: bool = True) -> str:
+    """``url`` if it parses with one of ``schemes`` (``scheme://``), a valid host when
+    ``host`` and a valid port if any; else ValueError saying what is expected."""
+    expected = " or ".join(f"{s}://" for s in schemes)
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in schemes or not url[len(parts.scheme) :].startswith("://"):
+        raise ValueError(f"must be a URL starting with {expected}")
+    try:
+        parts.port  # noqa: B018 - parsing the port validates it
+    except ValueError as exc:
+        raise ValueError(f"must be a URL ({expected}) with a valid port ({exc})") from None
+    if host and not (parts.hostname and _is_hostname(parts.hostname)):
+        raise ValueError(f"must be a URL ({expected}) naming a host")
+    return url
+
+
+def _cron_value(text: str, low: int, high: int, names: tuple[str, ...]) -> int:
+    if text.upper() in names:
+        return names.index(text.upper()) + low
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise ValueError(text)
+    return int(text)
+
+
+def check_cron(expression: str) -> str:
+    """``expression`` if it is a 5-field cron expression (or a macro such as @hourly) that
+    Nomad's periodic block accepts; else ValueError."""
+    if expression.strip().lower() in _CRON_MACROS:
+        return expression
+    fields = expression.split()
+    if len(fields) != len(_CRON_FIELDS):
+        raise ValueError(f"{CRON_FORMAT} (got {len(fields)} fields)")
+    for text, (what, low, high, names) in zip(fields, _CRON_FIELDS, strict=True):
+        for item in text.split(","):
+            span, _, step = item.partition("/")
+            try:
+                if step and (not step.isdigit() or int(step) < 1):
+                    raise ValueError(step)
+                # "?" (no specific value) is only meaningful in the two day fields.
+                if span != "*" and not (span == "?" and what.startswith("day")):
+                    first, _, last = span.partition("-")
+                    start = _cron_value(first, low, high, names)
+                    if last and _cron_value(last, low, high, names) < start:
+                        raise ValueError(span)
+            except ValueError:
+                raise ValueError(
+                    f"{CRON_FORMAT} (the {what} field {text!r} is not in {low}-{high})"
+                ) from None
+    return expression
+
+
+def check_pattern(pattern: str) -> str:
+    """``pattern`` if it compiles as a regular expression; else ValueError."""
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"must be a valid regular expression ({exc})") from None
+    return pattern
+
 
 class FlavorOverride(BaseModel):
     """A worker flavor given in configuration (replaces or extends the built-in catalogue)."""
 
-    vcpus: PositiveInt
-    memory_mib: PositiveInt
-    disk_gib: PositiveInt
+    vcpus: int = Field(ge=1, le=1024)
+    memory_mib: int = Field(ge=1, le=64 * 1024 * 1024)
+    disk_gib: int = Field(ge=1, le=1024 * 1024)
 
 
 class Settings(BaseSettings):
@@ -67,6 +193,7 @@ class Settings(BaseSettings):
         env_prefix="JOBLIFE_",
         env_nested_delimiter="__",
         extra="ignore",
+        allow_inf_nan=False,  # inf/nan in a duration or cap breaks a service later
     )
 
     database_url: SecretStr | None = Field(
@@ -118,13 +245,25 @@ class Settings(BaseSettings):
     )
 
     # -- the life-cycle services (see docs/configuration.md) -------------------------------
-    batch_size: PositiveInt = Field(500, description="Jobs one service cycle handles at most.")
-    loop_interval: float = Field(5.0, gt=0, description="Seconds between idle service cycles.")
-    max_in_flight: PositiveInt = Field(1000, description="Cap on jobs queued...post_processing.")
-    max_in_flight_per_flavor: dict[str, int] = Field(
+    batch_size: int = Field(
+        500, ge=1, le=100_000, description="Jobs one service cycle handles at most."
+    )
+    loop_interval: float = Field(
+        5.0, ge=0.01, le=HOUR, description="Seconds between idle service cycles."
+    )
+    outage_backoff_max_seconds: float = Field(
+        10.0,
+        ge=0.1,
+        le=300,
+        description="Longest wait of joblife run between tries to reach a database that is down.",
+    )
+    max_in_flight: int = Field(
+        1000, ge=1, le=1_000_000, description="Cap on jobs queued...post_processing."
+    )
+    max_in_flight_per_flavor: dict[str, Cap] = Field(
         default_factory=dict, description="Cap on jobs in flight per worker flavor (0 pauses)."
     )
-    max_in_flight_per_type: dict[str, int] = Field(
+    max_in_flight_per_type: dict[str, Cap] = Field(
         default_factory=dict, description="Cap on jobs in flight per job type (0 pauses)."
     )
     creation_parallelism: int = Field(
@@ -135,38 +274,47 @@ class Settings(BaseSettings):
         "per 10,000 jobs at most, committed in publication order).",
     )
     discovery_lookback_hours: float = Field(
-        24.0, gt=0, description="First discovery window of a type with no job yet."
+        24.0, gt=0, le=DECADE_HOURS, description="First discovery window of a type with no job yet."
     )
     configure_recheck_seconds: float = Field(
-        60.0, gt=0, description="How often a job waiting for a dependency is re-checked."
+        60.0, ge=0.01, le=DAY, description="How often a job waiting for a dependency is re-checked."
     )
     heartbeat_interval_seconds: float = Field(
-        10.0, gt=0, description="How often a running worker stamps its heartbeat."
+        10.0, ge=0.01, le=HOUR, description="How often a running worker stamps its heartbeat."
     )
     heartbeat_timeout_seconds: float = Field(
-        120.0, gt=0, description="A running job without a heartbeat for this long has failed."
+        120.0,
+        ge=0.1,
+        le=DAY,
+        description="A running job without a heartbeat for this long has failed.",
     )
     redispatch_grace_seconds: float = Field(
-        30.0, ge=0, description="Age of a queued job without reference before re-dispatch."
+        30.0, ge=0, le=DAY, description="Age of a queued job without reference before re-dispatch."
     )
     queued_deadline_seconds: float = Field(
         3600.0,
-        gt=0,
+        ge=1,
+        le=30 * DAY,
         description="A queued job whose execution the executor accepted this long ago and "
         "that never started (e.g. an unplaceable Nomad child) is stopped and fails "
         "(external_error).",
     )
     retry_backoff_seconds: float = Field(
-        30.0, ge=0, description="Wait before the first automatic retry; doubles each attempt."
+        30.0,
+        ge=0,
+        le=30 * DAY,
+        description="Wait before the first automatic retry; doubles each attempt.",
     )
     retry_backoff_max_seconds: float = Field(
-        3600.0, ge=0, description="Longest wait before an automatic retry."
+        3600.0, ge=0, le=30 * DAY, description="Longest wait before an automatic retry."
     )
-    local_slots: dict[str, int] = Field(
+    local_slots: dict[str, Cap] = Field(
         default_factory=dict, description="Local executor: concurrent workers per flavor."
     )
-    local_default_slots: PositiveInt = Field(
+    local_default_slots: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        le=1_000_000,
         description="Local executor: concurrent workers of a flavor not in local_slots.",
     )
     local_start_method: Literal["fork", "exec"] = Field(
@@ -184,8 +332,8 @@ class Settings(BaseSettings):
         description="Where workers make each job's work dir (<work_root>/<unique_id>/); "
         "unset = <data_dir>/work.",
     )
-    storage_transfer_concurrency: PositiveInt = Field(
-        4, description="Files a worker downloads or uploads at the same time."
+    storage_transfer_concurrency: int = Field(
+        4, ge=1, le=256, description="Files a worker downloads or uploads at the same time."
     )
     s3_endpoint_url: str | None = Field(
         default=None, description="S3 endpoint (any S3-compatible server); unset = AWS."
@@ -197,15 +345,18 @@ class Settings(BaseSettings):
     s3_secret_access_key: SecretStr | None = Field(
         default=None, description="S3 secret key; unset = boto3's own chain."
     )
-    s3_max_attempts: PositiveInt = Field(
-        5, description="Attempts per S3 request (botocore standard retry mode)."
+    s3_max_attempts: int = Field(
+        5, ge=1, le=100, description="Attempts per S3 request (botocore standard retry mode)."
     )
-    s3_multipart_threshold_mib: PositiveInt = Field(
-        16, description="Files from this size on are transferred in parts."
+    s3_multipart_threshold_mib: int = Field(
+        16,
+        ge=1,
+        le=5 * 1024 * 1024,
+        description="Files from this size on are transferred in parts.",
     )
-    s3_multipart_chunksize_mib: PositiveInt = Field(16, description="Size of one part.")
-    s3_part_concurrency: PositiveInt = Field(
-        8, description="Parts of one file transferred at the same time."
+    s3_multipart_chunksize_mib: int = Field(16, ge=1, le=5 * 1024, description="Size of one part.")
+    s3_part_concurrency: int = Field(
+        8, ge=1, le=256, description="Parts of one file transferred at the same time."
     )
     container_engine_url: str | None = Field(
         default=None,
@@ -221,6 +372,7 @@ class Settings(BaseSettings):
     container_pids_limit: int = Field(
         1024,
         ge=-1,
+        le=4_194_304,  # the kernel's pid_max ceiling
         description="Most processes in a science container (-1: no limit); a job type may "
         "set its own.",
     )
@@ -232,28 +384,40 @@ class Settings(BaseSettings):
     )
     science_timeout_seconds: float = Field(
         6 * 3600.0,
-        gt=0,
+        ge=1,
+        le=30 * DAY,
         description="Science step time limit of job types that declare none.",
     )
-    science_log_tail_lines: PositiveInt = Field(
-        40, description="Last science log lines kept in the status details of a failure."
+    science_log_tail_lines: int = Field(
+        40,
+        ge=1,
+        le=100_000,
+        description="Last science log lines kept in the status details of a failure.",
     )
-    science_log_tail_max_bytes: PositiveInt = Field(
+    science_log_tail_max_bytes: int = Field(
         64 * 1024,
+        ge=1,
+        le=64 * 1024 * 1024,
         description="Most bytes of science log lines kept in the status details.",
     )
-    science_log_line_max_bytes: PositiveInt = Field(
+    science_log_line_max_bytes: int = Field(
         4096,
+        ge=1,
+        le=16 * 1024 * 1024,
         description="A science log line longer than this is cut in the status details "
         "(the log file keeps it whole).",
     )
-    science_log_max_bytes: PositiveInt = Field(
+    science_log_max_bytes: int = Field(
         64 * 1024 * 1024,
+        ge=1,
+        le=TIB,
         description="Most bytes of the uploaded science log; output past it is dropped and "
         "the drop recorded in the status details.",
     )
-    logs_upload_max_bytes: PositiveInt = Field(
+    logs_upload_max_bytes: int = Field(
         256 * 1024 * 1024,
+        ge=1,
+        le=TIB,
         description="Most bytes of an attempt's logs/ uploaded (science.log first, then the "
         "files the science step wrote there, by name); files past it are skipped, logged and "
         "counted in the status details (logs_skipped).",
@@ -277,50 +441,58 @@ class Settings(BaseSettings):
         "exists (the broker's topology is managed elsewhere).",
     )
     amqp_heartbeat_seconds: int = Field(
-        60, ge=0, description="AMQP heartbeat negotiated with the broker (0: none)."
+        60, ge=0, le=65535, description="AMQP heartbeat negotiated with the broker (0: none)."
     )
     amqp_confirm_timeout_seconds: float = Field(
-        30.0, gt=0, description="How long a batch waits for the broker's confirmations."
+        30.0, ge=0.01, le=HOUR, description="How long a batch waits for the broker's confirmations."
     )
     amqp_reconnect_max_seconds: float = Field(
-        60.0, gt=0, description="Longest wait between two connection attempts (backoff)."
+        60.0,
+        ge=0.01,
+        le=HOUR,
+        description="Longest wait between two connection attempts (backoff).",
     )
     amqp_feedback_queue: str | None = Field(
         default=None,
         description="Queue of failure reports from the consumers (JSON with message_id and "
         "error); unset = not consumed.",
     )
-    publication_batch_size: PositiveInt = Field(
-        1000, description="Messages published per confirm window (whole jobs)."
+    publication_batch_size: int = Field(
+        1000, ge=1, le=100_000, description="Messages published per confirm window (whole jobs)."
     )
     timeliness_target_hours: float = Field(
-        3.0, gt=0, description="Default target of `joblife timeliness` (input to output)."
+        3.0,
+        gt=0,
+        le=DECADE_HOURS,
+        description="Default target of `joblife timeliness` (input to output).",
     )
 
     # -- Nomad executor (issue 4) -----------------------------------------------------------
     nomad_connect_timeout_seconds: float = Field(
-        3.0, gt=0, description="Nomad API: seconds to wait for a connection."
+        3.0, ge=0.01, le=600, description="Nomad API: seconds to wait for a connection."
     )
     nomad_read_timeout_seconds: float = Field(
-        15.0, gt=0, description="Nomad API: seconds to wait for an answer."
+        15.0, ge=0.01, le=HOUR, description="Nomad API: seconds to wait for an answer."
     )
     nomad_retries: int = Field(
         2,
         ge=0,
+        le=100,
         description="Nomad API: retries of a request that found no answer, or a 500/502/503/504 "
         "(dispatch is idempotent through its token, so it is retried too).",
     )
     nomad_retry_backoff_seconds: float = Field(
-        0.2, ge=0, description="Nomad API: first wait between retries (doubles each retry)."
+        0.2, ge=0, le=600, description="Nomad API: first wait between retries (doubles each retry)."
     )
     nomad_unavailable_retry_seconds: float = Field(
         10.0,
-        gt=0,
+        ge=0.01,
+        le=HOUR,
         description="After Nomad did not answer: dispatch pauses (jobs stay ready) and Nomad is "
         "probed again after this many seconds.",
     )
     nomad_dispatch_rate: float = Field(
-        50.0, ge=0, description="Most dispatches per second to Nomad (0: no limit)."
+        50.0, ge=0, le=100_000, description="Most dispatches per second to Nomad (0: no limit)."
     )
     nomad_tls_ca_cert: Path | None = Field(
         default=None, description="CA bundle to verify Nomad's TLS certificate (https)."
@@ -377,12 +549,12 @@ class Settings(BaseSettings):
         "the products of a shared file storage (NFS).",
     )
     health_timeout_seconds: float = Field(
-        5.0, gt=0, description="How long `joblife health` waits for each service."
+        5.0, ge=0.1, le=600, description="How long `joblife health` waits for each service."
     )
-    cleanup_batch_size: PositiveInt = Field(
-        1000, description="Jobs `joblife cleanup` removes per transaction."
+    cleanup_batch_size: int = Field(
+        1000, ge=1, le=1_000_000, description="Jobs `joblife cleanup` removes per transaction."
     )
-    stale_after_seconds: dict[str, float] = Field(
+    stale_after_seconds: dict[str, Deadline] = Field(
         default_factory=lambda: {
             "initialized": 3600.0,
             "ready": 6 * 3600.0,
@@ -419,13 +591,19 @@ class Settings(BaseSettings):
         "(workers/build-local-image.sh builds it without a registry).",
     )
     h5repack_channel_axis: int = Field(
-        0, description="Channel axis of the recordings (0: (channel, time); -1: (time, channel))."
+        0,
+        ge=-2,
+        le=1,
+        description="Channel axis of the recordings (0: (channel, time); -1: (time, channel)).",
     )
     h5repack_gzip_level: int | None = Field(
         default=None, ge=0, le=9, description="gzip level of the repacked data; unset = none."
     )
-    h5repack_chunk_bytes: PositiveInt = Field(
-        1 << 20, description="Target size of one chunk (one channel by a run of samples)."
+    h5repack_chunk_bytes: int = Field(
+        1 << 20,
+        ge=1,
+        le=(1 << 32) - 1,
+        description="Target size of one chunk (one channel by a run of samples).",
     )
     image_ingest_source_url: str | None = Field(
         default=None,
@@ -456,10 +634,15 @@ class Settings(BaseSettings):
         description="Science image of the image ingest container runner (built from "
         "workers/pyramid/Containerfile; never pulled by auto).",
     )
-    image_ingest_min_size: PositiveInt = Field(
-        64, description="Pyramid: levels are added until the larger side is at most this."
+    image_ingest_min_size: int = Field(
+        64,
+        ge=1,
+        le=1 << 20,
+        description="Pyramid: levels are added until the larger side is at most this.",
     )
-    image_ingest_tile: PositiveInt = Field(256, description="Pyramid: chunk size in y and x.")
+    image_ingest_tile: int = Field(
+        256, ge=1, le=1 << 16, description="Pyramid: chunk size in y and x."
+    )
     tile_series_input_prefix: str | None = Field(
         default=None,
         description="Where the tile time series type discovers tile products "
@@ -468,18 +651,21 @@ class Settings(BaseSettings):
     tile_series_nrt_hours: float = Field(
         48.0,
         gt=0,
+        le=DECADE_HOURS,
         description="A tile product published at most this long after its measurement runs "
         "at priority nrt.",
     )
     tile_series_delayed_days: float = Field(
         30.0,
         gt=0,
+        le=DECADE_HOURS / 24,
         description="Published later than nrt but within this many days of its measurement: "
         "priority delayed; later still: reprocessing.",
     )
     tile_series_settle_hours: float = Field(
         0.5,
         ge=0,
+        le=DECADE_HOURS,
         description="The longest delay between a tile product's measurement and its "
         "publication that the date order is guaranteed for: a date is released only once "
         "the discovery cursor has passed its measurement plus this, so every earlier date "
@@ -504,6 +690,97 @@ class Settings(BaseSettings):
         "confirmation), and the jobs go on to done; unset = messages stay in the outbox. "
         "`joblife demo` sets it.",
     )
+
+    # -- formats: refused at start rather than when a service first uses them ------------
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.strip().upper() not in LOG_LEVELS:
+            raise ValueError(f"must be a log level: {', '.join(LOG_LEVELS)}")
+        return value.strip().upper()
+
+    @field_validator("database_url", "worker_database_url")
+    @classmethod
+    def _sqlalchemy_url(cls, value: SecretStr | None) -> SecretStr | None:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        if value is None:
+            return value
+        try:
+            url = make_url(value.get_secret_value())
+        except (ArgumentError, ValueError):
+            url = None
+        if url is None or not url.drivername.startswith("postgresql"):
+            raise ValueError(
+                "must be a SQLAlchemy PostgreSQL URL: postgresql://user:password@host:port/db"
+            )
+        return value
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_url(cls, value: SecretStr | None) -> SecretStr | None:
+        # pika reads a malformed URL (amqp//host) as localhost with guest credentials.
+        if value is not None:
+            check_url(value.get_secret_value(), ("amqp", "amqps"))
+        return value
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url(cls, value: str | None) -> str | None:
+        if value:  # empty = unset
+            check_url(value, ("s3", "file"), host=False)
+            if value.lower().startswith("s3:") and not urlsplit(value).netloc:
+                raise ValueError("must name a bucket: s3://bucket/prefix")
+        return value
+
+    @field_validator("nomad_addr")
+    @classmethod
+    def _nomad_addr(cls, value: str | None) -> str | None:
+        return check_url(value, ("http", "https")) if value else value
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _s3_endpoint(cls, value: str | None) -> str | None:
+        return check_url(value, ("http", "https")) if value else value
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if not _is_hostname(value):
+            raise ValueError("must be an IP address (0.0.0.0, ::) or a host name")
+        return value
+
+    @field_validator("job_type_modules")
+    @classmethod
+    def _module_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            parts = name.split(".")
+            if not _MODULE_NAME.match(name) or any(keyword.iskeyword(p) for p in parts):
+                raise ValueError(
+                    f"must be importable module names (dotted Python identifiers); {name!r} is not"
+                )
+        return value
+
+    @field_validator("h5repack_input_pattern", "image_ingest_filter")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        return check_pattern(value)
+
+    @field_validator("nomad_service_cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        return check_cron(value)
+
+    @model_validator(mode="after")
+    def _heartbeat_within_timeout(self) -> Settings:
+        # A heartbeat no more often than the timeout makes every running job look stale.
+        if self.heartbeat_interval_seconds >= self.heartbeat_timeout_seconds:
+            raise ValueError(
+                f"heartbeat_interval_seconds={self.heartbeat_interval_seconds:g}: must be "
+                f"less than heartbeat_timeout_seconds ({self.heartbeat_timeout_seconds:g})"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -543,7 +820,101 @@ def apply_file_umask(settings: Settings) -> int:
     return os.umask(settings.file_umask)
 
 
+def _range_of(loc: tuple[Any, ...]) -> str | None:
+    """What the numeric setting at ``loc`` (a field, a map entry, a flavor's attribute)
+    allows, from its constraints: ``a finite number between 0.01 and 3600``."""
+    model: type[BaseModel] = Settings
+    annotation: Any = None
+    metadata: list[Any] = []
+    for part in loc:
+        if annotation is None or (
+            isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        ):
+            model = annotation or model
+            info = model.model_fields.get(str(part))
+            if info is None:
+                return None
+            annotation, metadata = info.annotation, list(info.metadata)
+        elif get_origin(annotation) is dict:
+            annotation, metadata = get_args(annotation)[1], []
+        else:
+            return None
+        while True:  # unwrap Optional and Annotated
+            if get_origin(annotation) is Annotated:
+                inner, *extra = get_args(annotation)
+                for item in extra:
+                    metadata.extend(item.metadata if isinstance(item, FieldInfo) else [item])
+                annotation = inner
+            elif get_origin(annotation) in (Union, type(int | None)):
+                annotation = next(a for a in get_args(annotation) if a is not type(None))
+            else:
+                break
+    if annotation not in (int, float):
+        return None
+    bounds: dict[str, float] = {}
+    for item in metadata:
+        for kind in ("ge", "gt", "le", "lt"):
+            if isinstance(getattr(item, kind, None), int | float):
+                bounds[kind] = getattr(item, kind)
+    kind = "an integer" if annotation is int else "a finite number"
+
+    def num(value: float) -> str:
+        return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+    low = f"at least {num(bounds['ge'])}" if "ge" in bounds else None
+    low = f"greater than {num(bounds['gt'])}" if "gt" in bounds else low
+    high = f"at most {num(bounds['le'])}" if "le" in bounds else None
+    high = f"less than {num(bounds['lt'])}" if "lt" in bounds else high
+    if "ge" in bounds and "le" in bounds:
+        return f"{kind} between {num(bounds['ge'])} and {num(bounds['le'])}"
+    return " and ".join([kind, *(p for p in (low, high) if p)]).replace(" and ", " ", 1)
+
+
+def _secret_field(name: str) -> bool:
+    info = Settings.model_fields.get(name)
+    return info is not None and SecretStr in (get_args(info.annotation) or (info.annotation,))
+
+
+def _shown_value(loc: tuple[Any, ...], value: Any) -> str:
+    """``value`` as the operator gave it, a secret's password or whole value hidden."""
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    text = value if isinstance(value, str) else repr(value)
+    if loc and _secret_field(str(loc[0])):
+        # A URL keeps its scheme, user and host (what is usually wrong), never its password.
+        masked = re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", text)
+        text = masked if masked != text or "//" in text else "***"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def describe_settings_error(error: ValidationError) -> str:
+    """One line for the first invalid setting of ``error``: ``setting loop_interval=inf:
+    must be a finite number between 0.01 and 3600`` (and how many more are invalid)."""
+    errors = error.errors()
+    first = errors[0]
+    loc = tuple(first["loc"])
+    context_error = (first.get("ctx") or {}).get("error")
+    if first["type"] == "value_error" and context_error is not None:
+        reason = str(context_error)
+    elif first["type"] in ("missing", "extra_forbidden"):
+        reason = first["msg"].lower()
+    else:
+        allowed = _range_of(loc)
+        reason = f"must be {allowed}" if allowed else first["msg"][:1].lower() + first["msg"][1:]
+    more = f" (and {len(errors) - 1} more invalid)" if len(errors) > 1 else ""
+    if not loc:  # a check across settings names them itself
+        return f"setting {reason}{more}"
+    name = ".".join(str(part) for part in loc)
+    return f"setting {name}={_shown_value(loc, first.get('input'))}: {reason}{more}"
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, read once. Tests call ``get_settings.cache_clear()``."""
-    return Settings()
+    """The process-wide settings, read once. Tests call ``get_settings.cache_clear()``.
+    An invalid value raises :class:`InvalidSettingError` (one line, see
+    :func:`describe_settings_error`)."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        # Not chained: pydantic's report would print a secret's value under --debug.
+        raise InvalidSettingError(describe_settings_error(error)) from None

@@ -1,5 +1,6 @@
 """Errors as an operator sees them: one line on stderr, exit status 1, no traceback
-unless ``--debug`` (which prints the traceback before that line).
+unless ``--debug`` (which prints the traceback before that line). An invalid setting is
+refused at start the same way, with exit status 2 (a usage error: nothing was attempted).
 
 Usage errors (unknown option, missing argument) stay typer's: usage text, exit status 2.
 """
@@ -14,10 +15,12 @@ from typer.core import TyperGroup
 
 from joblife.cli.output import printed_secrets
 from joblife.cli.state import CliState
+from joblife.config import InvalidSettingError
 from joblife.errors import JoblifeError
 from joblife.logs import redact
 
 EXIT_ERROR = 1
+EXIT_INVALID_SETTING = 2
 
 # Exceptions typer/click use for control flow and usage errors: never ours to report.
 # (ClickException is reached through BadParameter so that no click import is needed:
@@ -47,6 +50,8 @@ def describe_error(error: BaseException, state: CliState | None) -> str:
     """The one-line description of ``error`` for an operator."""
     from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
+    if isinstance(error, InvalidSettingError):  # already one line; the state needs settings
+        return str(error)
     where = state.display_url() if state is not None else None
     at = f" at {where}" if where else ""
     if isinstance(error, JoblifeError | ValueError):
@@ -93,4 +98,8 @@ class JoblifeGroup(TyperGroup):
         except (Exception, KeyboardInterrupt) as error:
             state = ctx.obj if isinstance(ctx.obj, CliState) else None
             report_error(error, state)
-            raise typer.Exit(130 if isinstance(error, KeyboardInterrupt) else EXIT_ERROR) from None
+            if isinstance(error, KeyboardInterrupt):
+                raise typer.Exit(130) from None
+            if isinstance(error, InvalidSettingError):
+                raise typer.Exit(EXIT_INVALID_SETTING) from None
+            raise typer.Exit(EXIT_ERROR) from None

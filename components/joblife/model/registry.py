@@ -5,11 +5,16 @@ declares ``[project.entry-points."joblife.job_types"] mytype = "mypkg.jobs:MyJob
 ``job_type_modules`` setting, or registered directly with :func:`register_job_type`. A class
 is validated when it is registered; a missing or wrong attribute is refused with an error
 that names the class and the attribute.
+
+A type that cannot load (its module fails to import, its class is invalid) does not stop
+the others: it is recorded (:func:`job_type_load_errors`), logged once, and left out of the
+registry; ``joblife health`` and the metric ``joblife_job_type_load_errors`` report it.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import re
 from datetime import timedelta
 from importlib.metadata import entry_points
@@ -23,6 +28,12 @@ _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 _registry: dict[str, type[JobTemplate]] = {}
 _entry_points_loaded = False
+#: Job types that could not load, by name (an entry point's name, a module's, or a class's
+#: JOB_NAME): the error in one line. Modules are kept apart as the setting may change.
+_entry_point_errors: dict[str, str] = {}
+_module_errors: dict[str, dict[str, str]] = {}
+
+log = logging.getLogger("joblife.registry")
 
 
 class JobTypeError(ValueError):
@@ -100,23 +111,47 @@ def register_job_type(
     return cls
 
 
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _failed(errors: dict[str, str], name: str, what: str, error: BaseException) -> None:
+    """Record that ``name`` cannot load; logged once, when first recorded."""
+    if name not in errors:
+        errors[name] = f"{what}: {_one_line(error)}"
+        log.error("job type %s cannot load, the others go on: %s", name, errors[name])
+
+
+def _class_name(cls: type) -> str:
+    job_name = getattr(cls, "JOB_NAME", None)
+    return job_name if isinstance(job_name, str) and job_name else cls.__qualname__
+
+
 def load_job_types(settings: Settings | None = None) -> dict[str, type[JobTemplate]]:
     """Register the job types of the entry points and of the ``job_type_modules`` setting
-    (once per process) and return the registry, keyed by JOB_NAME."""
+    (once per process) and return the registry, keyed by JOB_NAME. Each type loads on its
+    own: one that fails is recorded (see :func:`job_type_load_errors`) and left out."""
     global _entry_points_loaded
     settings = settings or get_settings()
     if not _entry_points_loaded:
         for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+            what = f"entry point {entry_point.name!r} ({entry_point.value})"
             try:
-                cls = entry_point.load()
+                register_job_type(entry_point.load(), settings)
             except Exception as exc:  # a broken plug-in must say which one it is
-                raise JobTypeError(
-                    f"entry point {entry_point.name!r} ({entry_point.value}) failed to load: {exc}"
-                ) from exc
-            register_job_type(cls, settings)
+                _failed(_entry_point_errors, entry_point.name, what, exc)
         _entry_points_loaded = True
     for module_name in settings.job_type_modules:
-        module = importlib.import_module(module_name)
+        errors = _module_errors.setdefault(module_name, {})
+        if module_name in errors:
+            continue  # its import failed: not retried (and not logged again) each call
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:
+            _failed(errors, module_name, f"job_type_modules {module_name!r}", exc)
+            continue
         for value in vars(module).values():
             if (
                 isinstance(value, type)
@@ -124,8 +159,23 @@ def load_job_types(settings: Settings | None = None) -> dict[str, type[JobTempla
                 and "__tablename__" in value.__dict__
                 and value.__module__ == module.__name__
             ):
-                register_job_type(value, settings)
+                try:
+                    register_job_type(value, settings)
+                except JobTypeError as exc:
+                    what = f"job_type_modules {module_name!r} ({value.__qualname__})"
+                    _failed(errors, _class_name(value), what, exc)
     return dict(_registry)
+
+
+def job_type_load_errors(settings: Settings | None = None) -> dict[str, str]:
+    """The job types of this configuration that could not load (entry points and
+    ``job_type_modules``), by name: why, in one line. Empty when every type loaded."""
+    settings = settings or get_settings()
+    load_job_types(settings)
+    errors = dict(_entry_point_errors)
+    for module_name in settings.job_type_modules:
+        errors.update(_module_errors.get(module_name, {}))
+    return errors
 
 
 def get_job_type(job_name: str, settings: Settings | None = None) -> type[JobTemplate]:

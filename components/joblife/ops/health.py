@@ -23,7 +23,7 @@ from joblife.config import Settings
 from joblife.logs import configured_secrets, redact
 
 #: The checks, in the order they run and are shown.
-CHECKS = ("database", "broker", "nomad", "container_engine", "storage")
+CHECKS = ("database", "job_types", "broker", "nomad", "container_engine", "storage")
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ def run_checks(
         raise ValueError(f"unknown checks {sorted(unknown)} (known: {', '.join(CHECKS)})")
     checks: dict[str, Callable[[], tuple[str, str]]] = {
         "database": lambda: _database(settings, database_url()),
+        "job_types": lambda: _job_types(settings),
         "broker": lambda: _broker(settings),
         "nomad": lambda: _nomad(settings),
         "container_engine": lambda: _container_engine(settings),
@@ -159,6 +160,30 @@ def _database(settings: Settings, url: str) -> tuple[str, str]:
             "run `joblife db upgrade`",
         )
     return target, f"PostgreSQL {version}, migrated"
+
+
+def _job_types(settings: Settings) -> tuple[str, str]:
+    """Every job type of the entry points and ``job_type_modules`` loaded; one that cannot
+    load fails the check (the others still run: see joblife.model.registry)."""
+    from joblife.model.registry import job_type_load_errors, load_job_types
+
+    # The registry logs a broken type at ERROR: this check's result says it once.
+    registry_log = logging.getLogger("joblife.registry")
+    level = registry_log.level
+    registry_log.setLevel(logging.CRITICAL)
+    try:
+        loaded = sorted(load_job_types(settings))
+        broken = job_type_load_errors(settings)
+    finally:
+        registry_log.setLevel(level)
+    if broken:
+        reasons = "; ".join(f"{name}: {error}" for name, error in sorted(broken.items()))
+        raise _Failed(
+            ", ".join(sorted(broken)),
+            f"{len(broken)} job type{'s' if len(broken) > 1 else ''} cannot load ({reasons}); "
+            f"loaded: {', '.join(loaded) or 'none'}",
+        )
+    return ", ".join(loaded) or "-", f"{len(loaded)} loaded"
 
 
 def _broker(settings: Settings) -> tuple[str, str]:

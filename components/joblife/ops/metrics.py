@@ -19,7 +19,9 @@ From the database (every replica reports the same figures: aggregate with ``max`
 Of this process: ``joblife_loop_errors_total{service}`` and ``joblife_loop_cycles_total
 {service}`` (:func:`record_cycle`), ``joblife_rejected_products_total{job_type,reason}``
 (discovered products this process's creation refused for the first time: see
-:func:`record_rejected_product`), the standard ``process_*`` and ``python_*`` metrics.
+:func:`record_rejected_product`), ``joblife_job_type_load_errors{job_type}`` (1 for each job
+type of the configuration that cannot load: :class:`JobTypeLoadErrors`), the standard
+``process_*`` and ``python_*`` metrics.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from sqlalchemy import Connection, Engine, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.types import BigInteger
 
+from joblife.config import Settings
 from joblife.model.status import IN_FLIGHT_STATUSES, JobStatus
 
 log = logging.getLogger("joblife.metrics")
@@ -294,6 +297,32 @@ class DatabaseCollector(Collector):
         ]
 
 
+class JobTypeLoadErrors(Collector):
+    """``joblife_job_type_load_errors{job_type}``: 1 for each job type (entry point or
+    ``job_type_modules`` entry) of this process's configuration that cannot load; the
+    others run (see :func:`joblife.model.registry.job_type_load_errors`)."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings
+
+    def collect(self) -> Iterator[Metric]:
+        from joblife.model.registry import job_type_load_errors
+
+        gauge = GaugeMetricFamily(
+            "joblife_job_type_load_errors",
+            "1 for a job type that cannot load (its import or validation failed).",
+            labels=["job_type"],
+        )
+        try:
+            broken = job_type_load_errors(self.settings)
+        except Exception as exc:  # a scrape never fails on it
+            log.warning("metrics: cannot list the job types: %s", exc)
+            broken = {}
+        for name in sorted(broken):
+            gauge.add_metric([name], 1.0)
+        yield gauge
+
+
 class _ProcessCounters(Collector):
     """This process's counters (:data:`PROCESS_REGISTRY`) in a server's registry."""
 
@@ -307,6 +336,7 @@ def build_registry(engine: Engine) -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(DatabaseCollector(engine))
     registry.register(_ProcessCounters())
+    registry.register(JobTypeLoadErrors())
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
