@@ -35,8 +35,13 @@ if ! command -v podman >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1 \
   fi
   log "installing podman, runc, busybox-static"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >&2 || true
-  if ! apt-get install -y -qq --no-install-recommends podman runc busybox-static curl >&2; then
+  # Another apt process (unattended-upgrades on a fresh machine) may hold the dpkg lock:
+  # wait for it instead of failing at once, and retry an update that failed anyway once.
+  apt_opts=(-o DPkg::Lock::Timeout=600)
+  apt-get "${apt_opts[@]}" update -qq >&2 \
+    || { sleep 5; apt-get "${apt_opts[@]}" update -qq >&2; } || true
+  if ! apt-get "${apt_opts[@]}" install -y -qq --no-install-recommends \
+    podman runc busybox-static curl >&2; then
     log "apt-get install failed: no container engine"
     exit 0
   fi

@@ -15,6 +15,10 @@ if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
 fi
 echo "system-packages: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq >&2 || true
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 \
+# Another apt process (unattended-upgrades on a fresh machine) may hold the dpkg lock:
+# wait for it instead of failing at once, and retry an update that failed anyway once.
+apt_opts=(-o DPkg::Lock::Timeout=600)
+apt-get "${apt_opts[@]}" update -qq >&2 \
+  || { sleep 5; apt-get "${apt_opts[@]}" update -qq >&2; } || true
+apt-get "${apt_opts[@]}" install -y -qq --no-install-recommends "${missing[@]}" >&2 \
   || echo "system-packages: apt-get install ${missing[*]} failed" >&2

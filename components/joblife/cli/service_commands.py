@@ -72,13 +72,11 @@ def run(
     """Run the life-cycle services in this process until SIGTERM or SIGINT. With
     ``metrics_port`` set, also serves the Prometheus metrics (not with ``--once``)."""
     stop = threading.Event()
-    orchestrator = Orchestrator(
-        _context(ctx),
-        build_executor(),
-        services=[s.strip() for s in services.split(",") if s.strip()],
-        stop_event=stop,
-    )
+    service_names = [s.strip() for s in services.split(",") if s.strip()]
     if once:
+        orchestrator = Orchestrator(
+            _context(ctx), build_executor(), services=service_names, stop_event=stop
+        )
         try:
             report = orchestrator.run_once()
         finally:
@@ -87,6 +85,15 @@ def run(
         if report.errors:
             raise typer.Exit(1)
         return
+    # Before anything is built (job types imported, executor): a supervisor's SIGTERM
+    # while the command starts must end it as cleanly as one in the loop, not kill it.
+    # Kept until the process exits: a second signal during shutdown must not kill it.
+    _stop_on_signals(stop)
+    _run_forever(ctx, service_names, stop, interval)
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    """Make SIGTERM and SIGINT set ``stop``."""
 
     def request_stop(signum: int, _frame: Any) -> None:
         logging.getLogger("joblife").info(
@@ -96,6 +103,15 @@ def run(
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+
+
+def _run_forever(
+    ctx: typer.Context, service_names: list[str], stop: threading.Event, interval: float | None
+) -> None:
+    """Build the orchestrator and cycle until ``stop`` is set (at once if it already is)."""
+    orchestrator = Orchestrator(
+        _context(ctx), build_executor(), services=service_names, stop_event=stop
+    )
     settings = get_settings()
     metrics = (
         start_metrics_server(

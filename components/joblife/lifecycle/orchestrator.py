@@ -7,8 +7,10 @@ found work is followed at once by the next; an idle one waits ``loop_interval`` 
 or, when only the in-flight caps held dispatch back, until the executor reports that an
 execution ended: that wake-up runs dispatch alone (to fill the freed slot), and the other
 services keep their pace of one cycle per ``loop_interval``.
-A database outage makes the loop back off (up to a minute), reconnect and resume. SIGTERM
-or SIGINT stops it after the current service.
+A database outage makes the loop back off (1 s doubling, up to
+``outage_backoff_max_seconds``), reconnect and resume. SIGTERM or SIGINT stops it after
+the current service. The end of the first cycle is logged once ("first cycle done"): the
+services are up.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from joblife.publication.relay import PublicationService
 log = job_logger("orchestrator")
 
 SERVICES = ("create", "configure", "dispatch", "monitor", "publish")
-MAX_BACKOFF_SECONDS = 60.0
+#: The first wait after a database outage is noticed (doubled per failed cycle, capped).
+FIRST_BACKOFF_SECONDS = 1.0
 #: While dispatch waits for a free slot, the broker connection is served this often.
 SERVE_SLICE_SECONDS = 1.0
 #: What a cycle woken by a freed slot runs (the others wait for their interval).
@@ -120,8 +123,14 @@ class Orchestrator:
             close_executor()
 
     def _cycle_forever(self, interval: float | None) -> None:
-        interval = interval if interval is not None else self.context.settings.loop_interval
-        backoff = 1.0
+        settings = self.context.settings
+        interval = interval if interval is not None else settings.loop_interval
+        # Capped low: the loop notices a database that is back within one wait, not after
+        # the long waits of an uncapped doubling.
+        max_backoff = settings.outage_backoff_max_seconds
+        backoff = min(FIRST_BACKOFF_SECONDS, max_backoff)
+        first_cycle = True
+        began = time.monotonic()
         slot_freed = False
         next_full_cycle = 0.0
         while not self.stop_event.is_set():
@@ -141,9 +150,12 @@ class Orchestrator:
                 )
                 self.context.engine.dispose()
                 self.stop_event.wait(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                backoff = min(backoff * 2, max_backoff)
                 continue
-            backoff = 1.0
+            backoff = min(FIRST_BACKOFF_SECONDS, max_backoff)
+            if first_cycle and not self.stop_event.is_set():
+                first_cycle = False
+                log.info("first cycle done in %.1f s%s", time.monotonic() - began, _summary(report))
             if full:
                 next_full_cycle = time.monotonic() + interval
             slot_freed = False
@@ -181,6 +193,17 @@ class Orchestrator:
                 return True
             self.publication.idle(0.0)  # handle what the broker sent meanwhile
         return False
+
+
+def _summary(report: CycleReport) -> str:
+    """What the log line of the first cycle says besides its time: the failed services,
+    and how many in-flight jobs the monitor checked (a restarted orchestrator reconciles
+    the executions it finds)."""
+    parts = [f"{name} failed" for name in report.errors]
+    monitor = report.results.get("monitor")
+    if monitor is not None:
+        parts.append(f"monitor checked {monitor['checked']} in-flight jobs")
+    return ": " + ", ".join(parts) if parts else ""
 
 
 def _did_work(name: str, result: Any, batch_size: int) -> bool:
