@@ -12,7 +12,8 @@ the executor's state directory:
 - a worker killed with SIGKILL mid-processing: failed with exit 137, retried, done at
   attempt 2;
 - a database restart while ``joblife run`` runs, on an embedded PostgreSQL this test owns:
-  the orchestrator backs off, reconnects, and every job still ends done.
+  the orchestrator backs off, reconnects, and every job still ends done;
+- a SIGTERM while ``joblife run`` is still starting: a clean stop (exit 0), not -15.
 
 Correctness never rests on a fixed sleep: every wait polls with a timeout. Leftover
 processes (orchestrators, and the workers and waiters they started) are killed at the end
@@ -39,6 +40,7 @@ import pytest
 from joblife.db.embedded import stop_embedded_server
 from joblife.db.engine import create_joblife_engine
 from joblife.db.migrate import upgrade
+from joblife.executors.base import execution_token
 from joblife.jobtypes.test_job import write_test_product
 from joblife.model import JobStatus
 from sqlalchemy import Engine, text
@@ -52,6 +54,8 @@ S = JobStatus
 #: The path of a job that succeeded at its first attempt.
 HAPPY_PATH = [S.INITIALIZED, S.READY, *TO_DONE]
 SLOTS = 4  # local executor slots per flavor (the default is the CPU count: 2 here)
+#: What ``joblife run`` logs once, when its services have run their first cycle.
+FIRST_CYCLE = "first cycle done"
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -112,6 +116,12 @@ class Processes:
             f"{result.stdout}\n{result.stderr}"
         )
         return result.stdout
+
+    def first_cycle(self, name: str) -> str | None:
+        """The line ``joblife run`` logs once its first cycle is done (None before)."""
+        path = self.logs / f"{name}.log"
+        text_ = path.read_text(errors="replace") if path.exists() else ""
+        return next((line for line in text_.splitlines() if FIRST_CYCLE in line), None)
 
     def log_tail(self, name: str, lines: int = 40) -> str:
         path = self.logs / f"{name}.log"
@@ -201,7 +211,10 @@ def all_done(engine: Engine, expected: int) -> bool:
 def job_rows(engine: Engine) -> dict[int, Any]:
     with engine.connect() as conn:
         rows = conn.execute(
-            text("SELECT id, input_product_id, status, attempt, nomad_job_id FROM jobs ORDER BY id")
+            text(
+                "SELECT id, unique_id, input_product_id, status, attempt, nomad_job_id "
+                "FROM jobs ORDER BY id"
+            )
         ).all()
     return {row.id: row for row in rows}
 
@@ -274,15 +287,17 @@ def assert_each_attempt_ran_once(
         pids = [r.details.get("pid") for r in rows]
         assert all(pids) and len(set(pids)) == len(pids), f"job {job_id}: started pids {pids}"
         for attempt, pid in zip(attempts, pids, strict=True):
-            started_pid[f"{job_id}-{attempt}"] = pid
-        expected_tokens |= {f"{job_id}-{a}" for a in range(1, job.attempt + 1)}
+            started_pid[execution_token(job_id, attempt, job.unique_id)] = pid
+        expected_tokens |= {
+            execution_token(job_id, a, job.unique_id) for a in range(1, job.attempt + 1)
+        }
     records = {path.stem: json.loads(path.read_text()) for path in state_dir.glob("*.json")}
     assert set(records) == expected_tokens, (
         f"execution records without an attempt: {sorted(set(records) - expected_tokens)}; "
         f"attempts without a record: {sorted(expected_tokens - set(records))}"
     )
     for token, record in records.items():
-        assert f"{record['job_id']}-{record['attempt']}" == token
+        assert execution_token(record["job_id"], record["attempt"], record["unique_id"]) == token
         if token in started_pid:
             assert record["worker_pid"] == started_pid[token], (
                 f"{token}: the executor started pid {record['worker_pid']} but pid "
@@ -336,7 +351,6 @@ def test_two_orchestrators_run_every_attempt_once(
 ):
     data_dir = tmp_path / "data"
     count = 60
-    write_products(data_dir / "test-products", count)
     env = joblife_env(db_url, data_dir)
     first = processes.start("run-1", env, "run")
     second = processes.start("run-2", env, "run")
@@ -347,6 +361,11 @@ def test_two_orchestrators_run_every_attempt_once(
             f"\n--- run-2\n{processes.log_tail('run-2')}"
         )
 
+    # Both up before there is any work: on a busy machine one of them could otherwise do
+    # it all before the other has started, and nothing would be contended.
+    for name in ("run-1", "run-2"):
+        wait_for(lambda name=name: processes.first_cycle(name), 60, f"{name} up", diagnose)
+    write_products(data_dir / "test-products", count)
     wait_for(lambda: all_done(engine, count), 90, f"{count} jobs done", diagnose)
     assert first.poll() is None and second.poll() is None, diagnose()
     stop_gracefully(first)
@@ -389,7 +408,7 @@ def test_worker_killed_mid_processing_is_retried(
         jobs = list(job_rows(engine).values())
         if len(jobs) != 1 or jobs[0].status != S.PROCESSING:
             return None
-        path = state_dir / f"{jobs[0].id}-1.json"
+        path = state_dir / f"{execution_token(jobs[0].id, 1, jobs[0].unique_id)}.json"
         return json.loads(path.read_text()) if path.exists() else None
 
     record = wait_for(processing_record, 30, "the job to be processing", diagnose)
@@ -403,7 +422,7 @@ def test_worker_killed_mid_processing_is_retried(
 
     job = job_rows(engine)[job_id]
     assert job.attempt == 2
-    assert job.nomad_job_id == f"local:{job_id}-2"
+    assert job.nomad_job_id == f"local:{execution_token(job_id, 2, job.unique_id)}"
     history = histories(engine)[job_id]
     failure = [c for c in history if c.status is S.EXTERNAL_ERROR]
     assert len(failure) == 1, history
@@ -416,8 +435,10 @@ def test_worker_killed_mid_processing_is_retried(
     assert statuses == [*HAPPY_PATH[:6], S.EXTERNAL_ERROR, S.READY, *retry], statuses
     started = started_rows(history)
     assert started[0].details["pid"] == worker_pid
-    assert (state_dir / f"{job_id}-1.exit").read_text().strip() == "137"
-    assert (state_dir / f"{job_id}-2.exit").read_text().strip() == "0"
+    exit_file = state_dir / f"{execution_token(job_id, 1, job.unique_id)}.exit"
+    assert exit_file.read_text().strip() == "137"
+    exit_file = state_dir / f"{execution_token(job_id, 2, job.unique_id)}.exit"
+    assert exit_file.read_text().strip() == "0"
     assert_each_attempt_ran_once(engine, state_dir)
 
 
@@ -430,26 +451,42 @@ def test_orchestrator_killed_its_workers_live_on_and_are_reconciled(
     never starts them again, and sees each attempt to done."""
     data_dir = tmp_path / "data"
     state_dir = data_dir / "local-executor"
-    write_products(data_dir / "test-products", 2, behaviour="sleep", sleep_seconds=4)
+    write_products(data_dir / "test-products", 2, behaviour="sleep", sleep_seconds=10)
     env = joblife_env(db_url, data_dir)
     first = processes.start("run-1", env, "run")
 
     def diagnose() -> str:
-        return f"jobs: {list(job_rows(engine).values())}\n{processes.log_tail('run-1')}"
+        return (
+            f"jobs: {list(job_rows(engine).values())}\n--- run-1\n{processes.log_tail('run-1')}"
+            f"\n--- run-2\n{processes.log_tail('run-2')}"
+        )
 
-    def both_processing() -> bool:
+    def both_processing() -> list[dict[str, Any]] | None:
         jobs = list(job_rows(engine).values())
-        return len(jobs) == 2 and all(j.status == S.PROCESSING for j in jobs)
+        if len(jobs) != 2 or any(j.status != S.PROCESSING for j in jobs):
+            return None
+        # The record is written just after the worker is started: it may trail its status.
+        records = [json.loads(path.read_text()) for path in state_dir.glob("*.json")]
+        return records if len(records) == 2 else None
 
-    wait_for(both_processing, 30, "both jobs to be processing", diagnose)
-    records = [json.loads(path.read_text()) for path in state_dir.glob("*.json")]
-    assert len(records) == 2
+    records = wait_for(both_processing, 30, "both jobs to be processing", diagnose)
+    # Held (SIGSTOP) until the second run has reconciled them: otherwise they could end
+    # before it is up, and it would have nothing in flight to find.
+    workers = [psutil.Process(r["worker_pid"]) for r in records]
+    for worker in workers:
+        worker.suspend()
     first.kill()
     first.wait(timeout=10)
-    workers = [psutil.Process(r["worker_pid"]) for r in records]
     assert all(w.is_running() for w in workers), "the workers died with their orchestrator"
 
     second = processes.start("run-2", env, "run")
+    line = wait_for(lambda: processes.first_cycle("run-2"), 60, "run-2's first cycle", diagnose)
+    assert "monitor checked 2 in-flight jobs" in line, line
+    # Found running through the state directory: left as they are, nothing started again.
+    assert {(j.status, j.attempt) for j in job_rows(engine).values()} == {(S.PROCESSING, 1)}
+    assert len(list(state_dir.glob("*.json"))) == 2
+    for worker in workers:
+        worker.resume()
     wait_for(lambda: all_done(engine, 2), 60, "the jobs to be done", diagnose)
     assert second.poll() is None, processes.log_tail("run-2")
     stop_gracefully(second)
@@ -457,10 +494,61 @@ def test_orchestrator_killed_its_workers_live_on_and_are_reconciled(
         assert job.attempt == 1, job  # adopted, not retried
         statuses = [c.status for c in histories(engine)[job.id]]
         assert statuses == HAPPY_PATH, statuses
-    assert sorted(p.stem for p in state_dir.glob("*.exit")) == sorted(
-        f"{r['job_id']}-1" for r in records
+    # A job is done before its worker process has ended and its waiter written the exit.
+    exits = wait_for(
+        lambda: (
+            sorted(p.stem for p in state_dir.glob("*.exit"))
+            if len(list(state_dir.glob("*.exit"))) == len(records)
+            else None
+        ),
+        30,
+        "every worker's exit status",
+        diagnose,
     )
+    assert exits == sorted(execution_token(r["job_id"], 1, r["unique_id"]) for r in records)
     assert_each_attempt_ran_once(engine, state_dir)
+
+
+#: A job type module that holds ``joblife run`` while it builds its services (it imports
+#: the job types then) until the test creates ``go`` in the gate directory.
+GATE_MODULE = """\
+import os, pathlib, time
+gate = pathlib.Path(os.environ["E2E_START_GATE"])
+(gate / "building").touch()
+deadline = time.monotonic() + 60
+while not (gate / "go").exists() and time.monotonic() < deadline:
+    time.sleep(0.05)
+"""
+
+
+def test_sigterm_while_starting_stops_cleanly(db_url: str, tmp_path: Path, processes: Processes):
+    """A supervisor may stop ``joblife run`` before its services are built (the job types
+    imported, the executor made): the command still stops cleanly, with exit 0, and
+    starts no cycle."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    (gate / "start_gate.py").write_text(GATE_MODULE)
+    env = joblife_env(db_url, tmp_path / "data")
+    modules = json.loads(env["JOBLIFE_JOB_TYPE_MODULES"])
+    env["JOBLIFE_JOB_TYPE_MODULES"] = json.dumps([*modules, "start_gate"])
+    env["PYTHONPATH"] = os.pathsep.join([str(gate), env["PYTHONPATH"]])
+    env["E2E_START_GATE"] = str(gate)
+    run = processes.start("run", env, "run")
+
+    def diagnose() -> str:
+        return f"exit code {run.poll()}\n{processes.log_tail('run')}"
+
+    wait_for((gate / "building").exists, 60, "joblife run to build its services", diagnose)
+    run.send_signal(signal.SIGTERM)
+    (gate / "go").touch()
+    try:
+        code = run.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("joblife run did not stop within 30 s of SIGTERM\n" + diagnose())
+    assert code == 0, f"joblife run exited {code} after SIGTERM while starting\n{diagnose()}"
+    log = processes.log_tail("run", 10**6)
+    assert "SIGTERM: stopping" in log, log
+    assert processes.first_cycle("run") is None, log
 
 
 def _start_embedded(pgdata: Path) -> str:

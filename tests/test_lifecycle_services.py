@@ -117,6 +117,12 @@ def in_process_settings(lc: Lifecycle) -> Settings:
     return lc.settings.model_copy(update={"heartbeat_interval_seconds": 60.0})
 
 
+def identified_request(lc: Lifecycle, job_id: int) -> ExecutionRequest:
+    """The request of the job's attempt 1, named by its unique id as dispatch names it."""
+    unique_id = str(lc.job(job_id).unique_id)
+    return ExecutionRequest(job_id, 1, "test", "extra_small", unique_id=unique_id)
+
+
 def queue(lc: Lifecycle, *specs: dict[str, Any]) -> list[int]:
     """Insert ready jobs and queue them at attempt 1 without starting anything."""
     ids = lc.add_jobs(*specs)
@@ -466,11 +472,11 @@ def test_dispatch_order_and_overall_cap(make_lifecycle: Callable[..., Lifecycle]
     assert report.dispatched == 3 and report.failed == 0
     name_of = {v: k for k, v in ids.items()}
     assert [name_of[i] for i in executor.job_ids] == ["D", "E", "B"]
-    assert [token for _, token in executor.requests] == [f"{ids[n]}-1" for n in "DEB"]
+    assert [token for _, token in executor.requests] == [lc.token(ids[n], 1) for n in "DEB"]
     for name in "DEB":
         job = lc.job(ids[name])
         assert job.status is S.QUEUED and job.attempt == 1
-        assert job.nomad_job_id == f"fake:{ids[name]}-1"
+        assert job.nomad_job_id == f"fake:{lc.token(ids[name], 1)}"
         assert lc.last_change(ids[name]).message == "dispatch requested"
     for name in "ACF":
         job = lc.job(ids[name])
@@ -529,8 +535,8 @@ def test_dispatch_records_attempt_and_local_reference(lc: Lifecycle):
     assert report.dispatched == 1
     job = lc.job(job_id)
     assert job.attempt == 1
-    assert job.nomad_job_id == f"local:{job_id}-1"
-    assert lc.record(job_id, 1)["token"] == f"{job_id}-1"
+    assert job.nomad_job_id == f"local:{lc.token(job_id, 1)}"
+    assert lc.record(job_id, 1)["token"] == lc.token(job_id, 1)
     lc.wait_status(job_id, S.DONE)
     assert lc.exit_code(job_id, 1) == 0
 
@@ -548,13 +554,14 @@ def test_dispatch_failure_fails_that_job_and_goes_on(lc: Lifecycle):
     assert change.details == {"attempt": 1, "executor": "recording"}
     for job_id in (ids[0], ids[2]):
         job = lc.job(job_id)
-        assert job.status is S.QUEUED and job.nomad_job_id == f"fake:{job_id}-1"
+        assert job.status is S.QUEUED and job.nomad_job_id == f"fake:{lc.token(job_id, 1)}"
 
     # Backoff 0: the monitor makes it ready again, the next dispatch is attempt 2.
     assert lc.monitor_cycle(executor=executor).retried == 1
     assert lc.dispatch(RecordingExecutor()).dispatched == 1
     job = lc.job(ids[1])
-    assert (job.status, job.attempt, job.nomad_job_id) == (S.QUEUED, 2, f"fake:{ids[1]}-2")
+    expected = (S.QUEUED, 2, f"fake:{lc.token(ids[1], 2)}")
+    assert (job.status, job.attempt, job.nomad_job_id) == expected
 
 
 def _ghost(lc: Lifecycle) -> int:
@@ -627,14 +634,14 @@ def test_crash_after_queued_commit_is_redispatched_once(
     report = lc.monitor_cycle()
     assert report.redispatched == 2
     for job_id in ids:
-        assert lc.job(job_id).nomad_job_id == f"local:{job_id}-1"
+        assert lc.job(job_id).nomad_job_id == f"local:{lc.token(job_id, 1)}"
     for job_id in ids:
         lc.wait_status(job_id, S.DONE, monitor=True)
     assert lc.monitor_cycle().redispatched == 0
     for job_id in ids:
         assert len(started_rows(lc, job_id)) == 1
         assert sorted(p.name for p in lc.executor.state_dir.glob(f"{job_id}-*.json")) == [
-            f"{job_id}-1.json"
+            f"{lc.token(job_id, 1)}.json"
         ]
         assert lc.exit_code(job_id, 1) == 0
         assert lc.job(job_id).attempt == 1
@@ -655,15 +662,17 @@ def test_crash_after_the_executor_started_runs_once(lc: Lifecycle, monkeypatch: 
     # already started by its worker, the attempt runs once.
     lc.wait_status(job_id, S.DONE, monitor=True)
     assert len(started_rows(lc, job_id)) == 1
-    assert sorted(p.name for p in lc.executor.state_dir.glob("*.json")) == [f"{job_id}-1.json"]
+    json_files = sorted(p.name for p in lc.executor.state_dir.glob("*.json"))
+    assert json_files == [f"{lc.token(job_id, 1)}.json"]
     assert lc.exit_code(job_id, 1) == 0
 
 
 def test_local_executor_same_token_starts_once(lc: Lifecycle):
     [job_id] = queue(lc, {"behaviour": "sleep", "sleep_seconds": 0.3})
-    request = ExecutionRequest(job_id, 1, "test", "extra_small", "joblife-test")
+    unique_id = str(lc.job(job_id).unique_id)
+    request = ExecutionRequest(job_id, 1, "test", "extra_small", "joblife-test", unique_id)
     assert isinstance(lc.executor, Executor)
-    token = f"{job_id}-1"
+    token = lc.token(job_id, 1)
     first = lc.executor.dispatch(request, token)
     record = lc.record(job_id, 1)
     second = lc.executor.dispatch(request, token)
@@ -703,14 +712,14 @@ def test_local_executor_forks_a_new_zygote_when_it_died(lc: Lifecycle):
     """The workers are forked by a zygote process (not by the orchestrator); killed, it
     is forked again at the next dispatch and the attempt still starts once."""
     first, second = queue(lc, {}, {})
-    lc.executor.dispatch(ExecutionRequest(first, 1, "test", "extra_small", None), f"{first}-1")
+    lc.executor.dispatch(identified_request(lc, first), lc.token(first, 1))
     zygote = lc.executor._zygote._pid
     assert zygote is not None and zygote != os.getpid()
     assert lc.record(first, 1)["waiter_pid"] != zygote
     os.kill(zygote, signal.SIGKILL)
     # Dead (a zombie until reaped: its pipe is closed), not dying while a request is sent.
     wait_for(lambda: psutil.Process(zygote).status() == psutil.STATUS_ZOMBIE, timeout=10)
-    lc.executor.dispatch(ExecutionRequest(second, 1, "test", "extra_small", None), f"{second}-1")
+    lc.executor.dispatch(identified_request(lc, second), lc.token(second, 1))
     assert lc.executor._zygote._pid not in (None, zygote)
     for job_id in (first, second):
         lc.wait_status(job_id, S.DONE)
@@ -866,7 +875,7 @@ def test_worker_crash_is_detected_and_retried(lc: Lifecycle):
     )
     assert change.details == {
         "attempt": 1,
-        "reference": f"local:{job_id}-1",
+        "reference": f"local:{lc.token(job_id, 1)}",
         "exit_code": 137,
         "state": "exited",
     }
@@ -875,7 +884,7 @@ def test_worker_crash_is_detected_and_retried(lc: Lifecycle):
     assert lc.dispatch().dispatched == 1
     lc.wait_status(job_id, S.DONE, monitor=True)
     job = lc.job(job_id)
-    assert job.attempt == 2 and job.nomad_job_id == f"local:{job_id}-2"
+    assert job.attempt == 2 and job.nomad_job_id == f"local:{lc.token(job_id, 2)}"
     assert len(started_rows(lc, job_id)) == 2
     assert lc.exit_code(job_id, 2) == 0
 
@@ -932,7 +941,7 @@ def test_monitor_covers_every_in_flight_job_in_batches(make_lifecycle: Callable[
     class EndsTheLast(RecordingExecutor):
         def status(self, references: Any) -> Any:
             result = super().status(references)
-            ended = f"fake:{ids[-1]}-1"
+            ended = f"fake:{lc.token(ids[-1], 1)}"
             if ended in result:
                 result[ended] = ExecutionStatus(ended, ExecutionState.EXITED, 1, "worker exited 1")
             return result
@@ -968,13 +977,13 @@ def test_monitor_stale_heartbeat(
     assert lc.monitor_cycle().stale == 0
     assert lc.status(job_id) is S.PROCESSING
     lc.wait_status(job_id, S.EXTERNAL_ERROR, timeout=15, monitor=True)
-    assert stopped == [f"local:{job_id}-1"]
+    assert stopped == [f"local:{lc.token(job_id, 1)}"]
     change = lc.last_change(job_id)
     assert re.fullmatch(
         r"worker heartbeat stale \(last \S+\) while the job was processing; execution stopped",
         change.message or "",
     ), change.message
-    assert change.details == {"attempt": 1, "reference": f"local:{job_id}-1"}
+    assert change.details == {"attempt": 1, "reference": f"local:{lc.token(job_id, 1)}"}
     assert wait_or_false(lambda: not alive(record["worker_pid"]), timeout=3), (
         "the monitor's stop did not end the hung worker"
     )
@@ -1076,9 +1085,7 @@ def test_refused_cancel_stops_nothing(lc: Lifecycle):
 
 def test_local_executor_stop_ends_the_execution(lc: Lifecycle):
     [job_id] = queue(lc, {"behaviour": "hang"})
-    reference = lc.executor.dispatch(
-        ExecutionRequest(job_id, 1, "test", "extra_small"), f"{job_id}-1"
-    )
+    reference = lc.executor.dispatch(identified_request(lc, job_id), lc.token(job_id, 1))
     lc.wait_status(job_id, S.PROCESSING, timeout=15)
     record = lc.record(job_id, 1)
     lc.executor.stop(reference)
@@ -1103,7 +1110,7 @@ def test_retry_of_an_error_checked_job_runs_to_done(lc: Lifecycle):
     assert (change.previous_status, change.status) == (S.ERROR_CHECKED, S.READY)
     assert lc.dispatch().dispatched == 1
     job = lc.job(job_id)
-    assert (job.attempt, job.nomad_job_id) == (2, f"local:{job_id}-2")
+    assert (job.attempt, job.nomad_job_id) == (2, f"local:{lc.token(job_id, 2)}")
     lc.wait_status(job_id, S.DONE, monitor=True)
     assert lc.exit_code(job_id, 2) == 0
     assert len(started_rows(lc, job_id)) == 2

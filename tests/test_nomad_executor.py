@@ -123,7 +123,7 @@ def test_status_lists_children_and_reads_allocations_only_of_ended_ones(double: 
     assert statuses[children[2]].exit_code == 137
     assert "SIGKILL" in statuses[children[2]].reason
     assert statuses[children[3]].state is ExecutionState.LOST
-    assert "garbage-collected" in statuses[children[3]].reason
+    assert "Nomad no longer knows job" in statuses[children[3]].reason
     assert {statuses[c].state for c in children[4:]} == {ExecutionState.PENDING}
     # One list for 20 children; allocations only for the 3 that ended; one read of the
     # missing one (404).
@@ -132,6 +132,54 @@ def test_status_lists_children_and_reads_allocations_only_of_ended_ones(double: 
         "GET /v1/job/:id/allocations": 3,
         "GET /v1/job/:id": 1,
     }
+
+
+def test_a_child_nomad_no_longer_knows_says_whether_it_was_seen_ended(double: NomadDouble):
+    """Issue 14, item 9: a 404 for a child seen ended is a garbage collection; for one never
+    seen ended, an unknown child (a cluster that lost its state)."""
+    executor = executor_on(double)
+    cluster = double.cluster
+    ended, pending = (executor.dispatch(request(i), f"{i}-1") for i in (1, 2))
+    cluster.finish(ended, 1)
+    first = executor.status([ended, pending])
+    assert (first[ended].state, first[ended].exit_code) == (ExecutionState.EXITED, 1)
+    assert first[pending].state is ExecutionState.PENDING
+    cluster.gc(ended)
+    cluster.gc(pending)  # the cluster forgot it: never seen ended
+    statuses = executor.status([ended, pending])
+    assert {s.state for s in statuses.values()} == {ExecutionState.LOST}
+    assert statuses[ended].reason == (
+        f"Nomad no longer knows job {ended}: it was seen ended, then garbage-collected "
+        "before its outcome was read (no exit status: not a success)"
+    )
+    unknown = (
+        "never seen ended by this executor: an unknown child (the cluster lost its state, "
+        "or the child ended and was garbage-collected between two checks); no exit status: "
+        "not a success"
+    )
+    assert statuses[pending].reason == f"Nomad no longer knows job {pending}, {unknown}"
+    # An executor that never saw it (the orchestrator restarted) cannot tell a GC either.
+    restarted = executor_on(double).status([ended])
+    assert restarted[ended].reason == f"Nomad no longer knows job {ended}, {unknown}"
+
+
+def test_a_child_of_another_job_returned_for_the_token_is_refused(double: NomadDouble):
+    """Issue 14, item 6: a child returned for the token is read back and adopted only if
+    its meta names this job and attempt; a fresh dispatch costs no read."""
+    executor = executor_on(double)
+    double.requests.clear()
+    child = executor.dispatch(request(3, 1), "3-1-token")
+    assert double.requests.get("GET /v1/job/:id", 0) == 0
+    assert executor.dispatch(request(3, 1), "3-1-token") == child  # its own: adopted
+    assert double.requests["GET /v1/job/:id"] == 1
+    for other in (request(4, 1), request(3, 2)):
+        with pytest.raises(ExecutorError, match="not adopted") as caught:
+            executor.dispatch(other, "3-1-token")
+        assert f"the execution of job 3 attempt 1, not of job {other.job_id} attempt " in str(
+            caught.value
+        )
+    assert double.cluster.children(PARENT) == [child]
+    assert double.cluster.task_runs == {}
 
 
 def test_allocation_mapping():

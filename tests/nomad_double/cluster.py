@@ -7,7 +7,10 @@ Behaviour follows Nomad's (``nomad/job_endpoint.go``, ``command/agent/job_endpoi
   is parameterized, is not stopped, the payload constraint and its 16 KiB limit, no meta
   key outside ``meta_required`` and ``meta_optional``, every required key present; the
   idempotency token (query string only) returns the existing child of that parent while
-  it is not garbage-collected; the child id is ``<parent>/dispatch-<unix>-<8 hex>``, or
+  it is not garbage-collected, in an answer without an evaluation (``EvalID`` empty);
+  Nomad bounds the length of neither the token nor ``IdPrefixTemplate`` (no check in
+  ``validateDispatchRequest``), nor does the double; the child id is
+  ``<parent>/dispatch-<unix>-<8 hex>``, or
   ``<parent>/dispatch-<IdPrefixTemplate>-<unix>-<8 hex>``; meta is merged into the child;
 - a child is ``pending`` until its allocation runs, ``running``, then ``dead``; the client
   runs at most ``slots`` allocations at once, the others wait unplaced (as behind a

@@ -19,7 +19,13 @@ import psutil
 from joblife.config import Settings
 from joblife.db.status import set_job_status
 from joblife.errors import ExecutorError
-from joblife.executors.base import ExecutionRequest, ExecutionState, ExecutionStatus, Executor
+from joblife.executors.base import (
+    ExecutionRequest,
+    ExecutionState,
+    ExecutionStatus,
+    Executor,
+    execution_token,
+)
 from joblife.executors.local import LocalExecutor
 from joblife.jobtypes.test_job import TestJob, write_test_product
 from joblife.lifecycle.common import ServiceContext, utc_now
@@ -254,8 +260,12 @@ class Lifecycle:
         return [(str(JobStatus(c.status)), c.message) for c in self.history(job_id)]
 
     # -- the local executor's state --------------------------------------------------------
+    def token(self, job_id: int, attempt: int) -> str:
+        """The execution token of the job's attempt (named by its unique id too)."""
+        return execution_token(job_id, attempt, self.job(job_id).unique_id)
+
     def state_file(self, job_id: int, attempt: int, suffix: str) -> Path:
-        return self.executor.state_dir / f"{job_id}-{attempt}.{suffix}"
+        return self.executor.state_dir / f"{self.token(job_id, attempt)}.{suffix}"
 
     def record(self, job_id: int, attempt: int) -> dict[str, Any]:
         path = self.state_file(job_id, attempt, "json")

@@ -5,6 +5,8 @@ executor dispatches a child of the type's parameterized job."""
 from __future__ import annotations
 
 import enum
+import re
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -21,6 +23,10 @@ class ExecutionRequest:
     job_type: str
     worker_flavor: str
     nomad_job_name: str | None = None
+    #: The job's ``unique_id`` (drawn per job): with the job id and attempt, what names this
+    #: attempt's execution (see :func:`execution_token`). None only in tests that start
+    #: executions by hand.
+    unique_id: str | None = None
     #: The attempt's secret (see :mod:`joblife.db.worker_doors`), passed to the worker:
     #: without it the worker can write nothing. Never logged (not in the repr).
     attempt_secret: str | None = field(default=None, repr=False)
@@ -56,9 +62,28 @@ class ExecutorUnavailable(ExecutorError):
     monitor dispatches it again with the same token once the executor answers."""
 
 
-def execution_token(job_id: int, attempt: int) -> str:
-    """The idempotency token of a job's attempt: dispatching twice with it runs it once."""
-    return f"{job_id}-{attempt}"
+def execution_token(job_id: int, attempt: int, unique_id: uuid.UUID | str) -> str:
+    """The idempotency token of a job's attempt, ``<job id>-<attempt>-<unique id, 32 hex>``:
+    dispatching twice with it runs it once. The job's ``unique_id`` makes it unique across
+    databases: a database re-created against the same Nomad cluster (or local state
+    directory) numbers its jobs and attempts from 1 again, and Nomad returns the child of
+    any earlier dispatch with the same token until that child is garbage-collected. 52
+    characters at most for ids below 10^15: Nomad bounds neither the token nor the id
+    prefix template (``nomad/job_endpoint.go``, ``structs.DispatchedID``)."""
+    return f"{job_id}-{attempt}-{uuid.UUID(str(unique_id)).hex}"
+
+
+def parse_execution_token(token: str) -> tuple[int, int, str | None] | None:
+    """``(job id, attempt, unique id hex)`` of a token of :func:`execution_token`; the
+    unique id is None for a token of the old form ``<job id>-<attempt>``, and None is
+    returned for a token of neither form."""
+    parts = token.split("-")
+    if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts[:2]):
+        return None
+    unique = parts[2] if len(parts) == 3 else None
+    if unique is not None and not re.fullmatch(r"[0-9a-f]{32}", unique):
+        return None
+    return int(parts[0]), int(parts[1]), unique
 
 
 @runtime_checkable

@@ -7,11 +7,15 @@ Every execution is supervised by a small *waiter* process in a session of its ow
                                                             waits, then writes <token>.exit
 
 so an execution survives a restart of the orchestrator, and its exit status (even after a
-SIGKILL of the worker) is kept on disk. Any orchestrator on this machine sharing the state
-directory can inspect or stop it. An execution whose waiter vanished without writing an
-exit status is reported LOST, never forgotten. The zygote, forked once from the
-orchestrator, does the forking so that the orchestrator pays neither the forks nor the
-copy-on-write faults they cause (see :class:`_Zygote`).
+SIGKILL of the worker) is kept on disk. Its files are named by the token
+``<job id>-<attempt>-<unique id>`` (:func:`~joblife.executors.base.execution_token`), so
+that a database re-created against the same state directory never meets the executions
+of its predecessor; a record that names another job than its token is never adopted. Any
+orchestrator on this machine sharing the state directory can inspect or stop it. An
+execution whose waiter vanished without writing an exit status is reported LOST, never
+forgotten. The zygote, forked once from the orchestrator, does the forking so that the
+orchestrator pays neither the forks nor the copy-on-write faults they cause (see
+:class:`_Zygote`).
 
 The worker is either forked (``fork``, the default: no interpreter start-up, joblife
 already imported) or started as a fresh ``python -m joblife.worker`` process
@@ -41,7 +45,12 @@ import psutil
 
 from joblife.config import Settings
 from joblife.errors import ExecutorError
-from joblife.executors.base import ExecutionRequest, ExecutionState, ExecutionStatus
+from joblife.executors.base import (
+    ExecutionRequest,
+    ExecutionState,
+    ExecutionStatus,
+    parse_execution_token,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +123,16 @@ class LocalExecutor:
         try:
             fd = os.open(paths.claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            return reference  # dispatched before with this token: start nothing
+            # Dispatched before with this token: start nothing, if it was this job's.
+            mismatch = _foreign(
+                _read_json(paths.record), request.job_id, request.attempt, request.unique_id
+            )
+            if mismatch:
+                raise ExecutorError(
+                    f"the local execution of token {token} is not job {request.job_id}'s "
+                    f"attempt {request.attempt} ({mismatch}): not adopted"
+                ) from None
+            return reference
         except OSError as exc:
             raise ExecutorError(f"cannot write to {self.state_dir}: {exc}") from exc
         os.close(fd)
@@ -129,6 +147,7 @@ class LocalExecutor:
             "token": token,
             "job_id": request.job_id,
             "attempt": request.attempt,
+            "unique_id": request.unique_id,
             "flavor": request.worker_flavor,
             "waiter_pid": waiter_pid,
             "waiter_started": _create_time(waiter_pid),
@@ -147,6 +166,8 @@ class LocalExecutor:
         record = _read_json(paths.record)
         if record is None or paths.exit.exists() or not self._waiter_alive(record):
             return
+        if _foreign_to_token(record, token):
+            return  # another job's processes: not this reference's to stop
         try:
             # The waiter leads the group and ignores SIGTERM; the worker and what it
             # started get it.
@@ -193,6 +214,14 @@ class LocalExecutor:
         except ExecutorError as exc:
             return ExecutionStatus(reference, ExecutionState.LOST, reason=str(exc))
         paths = self._paths(token)
+        mismatch = _foreign_to_token(_read_json(paths.record), token)
+        if mismatch:
+            return ExecutionStatus(
+                reference,
+                ExecutionState.LOST,
+                reason=f"the local execution record {paths.record} is not this attempt's "
+                f"({mismatch}): not adopted",
+            )
         exit_text = _read_text(paths.exit)
         if exit_text is not None:
             code = int(exit_text)
@@ -467,6 +496,33 @@ def _worker_environment(request: ExecutionRequest, launch: _Launch) -> dict[str,
 
 
 # -- small helpers -----------------------------------------------------------------------------
+def _foreign(record: dict | None, job_id: int, attempt: int, unique_id: str | None) -> str | None:
+    """How ``record`` names another execution than job ``job_id``'s ``attempt``
+    (``unique_id``: a uuid, dashed or hex; None: not checked), or None if it names this
+    one (or there is no record)."""
+    if record is None:
+        return None
+    if (record.get("job_id"), record.get("attempt")) != (job_id, attempt):
+        return f"its record names job {record.get('job_id')} attempt {record.get('attempt')}"
+    theirs = record.get("unique_id")
+    if unique_id is not None and (theirs is None or _hex(theirs) != _hex(unique_id)):
+        return f"its record names job {job_id} with unique id {theirs}, not {unique_id}"
+    return None
+
+
+def _foreign_to_token(record: dict | None, token: str) -> str | None:
+    """:func:`_foreign` for the job and unique id that ``token`` names (a token of the old
+    form ``<job id>-<attempt>`` names no unique id)."""
+    parsed = parse_execution_token(token)
+    if record is None or parsed is None:
+        return None
+    return _foreign(record, *parsed)
+
+
+def _hex(unique_id: str) -> str:
+    return unique_id.replace("-", "").lower()
+
+
 def describe_exit(code: int) -> str:
     """An exit code in words (the seed's contract: 0 = do not relaunch, 2 = relaunch)."""
     if code == 0:

@@ -1,22 +1,26 @@
 """The Nomad executor: each attempt is one dispatched child of the job type's
 parameterized batch job (see :mod:`joblife.nomad.specs`), through python-nomad.
 
-- **dispatch**: ``POST /v1/job/<parent>/dispatch?idempotency_token=<job>-<attempt>`` with
-  meta ``job_id``/``attempt``/``attempt_secret`` (the worker reads the secret as
+- **dispatch**: ``POST /v1/job/<parent>/dispatch?idempotency_token=<job>-<attempt>-<unique
+  id>`` with meta ``job_id``/``attempt``/``attempt_secret`` (the worker reads the secret as
   ``NOMAD_META_attempt_secret``; anyone who may read the Nomad job sees it) and an
   ``IdPrefixTemplate`` naming the job, so the child is
   ``<parent>/dispatch-job<id>-a<attempt>-<unix>-<8 hex>``. Nomad reads the token only from
   the query string (python-nomad's own ``idempotency_token`` argument puts it in the body,
-  where Nomad ignores it); a repeated token returns the existing child and starts nothing.
+  where Nomad ignores it); a repeated token returns the existing child and starts nothing
+  (an answer without an evaluation). Such a child is read back and adopted only if its
+  meta names this job and attempt: a child of another job under the token is a refusal
+  (see :meth:`NomadExecutor.dispatch`).
   Dispatches are spaced to ``nomad_dispatch_rate`` per second; the caps on jobs in flight
   are the dispatch service's (Nomad has none per parameterized job).
 - **status**: one ``GET /v1/jobs?prefix=<parent>/dispatch-`` per parent job lists every
   child with its status; only the children that ended (``dead``) cost one more request,
   ``/v1/job/<child>/allocations``, for the newest allocation's client status and the exit
-  code of its ``Terminated`` event. A child missing from the list was garbage-collected:
-  confirmed by a 404 it is reported LOST, never a success, and the monitor's
-  compare-and-set on the status it saw decides from the database (a worker that recorded
-  its outcome wins).
+  code of its ``Terminated`` event. A child missing from the list and confirmed by a 404
+  is no longer known to Nomad: reported LOST, never a success, saying whether this
+  executor saw it end (then garbage-collected) or never saw it end (collected between two
+  looks, or a cluster that lost its state); the monitor's compare-and-set on the status
+  it saw decides from the database (a worker that recorded its outcome wins).
 - **stop**: ``DELETE /v1/job/<child>`` (a child already gone is no error).
 - **Nomad unreachable** (no answer, a proxy's 502/503/504, or Nomad's own 500 saying it
   cannot serve, e.g. "No cluster leader", after the retries): :meth:`dispatch` and
@@ -34,6 +38,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -55,6 +60,8 @@ log = logging.getLogger(__name__)
 
 #: Nomad's separator between a parameterized job's id and its dispatched child's suffix.
 DISPATCH_SEPARATOR = "/dispatch-"
+#: How many children seen ended are remembered (to word a later 404; oldest forgotten).
+SEEN_ENDED_MEMORY = 100_000
 
 
 class NomadExecutor:
@@ -79,6 +86,8 @@ class NomadExecutor:
         self._lock = threading.Lock()
         self._down_reason: str | None = None
         self._retry_at = 0.0
+        #: Children this executor saw ``dead``: a later 404 is then a garbage collection.
+        self._seen_ended: OrderedDict[str, None] = OrderedDict()
 
     @classmethod
     def from_settings(cls, settings: Settings, *, dispatching: bool = True) -> NomadExecutor:
@@ -109,7 +118,10 @@ class NomadExecutor:
 
     def dispatch(self, request: ExecutionRequest, token: str) -> str:
         """Dispatch a child of the type's parameterized job with the token as
-        ``?idempotency_token=``; its ``DispatchedJobID`` is the reference."""
+        ``?idempotency_token=``; its ``DispatchedJobID`` is the reference. An answer
+        without an evaluation is an existing child returned for the token (a re-dispatch
+        after a crash): it is adopted only if its meta names this job and attempt
+        (:meth:`_check_returned_child`)."""
         if not self.available():
             raise ExecutorUnavailable(self._down_message())
         parent = request.nomad_job_name
@@ -147,6 +159,10 @@ class NomadExecutor:
         child = answer.get("DispatchedJobID") if isinstance(answer, dict) else None
         if not child:
             raise ExecutorError(f"Nomad's dispatch answer names no DispatchedJobID: {answer!r}")
+        if not answer.get("EvalID"):
+            # A dispatch of a (non-periodic) parameterized job always creates an
+            # evaluation, except when the token returns an existing child.
+            self._check_returned_child(str(child), request, token)
         return str(child)
 
     def status(self, references: Iterable[str]) -> dict[str, ExecutionStatus]:
@@ -245,6 +261,36 @@ class NomadExecutor:
         return f"Nomad at {self.address} does not answer ({self._down_reason})"
 
     # -- one child -----------------------------------------------------------------------------
+    def _check_returned_child(self, child: str, request: ExecutionRequest, token: str) -> None:
+        """Refuse a child returned for ``token`` that is not this attempt's execution: its
+        meta names another job or attempt (a token reused by hand, or a copy of this
+        database dispatching to the same cluster). Refused rather than dispatched anew:
+        Nomad returns that child for the token until it is garbage-collected, so only a
+        new token (the next attempt's) can start this job; never adopted, since its
+        outcome is another job's. A child already gone (404) cannot be read and is
+        returned as is: the monitor then reports it unknown to Nomad."""
+        try:
+            job = self._call(lambda: self.client.job.get_job(child))
+        except BaseNomadException as exc:
+            if http_status(exc) == 404:
+                return
+            if is_unreachable(exc):
+                raise ExecutorUnavailable(self._down_message()) from exc
+            raise ExecutorError(
+                f"cannot read Nomad job {child}, returned for the token {token}: {describe(exc)}"
+            ) from exc
+        meta = job.get("Meta") or {}
+        names = (meta.get("job_id"), meta.get("attempt"))
+        if names == (str(request.job_id), str(request.attempt)):
+            return
+        raise ExecutorError(
+            f"Nomad returned its job {child} for the idempotency token {token}, but that child "
+            f"is the execution of job {names[0]} attempt {names[1]}, not of job "
+            f"{request.job_id} attempt {request.attempt}: not adopted (the token was used "
+            "before by another job: a dispatch by hand, or a copy of this database "
+            "dispatching to the same cluster); the next attempt gets a new token"
+        )
+
     def _child_status(self, reference: str, stub: dict | None) -> ExecutionStatus | None:
         """The child's state from its list entry; None when it cannot be known now."""
         try:
@@ -252,6 +298,8 @@ class NomadExecutor:
                 # Not listed: garbage-collected (or dispatched after the list was read).
                 stub = self._call(lambda: self.client.job.get_job(reference))
             status = stub.get("Status")
+            if status == "dead":
+                self._saw_end(reference)  # before its allocations: they may be gone next
             if status == "running":
                 return ExecutionStatus(reference, ExecutionState.RUNNING)
             if status != "dead":
@@ -259,15 +307,32 @@ class NomadExecutor:
             allocations = self._call(lambda: self.client.job.get_allocations(reference))
         except BaseNomadException as exc:
             if http_status(exc) == 404:
-                return ExecutionStatus(
-                    reference,
-                    ExecutionState.LOST,
-                    reason=f"Nomad job {reference} was garbage-collected before its outcome "
-                    "was seen (no exit status: not a success)",
-                )
+                return ExecutionStatus(reference, ExecutionState.LOST, reason=self._gone(reference))
             log.warning("cannot inspect Nomad job %s: %s", reference, describe(exc))
             return None
         return execution_from_allocations(reference, allocations, stopped=bool(stub.get("Stop")))
+
+    def _saw_end(self, reference: str) -> None:
+        with self._lock:
+            self._seen_ended[reference] = None
+            self._seen_ended.move_to_end(reference)
+            while len(self._seen_ended) > SEEN_ENDED_MEMORY:
+                self._seen_ended.popitem(last=False)
+
+    def _gone(self, reference: str) -> str:
+        """Why a child Nomad answers 404 for is LOST: whether it was seen ended."""
+        with self._lock:
+            seen_ended = reference in self._seen_ended
+        if seen_ended:
+            return (
+                f"Nomad no longer knows job {reference}: it was seen ended, then "
+                "garbage-collected before its outcome was read (no exit status: not a success)"
+            )
+        return (
+            f"Nomad no longer knows job {reference}, never seen ended by this executor: an "
+            "unknown child (the cluster lost its state, or the child ended and was "
+            "garbage-collected between two checks); no exit status: not a success"
+        )
 
 
 def execution_from_allocations(

@@ -7,9 +7,10 @@ A cycle, serialised between dispatchers by a transaction-level advisory lock:
    and per type), then locks only the chosen ones with ``FOR UPDATE SKIP LOCKED`` (a job
    an operator is changing right now is left for the next cycle);
 3. marks them ``queued`` with ``attempt + 1`` and **commits**;
-4. only then calls the executor with the token ``<job id>-<attempt>`` and records the
-   reference. A crash between 3 and 4 leaves a queued job without a reference: the monitor
-   dispatches it again with the same token, and the executor runs it once.
+4. only then calls the executor with the token ``<job id>-<attempt>-<unique id>`` (see
+   :func:`~joblife.executors.base.execution_token`) and records the reference. A crash
+   between 3 and 4 leaves a queued job without a reference: the monitor dispatches it
+   again with the same token, and the executor runs it once.
 
 A dispatch the executor **refuses** becomes ``external_error`` with the reason (the
 attempt is spent, the retry policy decides); the others go on. An executor that is
@@ -79,6 +80,7 @@ class _Claimed:
     job_type: str
     worker_flavor: str
     attempt: int
+    unique_id: str
     attempt_secret: str = field(repr=False)
 
 
@@ -100,6 +102,7 @@ def dispatch_jobs(context: ServiceContext, executor: Executor) -> DispatchReport
                     job.job_type,
                     job.worker_flavor,
                     attempt_secret=job.attempt_secret,
+                    unique_id=job.unique_id,
                 )
             except ExecutorUnavailable as exc:
                 report.waiting = len(claimed) - index
@@ -131,27 +134,32 @@ def start_execution(
     job_type: str,
     worker_flavor: str,
     attempt_secret: str | None = None,
+    unique_id: str | None = None,
 ) -> str | None:
     """Start one queued attempt through the executor and return its reference. When the
     executor refuses, the job becomes external_error with the reason (committed) and None
     is returned; when it is unavailable, :class:`ExecutorUnavailable` is raised and the
     job stays queued without a reference. ``attempt_secret``: the attempt's secret, derived
-    again when not given (a re-dispatch: the same secret, whose hash queuing stored)."""
+    again when not given (a re-dispatch: the same secret, whose hash queuing stored);
+    ``unique_id``: the job's, read when not given (with the attempt, it names the
+    execution: see :func:`execution_token`)."""
     cls = context.job_types.get(job_type)
+    if unique_id is None:
+        unique_id = str(session.scalar(select(Job.unique_id).where(Job.id == job_id)))
     if attempt_secret is None:
-        unique_id = session.scalar(select(Job.unique_id).where(Job.id == job_id))
         key = worker_doors.attempt_secret_key(context.settings)
-        attempt_secret = worker_doors.attempt_secret(key, job_id, attempt, unique_id)  # type: ignore[arg-type]
+        attempt_secret = worker_doors.attempt_secret(key, job_id, attempt, unique_id)
     request = ExecutionRequest(
         job_id=job_id,
         attempt=attempt,
         job_type=job_type,
         worker_flavor=worker_flavor,
         nomad_job_name=cls.NOMAD_JOB_NAME if cls else None,
+        unique_id=unique_id,
         attempt_secret=attempt_secret,
     )
     try:
-        return executor.dispatch(request, execution_token(job_id, attempt))
+        return executor.dispatch(request, execution_token(job_id, attempt, unique_id))
     except ExecutorUnavailable:
         raise
     except Exception as exc:
@@ -298,7 +306,14 @@ def _claim(
     }
     secrets = _store_secret_hashes(session, context, queued.values())
     return [
-        _Claimed(r.id, r.job_type, r.worker_flavor, queued[r.id].attempt, secrets[r.id])
+        _Claimed(
+            r.id,
+            r.job_type,
+            r.worker_flavor,
+            queued[r.id].attempt,
+            str(queued[r.id].unique_id),
+            secrets[r.id],
+        )
         for r in chosen
     ]
 
