@@ -4,6 +4,8 @@ database (cloned from the template) for every test that asks for one."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,3 +116,15 @@ def joblife_env(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     get_settings.cache_clear()
     yield db_url
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def server_tmp_path() -> Iterator[Path]:
+    """A temporary directory for an embedded PostgreSQL server's data, outside pytest's
+    base directory: as root the server runs as its own system user, which must reach its
+    data dir, and every pytest session (a second suite on the same machine) makes
+    ``/tmp/pytest-of-<user>`` private again, cutting a running server off its files."""
+    directory = Path(tempfile.mkdtemp(prefix="joblife-test-server-"))
+    directory.chmod(0o755)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)

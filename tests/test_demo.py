@@ -38,8 +38,8 @@ def run_joblife(*args: str, data_dir: Path, timeout: float = 120) -> subprocess.
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
-    directory = tmp_path / "data"
+def data_dir(server_tmp_path: Path) -> Iterator[Path]:
+    directory = server_tmp_path / "data"
     yield directory
     stop_embedded_server(directory / "postgres")
 

@@ -18,9 +18,8 @@ from tests.support.services import unavailable
 
 
 @pytest.fixture
-def embedded_settings(tmp_path: Path):
-    tmp_path.chmod(0o755)  # the server runs as its own system user when we are root
-    settings = Settings(data_dir=tmp_path / "data")
+def embedded_settings(server_tmp_path: Path):
+    settings = Settings(data_dir=server_tmp_path / "data")
     yield settings
     stop_embedded_server(settings.embedded_database_dir)
 

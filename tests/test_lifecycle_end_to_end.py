@@ -573,10 +573,9 @@ def _start_embedded(pgdata: Path) -> str:
 
 
 @pytest.mark.slow
-def test_database_restart_while_running(tmp_path: Path, processes: Processes):
-    tmp_path.chmod(0o755)  # the server runs as its own system user when we are root
-    pgdata = tmp_path / "pg"
-    data_dir = tmp_path / "data"
+def test_database_restart_while_running(server_tmp_path: Path, processes: Processes):
+    pgdata = server_tmp_path / "pg"
+    data_dir = server_tmp_path / "data"
     count = 20
     products = data_dir / "test-products"
     first = datetime.now(UTC) - timedelta(hours=1)
