@@ -71,7 +71,7 @@ from benchkit import (
 from joblife.config import Settings, get_settings
 from joblife.db.engine import create_joblife_engine
 from joblife.db.migrate import upgrade
-from joblife.executors.base import ExecutionRequest
+from joblife.executors.base import ExecutionRequest, execution_token
 from joblife.executors.local import LocalExecutor
 from joblife.jobtypes.test_job import TestJob, write_test_product
 from joblife.lifecycle.common import ServiceContext
@@ -290,7 +290,7 @@ def collect(
         rows = conn.execute(
             text(
                 """
-                SELECT j.id, j.attempt,
+                SELECT j.id, j.unique_id, j.attempt,
                        extract(epoch FROM (SELECT max(c.time) FROM job_status_changes c
                                             WHERE c.job_id = j.id AND c.status = :done)) AS done,
                        extract(epoch FROM q.time) AS queued, extract(epoch FROM s.time) AS started
@@ -317,7 +317,8 @@ def collect(
     run.wall_s = max(float(r.done) for r in rows) - started
     for row in rows:
         run.attempts[row.attempt] += 1
-        run.startup_ms.append((float(row.started) - dispatched_at[f"{row.id}-1"]) * 1000)
+        dispatched = dispatched_at[execution_token(row.id, 1, row.unique_id)]
+        run.startup_ms.append((float(row.started) - dispatched) * 1000)
         run.queued_to_started_ms.append((float(row.started) - float(row.queued)) * 1000)
 
 

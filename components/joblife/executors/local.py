@@ -7,7 +7,12 @@ Every execution is supervised by a small *waiter* process in a session of its ow
                                                             waits, then writes <token>.exit
 
 so an execution survives a restart of the orchestrator, and its exit status (even after a
-SIGKILL of the worker) is kept on disk. Its files are named by the token
+SIGKILL of the worker) is kept on disk. Once per token: the dispatch writes ``<token>.claim``,
+and the waiter creates the record ``<token>.json`` exclusively before it forks the worker;
+a waiter that finds the record there starts nothing. So the record, not the claim, is the
+start: a re-dispatch after a dispatch that died between its claim and its record asks
+again, and of the two starts (if the first request still reached the zygote) one runs.
+Its files are named by the token
 ``<job id>-<attempt>-<unique id>`` (:func:`~joblife.executors.base.execution_token`), so
 that a database re-created against the same state directory never meets the executions
 of its predecessor; a record that names another job than its token is never adopted. Any
@@ -59,7 +64,8 @@ REFERENCE_PREFIX = "local:"
 EXITS_STAMP = "exits.stamp"
 #: How long a start request may wait for the zygote's answer before it is taken as stuck.
 ZYGOTE_ANSWER_SECONDS = 30.0
-#: A claim without a record older than this: the dispatching process died mid-way.
+#: A claim without a record older than this (for :meth:`LocalExecutor.status`): the
+#: dispatching process died mid-way, or the record was removed.
 CLAIM_TIMEOUT_SECONDS = 30.0
 
 
@@ -123,39 +129,53 @@ class LocalExecutor:
         try:
             fd = os.open(paths.claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            # Dispatched before with this token: start nothing, if it was this job's.
-            mismatch = _foreign(
-                _read_json(paths.record), request.job_id, request.attempt, request.unique_id
-            )
-            if mismatch:
-                raise ExecutorError(
-                    f"the local execution of token {token} is not job {request.job_id}'s "
-                    f"attempt {request.attempt} ({mismatch}): not adopted"
-                ) from None
-            return reference
+            record = _read_json(paths.record)
+            if record is not None or paths.exit.exists():
+                # Started before with this token: start nothing, if it was this job's.
+                self._check_adoptable(request, token, record)
+                return reference
+            # A claim without a record: the dispatching process died before any waiter
+            # took the record (perhaps before it asked). Ask again: of the waiters of
+            # this token, the one that creates the record runs the worker, any other
+            # starts nothing (see _waiter), so the attempt starts exactly once.
+            log.info("dispatch of %s was interrupted before a start: starting it", token)
         except OSError as exc:
             raise ExecutorError(f"cannot write to {self.state_dir}: {exc}") from exc
-        os.close(fd)
+        else:
+            os.close(fd)
         try:
-            waiter_pid, worker_pid = self._start(request, paths)
+            _, worker_pid = self._start(request, paths)
         except BaseException as exc:
-            paths.claim.unlink(missing_ok=True)  # nothing runs: the token may be used again
+            if not paths.record.exists():
+                paths.claim.unlink(missing_ok=True)  # nothing runs: the token may be used again
             raise ExecutorError(
                 f"could not start the worker of job {request.job_id}: {exc}"
             ) from exc
-        record = {
-            "token": token,
-            "job_id": request.job_id,
-            "attempt": request.attempt,
-            "unique_id": request.unique_id,
-            "flavor": request.worker_flavor,
-            "waiter_pid": waiter_pid,
-            "waiter_started": _create_time(waiter_pid),
-            "worker_pid": worker_pid,
-            "dispatched_at": datetime.now(UTC).isoformat(),
-        }
-        _write_atomically(paths.record, json.dumps(record))
+        if worker_pid == 0:  # another start of this token took the record first
+            self._check_adoptable(request, token, _read_json(paths.record))
         return reference
+
+    def find_execution(self, token: str) -> str | None:
+        """The reference of the execution started with ``token`` (its record or its exit
+        status is here, and names this token's job), or None; starts nothing. For the
+        monitor: an attempt whose reference was never recorded (the orchestrator died
+        after the start) is checked as the recorded ones are."""
+        paths = self._paths(token)
+        record = _read_json(paths.record)
+        if record is None and not paths.exit.exists():
+            return None
+        if _foreign_to_token(record, token):
+            return None
+        return REFERENCE_PREFIX + token
+
+    def _check_adoptable(self, request: ExecutionRequest, token: str, record: dict | None) -> None:
+        """Raise if the execution recorded under ``token`` is not ``request``'s."""
+        mismatch = _foreign(record, request.job_id, request.attempt, request.unique_id)
+        if mismatch:
+            raise ExecutorError(
+                f"the local execution of token {token} is not job {request.job_id}'s "
+                f"attempt {request.attempt} ({mismatch}): not adopted"
+            )
 
     def status(self, references: Iterable[str]) -> dict[str, ExecutionStatus]:
         return {reference: self._status(reference) for reference in references}
@@ -179,8 +199,11 @@ class LocalExecutor:
             if paths.exit.exists():
                 return
             time.sleep(0.05)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(record["worker_pid"], signal.SIGKILL)
+        # Read again: a record written just before the waiter forked the worker names none.
+        worker_pid = (_read_json(paths.record) or record).get("worker_pid")
+        if worker_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker_pid, signal.SIGKILL)
 
     def change_marker(self) -> int:
         """A marker of the executions that ended so far on this machine (how many ended:
@@ -414,17 +437,36 @@ def _intermediate(request: ExecutionRequest, paths: _Paths, pipe: int, launch: _
 
 
 def _waiter(request: ExecutionRequest, paths: _Paths, pipe: int, launch: _Launch) -> None:
-    code = 1
     try:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         # A session (and process group) of its own, led by the waiter: stop() signals the
         # group, and the orchestrator's terminal or group signals never reach it.
         os.setsid()
+        # The record is the start: created exclusively before the worker exists, so that
+        # of two starts of a token (a re-dispatch after an interrupted one whose request
+        # the zygote still took) one runs and the other does nothing, writing no exit
+        # status; and a start that happened is on disk before the dispatch returns.
+        record = {
+            "token": paths.record.stem,
+            "job_id": request.job_id,
+            "attempt": request.attempt,
+            "unique_id": request.unique_id,
+            "flavor": request.worker_flavor,
+            "waiter_pid": os.getpid(),
+            "waiter_started": _create_time(os.getpid()),
+            "worker_pid": None,
+            "dispatched_at": datetime.now(UTC).isoformat(),
+        }
+        if not _create_exclusively(paths.record, json.dumps(record)):
+            os.write(pipe, b"worker=0\n")
+            return
         worker = os.fork()
         if worker == 0:
             os.close(pipe)
             _worker(request, paths, launch)
+        record["worker_pid"] = worker
+        _write_atomically(paths.record, json.dumps(record))
         os.write(pipe, f"worker={worker}\n".encode())
         os.close(pipe)
         _, status = os.waitpid(worker, 0)
@@ -559,6 +601,19 @@ def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _create_exclusively(path: Path, text: str) -> bool:
+    """Create ``path`` with ``text``, complete or not at all; False if it exists."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
+    return True
 
 
 def _read_text(path: Path) -> str | None:

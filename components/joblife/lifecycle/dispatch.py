@@ -8,9 +8,11 @@ A cycle, serialised between dispatchers by a transaction-level advisory lock:
    an operator is changing right now is left for the next cycle);
 3. marks them ``queued`` with ``attempt + 1`` and **commits**;
 4. only then calls the executor with the token ``<job id>-<attempt>-<unique id>`` (see
-   :func:`~joblife.executors.base.execution_token`) and records the reference. A crash
-   between 3 and 4 leaves a queued job without a reference: the monitor dispatches it
-   again with the same token, and the executor runs it once.
+   :func:`~joblife.executors.base.execution_token`) and records each reference as soon as
+   the executor answers, one short transaction per job. A crash between 3 and 4 leaves a
+   queued job without a reference: the monitor dispatches it again with the same token,
+   and the executor runs it once; a crash between a start and its record leaves a
+   started job without one, whose execution the monitor finds by its token.
 
 A dispatch the executor **refuses** becomes ``external_error`` with the reason (the
 attempt is spent, the retry policy decides); the others go on. An executor that is
@@ -90,7 +92,6 @@ def dispatch_jobs(context: ServiceContext, executor: Executor) -> DispatchReport
     with context.session() as session:
         claimed = _claim(session, context, executor, report)
         session.commit()  # queued + attempt are durable before any execution starts
-        references = {}
         for index, job in enumerate(claimed):
             try:
                 reference = start_execution(
@@ -118,11 +119,26 @@ def dispatch_jobs(context: ServiceContext, executor: Executor) -> DispatchReport
             if reference is None:
                 report.failed += 1
             else:
-                references[job.job_id] = (job.attempt, reference)
-        record_references(session, references)
-        session.commit()
-    report.dispatched = len(references)
+                # At once, not after the batch: an orchestrator that dies mid-batch leaves
+                # the executions it started with their references (the monitor checks
+                # them, instead of waiting for a heartbeat to go stale).
+                record_reference(session, job.job_id, job.attempt, reference)
+                report.dispatched += 1
     return report
+
+
+def record_reference(session: Session, job_id: int, attempt: int, reference: str) -> None:
+    """Record one started attempt's reference (see :func:`record_references`) in a short
+    transaction of its own. Its commit does not wait for the disk: what it protects
+    against is a crash of this process, not of the database server (after which the
+    monitor finds the reference again or dispatches again with the same token), and a
+    flush per job would cost dispatch more than the executor's own work."""
+    session.execute(_ASYNCHRONOUS_COMMIT)
+    record_references(session, {job_id: (attempt, reference)})
+    session.commit()
+
+
+_ASYNCHRONOUS_COMMIT = text("SET LOCAL synchronous_commit = off")
 
 
 def start_execution(

@@ -1,6 +1,10 @@
 """Monitor: reconcile the database with the executor, and retry what may be retried.
 
 Each cycle, in bounded batches:
+0. **unrecorded executions**: a started job without a reference (the orchestrator died
+   between its start and its record) gets the reference the executor finds by the
+   attempt's token, when it can (the local executor: its record or exit status), so
+   that step 1 sees its end at once instead of step 2 at the heartbeat timeout;
 1. **executions**: in-flight jobs (queued ... post_processing) with a reference, a batch
    per cycle in id order; a **pass** is the cycles from the first batch to the last. At
    its start the executor is asked once for every in-flight reference (for Nomad: one
@@ -42,6 +46,7 @@ from joblife.executors.base import (
     ExecutionStatus,
     Executor,
     ExecutorUnavailable,
+    execution_token,
 )
 from joblife.lifecycle.common import ServiceContext, job_logger, utc_now
 from joblife.lifecycle.dispatch import record_references, start_execution
@@ -62,6 +67,8 @@ _ROW = (Job.id, Job.job_type, Job.status_id, Job.attempt, Job.nomad_job_id)
 class MonitorReport:
     """What one monitor cycle did."""
 
+    #: Started jobs without a reference whose execution the executor found by token.
+    adopted: int = 0
     checked: int = 0
     #: In-flight executions the executor gave no answer about (e.g. Nomad unreachable):
     #: left as they are, checked again next cycle.
@@ -109,12 +116,40 @@ class Monitor:
         now = now or utc_now()
         report = MonitorReport()
         with self.context.session() as session:
+            self._adopt(session, report)
             self._reconcile(session, report)
             self._stale_heartbeats(session, now, report)
             self._queued_deadlines(session, now, report)
             self._redispatch(session, now, report)
             self._retry(session, now, report)
         return report
+
+    # -- 0. unrecorded executions -------------------------------------------------------------
+    def _adopt(self, session: Session, report: MonitorReport) -> None:
+        find = getattr(self.executor, "find_execution", None)
+        if find is None:  # an executor that cannot look an execution up by its token
+            return
+        rows = session.execute(
+            select(Job.id, Job.attempt, Job.unique_id)
+            .where(Job.status_id.in_(_RUNNING), Job.nomad_job_id.is_(None))
+            .order_by(Job.id)
+            .limit(self.context.settings.batch_size)
+        ).all()
+        session.rollback()
+        references = {}
+        for row in rows:
+            reference = find(execution_token(row.id, row.attempt, row.unique_id))
+            if reference is not None:
+                references[row.id] = (row.attempt, reference)
+        if references:
+            record_references(session, references)  # only if still that attempt
+            session.commit()
+            report.adopted = len(references)
+            log.warning(
+                "%d started jobs had no execution reference (the dispatch was interrupted "
+                "after their start): found by their tokens",
+                len(references),
+            )
 
     # -- 1. executions ---------------------------------------------------------------------
     def _reconcile(self, session: Session, report: MonitorReport) -> None:
