@@ -15,6 +15,13 @@ sees the query text of its other sessions in ``pg_stat_activity``; a secret in a
 would be readable by every other worker. Every door checks it, whatever role the worker
 connects as: a worker always needs its secret (a wrong or missing one is refused with
 ``insufficient_privilege``).
+
+**Riding through an outage.** A worker retries its database work with backoff
+(:func:`retry_on_outage`) while the failure is the connection's
+(:func:`is_connection_failure`), within ``worker_database_retry_seconds``; each try takes a
+new connection from the engine (``pool_pre_ping`` drops dead ones; a disconnect
+invalidates the pool), and every new connection presents the secret again
+(:func:`present_secret` hooks the engine's connection start, not one connection).
 """
 
 from __future__ import annotations
@@ -23,12 +30,14 @@ import hashlib
 import hmac
 import os
 import secrets
+import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import psycopg2
 from sqlalchemy import Connection, Engine, bindparam, event, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError
@@ -45,6 +54,15 @@ SECRET_ENVIRONMENT = ("JOBLIFE_ATTEMPT_SECRET", "NOMAD_META_attempt_secret")
 SECRET_SETTING = "joblife.attempt_secret"
 #: The key file of a service without ``attempt_secret_key``, under its data dir.
 KEY_FILE = "attempt-secret.key"
+#: SQLSTATEs of a server that dropped or refuses connections (class 08: connection
+#: exception; admin_shutdown, crash_shutdown, cannot_connect_now). None: no answer at all.
+CONNECTION_SQLSTATES = ("57P01", "57P02", "57P03")
+#: What a server starting, stopping or recovering answers a new connection (no SQLSTATE).
+TRANSIENT_FATAL = ("the database system is", "terminating connection due to administrator")
+#: The first wait between tries during an outage, and the longest (doubling in between).
+RETRY_FIRST_SECONDS = 0.5
+RETRY_MAX_SECONDS = 5.0
+T = TypeVar("T")
 
 _HEARTBEAT = text("SELECT worker_heartbeat(:job_id, :attempt)")
 _RECORD_OUTCOME = text(
@@ -136,6 +154,59 @@ def present_secret(engine: Engine, secret: str | None) -> None:
     def _options(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
         option = f"-c {SECRET_SETTING}={secret}"
         cparams["options"] = f"{cparams['options']} {option}" if cparams.get("options") else option
+
+
+# -- outages ---------------------------------------------------------------------------------
+def is_connection_failure(error: BaseException) -> bool:
+    """Whether ``error`` is the database connection failing (a server down, restarting or
+    unreachable): worth another try on a new connection. A refusal (a status conflict, a
+    wrong secret, a constraint) is not: it would answer the same again."""
+    if isinstance(error, DBAPIError):
+        if error.connection_invalidated:
+            return True
+        error = error.orig  # type: ignore[assignment]
+    if not isinstance(error, psycopg2.OperationalError):
+        return False
+    code = error.pgcode
+    if code is not None:
+        return code.startswith("08") or code in CONNECTION_SQLSTATES
+    # No SQLSTATE: libpq's own failure to connect or to read (refused, closed, timed out),
+    # or the server's FATAL answer to the connection start: only a server starting up or
+    # shutting down is an outage; a login refused (no such role or database, a wrong
+    # password, no room left) would answer the same again.
+    message = str(error)
+    return "FATAL:" not in message or any(sign in message for sign in TRANSIENT_FATAL)
+
+
+def retry_on_outage(
+    operation: Callable[[], T],
+    budget: float,
+    on_retry: Callable[[BaseException, float], None] | None = None,
+    *,
+    sleep: Callable[[float], Any] = time.sleep,
+) -> T:
+    """``operation()``, tried again with backoff (0.5 s doubling up to 5 s) while it fails
+    with a connection failure, for at most ``budget`` seconds from the first failure; then
+    that failure is raised. ``operation`` must be a whole unit (its own transaction, rolled
+    back on failure) so that a new try starts clean. ``on_retry(error, wait)`` before each
+    wait (to log it)."""
+    deadline: float | None = None
+    wait = RETRY_FIRST_SECONDS
+    while True:
+        try:
+            return operation()
+        except Exception as error:
+            if not is_connection_failure(error):
+                raise
+            now = time.monotonic()
+            deadline = now + budget if deadline is None else deadline
+            if now >= deadline:
+                raise
+            wait = min(wait, deadline - now)
+            if on_retry is not None:
+                on_retry(error, wait)
+            sleep(wait)
+            wait = min(wait * 2, RETRY_MAX_SECONDS)
 
 
 # -- the doors -------------------------------------------------------------------------------

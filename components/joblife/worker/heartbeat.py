@@ -60,12 +60,23 @@ class Heartbeat:
             return worker_heartbeat(conn, self.job_id, self.attempt)
 
     def _run(self) -> None:
+        failing = False
         while not self._stop.wait(self.interval):
             try:
                 status = self.beat()
-            except Exception as exc:  # a database hiccup: try again at the next beat
-                self.log.warning("job %s: heartbeat failed: %s", self.job_id, exc)
+            except Exception as exc:
+                # A database outage (or any hiccup) never ends the worker: the beat is tried
+                # again at the next interval, on a new connection (the engine's pool drops
+                # dead ones), until the database answers or the monitor's timeout decides.
+                if not failing:
+                    self.log.warning("job %s: heartbeat failed: %s", self.job_id, exc)
+                else:
+                    self.log.debug("job %s: heartbeat failed again: %s", self.job_id, exc)
+                failing = True
                 continue
+            if failing:
+                self.log.info("job %s: heartbeat recorded again", self.job_id)
+                failing = False
             if status not in IN_FLIGHT_STATUSES and not self._stop.is_set():
                 self.log.warning(
                     "job %s attempt %s is now %s: stopping this execution",

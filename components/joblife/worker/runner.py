@@ -10,6 +10,14 @@
    nothing to publish. The return
    code and the step durations go into the status details.
 
+A database outage is ridden through: each database unit (the claim, a status change with
+the outcome, the final status with the outbox, a failure's record) is retried with backoff on
+a new connection while the failure is the connection's, for ``worker_database_retry_seconds``
+(then exit 2, relaunch); the science step is not run again. A unit whose commit the outage
+may have swallowed and that then conflicts is checked: if the job is already where it was
+going (at this attempt; the claim by its own nonce), it was this worker's write. No
+transaction is held across a step.
+
 Failures: :class:`~joblife.errors.ExternalJobError` → ``external_error`` and exit 2 (relaunch);
 anything else → ``internal_error`` and exit 0 (do not relaunch). If the job stopped being
 this attempt's (cancelled, failed by the monitor), the worker stops and exits 0.
@@ -34,6 +42,7 @@ removed, then ends the process by that signal.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -42,7 +51,8 @@ import socket
 import time
 import traceback
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from pydantic import SecretStr
 from sqlalchemy import Engine, inspect, select
@@ -56,7 +66,9 @@ from joblife.db.worker_doors import (
     OUTCOME_COLUMNS,
     attempt_secret,
     attempt_secret_key,
+    is_connection_failure,
     present_secret,
+    retry_on_outage,
     secret_from_environment,
     worker_heartbeat,
     worker_record_outcome,
@@ -64,7 +76,7 @@ from joblife.db.worker_doors import (
 )
 from joblife.errors import ExternalJobError, InternalJobError, StatusConflict, StatusError
 from joblife.logs import JobLogger, setup_logging
-from joblife.model import Job, JobStatus, JobTemplate, load_job_types
+from joblife.model import Job, JobStatus, JobStatusChange, JobTemplate, load_job_types
 from joblife.model.status import IN_FLIGHT_STATUSES
 from joblife.worker.context import WorkerContext, work_root
 from joblife.worker.heartbeat import Heartbeat
@@ -80,6 +92,7 @@ INSUFFICIENT_PRIVILEGE = "42501"
 #: Namespace of the deterministic publication message ids.
 MESSAGE_NAMESPACE = uuid.UUID("6f1c3b9e-6a43-4d53-9c36-7f4a8d2b1e10")
 S = JobStatus
+T = TypeVar("T")
 
 
 def message_id(unique_id: uuid.UUID, product: str, attempt: int) -> str:
@@ -180,12 +193,17 @@ def run_worker(
     try:
         secret = attempt_secret or secret_from_environment()
         if secret is None:
-            secret = _derived_secret(engine, settings, job_id, attempt)
+            secret = retry_on_outage(
+                lambda: _derived_secret(engine, settings, job_id, attempt),
+                settings.worker_database_retry_seconds,
+            )
         present_secret(engine, secret)
         return _Attempt(engine, settings, job_id, attempt, fields).run()
-    except OperationalError as exc:
-        # The database is unreachable: nothing can be recorded; the monitor will see this
-        # exit code with the job still in flight and fail it as external.
+    except DBAPIError as exc:
+        if not (isinstance(exc, OperationalError) or is_connection_failure(exc)):
+            raise
+        # The database stayed unreachable past the retries: nothing can be recorded; the
+        # monitor will see this exit code with the job still in flight and fail it as external.
         JobLogger(log, fields).error("job %s: database unavailable: %s", job_id, exc)
         return EXIT_RELAUNCH
     except _Refused as exc:
@@ -237,6 +255,54 @@ class _Attempt:
         self.job: JobTemplate | None = None
         self.context: WorkerContext | None = None
 
+    def _write(
+        self,
+        session: Session,
+        unit: Callable[[], T],
+        applied: Callable[[], bool] | None = None,
+    ) -> T | None:
+        """``unit()`` (a whole transaction on ``session``), retried through a database outage
+        (:func:`~joblife.db.worker_doors.retry_on_outage`), rolled back after each failure.
+        A :class:`StatusConflict` after a failed try may be the unit's own commit whose
+        answer the outage lost: if ``applied()`` says the job is where the unit took it,
+        that is success (None); otherwise the conflict is raised as usual."""
+        failed = False
+
+        def once() -> T | None:
+            nonlocal failed
+            try:
+                return unit()
+            except StatusConflict:
+                session.rollback()
+                if failed and applied is not None and applied():
+                    self.log.info("job %s: the write lost to the outage was done", self.job_id)
+                    return None
+                raise
+            except Exception as exc:
+                failed = failed or is_connection_failure(exc)
+                with contextlib.suppress(DBAPIError):  # a connection gone: nothing to undo
+                    session.rollback()
+                raise
+
+        def retrying(error: BaseException, wait: float) -> None:
+            self.log.warning(
+                "job %s: database unreachable (%s): trying again in %.1f s",
+                self.job_id,
+                getattr(error, "orig", None) or error,
+                wait,
+            )
+
+        return retry_on_outage(once, self.settings.worker_database_retry_seconds, retrying)
+
+    def _now_at(self, session: Session, statuses: set[JobStatus]) -> bool:
+        """Whether the job is at this attempt in one of ``statuses`` (read, then the
+        transaction ended)."""
+        row = session.execute(
+            select(Job.attempt, Job.status_id).where(Job.id == self.job_id)
+        ).one_or_none()
+        session.rollback()
+        return row is not None and row.attempt == self.attempt and row.status_id in statuses
+
     def run(self) -> int:
         load_job_types(self.settings)
         # No autoflush: what a hook changes on the job is recorded through the outcome door
@@ -259,11 +325,18 @@ class _Attempt:
 
     def _claim(self, session: Session) -> bool:
         """queued → started for this attempt, or nothing at all. The door locks the row and
-        decides between duplicates: one gets started, the others StatusConflict."""
-        row = session.execute(
-            select(Job.attempt, Job.status_id, Job.job_type).where(Job.id == self.job_id)
-        ).one_or_none()
-        session.rollback()  # no transaction stays open on a read
+        decides between duplicates: one gets started, the others StatusConflict. The change
+        carries a nonce: a claim whose commit an outage may have swallowed is this worker's
+        only if the job's last ``started`` change carries it (never two executions)."""
+
+        def read() -> Any:
+            row = session.execute(
+                select(Job.attempt, Job.status_id, Job.job_type).where(Job.id == self.job_id)
+            ).one_or_none()
+            session.rollback()  # no transaction stays open on a read
+            return row
+
+        row = self._write(session, read)
         if row is None:
             self.log.error("job %s does not exist: nothing to do", self.job_id)
             return False
@@ -282,18 +355,33 @@ class _Attempt:
                 self.attempt,
             )
             return False
-        try:
+        nonce = uuid.uuid4().hex
+
+        def claim() -> None:
             worker_set_job_status(
                 session,
                 self.job_id,
-                self.attempt,
+                self.attempt,  # type: ignore[arg-type]
                 S.STARTED,
                 expected=S.QUEUED,
                 message=f"attempt {self.attempt} started",
-                details={"host": socket.gethostname(), "pid": os.getpid()},
+                details={"host": socket.gethostname(), "pid": os.getpid(), "claim": nonce},
             )
-            worker_heartbeat(session, self.job_id, self.attempt)
+            worker_heartbeat(session, self.job_id, self.attempt)  # type: ignore[arg-type]
             session.commit()
+
+        def claimed() -> bool:
+            details = session.execute(
+                select(JobStatusChange.details)
+                .where(JobStatusChange.job_id == self.job_id, JobStatusChange.status == S.STARTED)
+                .order_by(JobStatusChange.id.desc())
+                .limit(1)
+            ).scalar_one_or_none()
+            session.rollback()
+            return bool(details) and details.get("claim") == nonce
+
+        try:
+            self._write(session, claim, claimed)
         except StatusConflict as exc:
             session.rollback()
             self.log.warning(
@@ -304,7 +392,6 @@ class _Attempt:
             )
             return False
         except DBAPIError as exc:
-            session.rollback()
             if getattr(exc.orig, "pgcode", None) != INSUFFICIENT_PRIVILEGE:
                 raise
             raise _Refused(
@@ -318,7 +405,7 @@ class _Attempt:
     def _steps(self, session: Session, heartbeat: Heartbeat) -> int:
         job: JobTemplate | None = None
         try:
-            job = session.get(Job, self.job_id)  # type: ignore[assignment]
+            job = self._write(session, lambda: self._load_job(session))  # type: ignore[assignment]
             if not isinstance(job, JobTemplate):
                 raise RuntimeError(f"job {self.job_id} has no registered job type")
             self.job = job
@@ -352,9 +439,9 @@ class _Attempt:
             self._close()
             self._fail(session, S.EXTERNAL_ERROR, exc)
             return EXIT_RELAUNCH
-        except OperationalError:
-            raise
         except Exception as exc:
+            if is_connection_failure(exc):
+                raise  # the database stayed unreachable past the retries: exit 2 (relaunch)
             heartbeat.stop()
             self._close()
             self._fail(session, S.INTERNAL_ERROR, exc)
@@ -377,17 +464,34 @@ class _Attempt:
         expected: JobStatus,
         details: dict[str, Any] | None = None,
     ) -> None:
-        self._record_outcome(session)
-        worker_set_job_status(
-            session, self.job_id, self.attempt, status, expected=expected, details=details
-        )
-        session.commit()
+        outcome = self._outcome_changes()
+
+        def change() -> None:
+            self._record_outcome(session, outcome)
+            worker_set_job_status(
+                session,
+                self.job_id,
+                self.attempt,  # type: ignore[arg-type]
+                status,
+                expected=expected,
+                details=details,
+            )
+            session.commit()
+
+        self._write(session, change, lambda: self._now_at(session, {status}))
         self.fields["status"] = status
         self.log.debug("job %s: %s", self.job_id, status)
         # Load every column (the type's own included) and end the transaction: a hook
         # reading an attribute must not open a transaction that stays idle while it runs.
-        session.refresh(self.job)
+        self._write(session, lambda: self._load_job(session))
+
+    def _load_job(self, session: Session) -> JobTemplate | None:
+        """The job with every column loaded (refreshed once known), the transaction ended."""
+        job = session.get(Job, self.job_id) if self.job is None else self.job
+        if job is not None:
+            session.refresh(job)
         session.commit()
+        return job  # type: ignore[return-value]
 
     def _timed(self, name: str, function: Any, *args: Any) -> Any:
         start = time.perf_counter()
@@ -409,29 +513,36 @@ class _Attempt:
         # door, which takes it only while the job runs (before processed); a change made
         # after it would be flushed by the commit as a direct write (refused to a worker).
         messages = job.get_products_publication_jsons() if produced else []
-        self._record_outcome(session)
-        worker_set_job_status(
-            session,
-            self.job_id,
-            self.attempt,
-            S.PROCESSED,
-            expected=S.POST_PROCESSING,
-            details=details,
-        )
-        self.fields["status"] = S.PROCESSED
-        if messages:
-            self._write_outbox(session, job, messages)  # the publication service takes over
-        else:
+        outcome = self._outcome_changes()
+        rows = self._outbox_rows(job, messages)
+
+        def finish() -> None:
+            self._record_outcome(session, outcome)
             worker_set_job_status(
                 session,
                 self.job_id,
-                self.attempt,
-                S.DONE,
-                expected=S.PROCESSED,
-                message="nothing to publish" if produced else "no product",
+                self.attempt,  # type: ignore[arg-type]
+                S.PROCESSED,
+                expected=S.POST_PROCESSING,
+                details=details,
             )
-            self.fields["status"] = S.DONE
-        session.commit()
+            if rows:  # the publication service takes over
+                worker_write_publications(session, self.job_id, self.attempt, rows)  # type: ignore[arg-type]
+            else:
+                worker_set_job_status(
+                    session,
+                    self.job_id,
+                    self.attempt,  # type: ignore[arg-type]
+                    S.DONE,
+                    expected=S.PROCESSED,
+                    message="nothing to publish" if produced else "no product",
+                )
+            session.commit()
+
+        # Lost to an outage, the commit may be found already taken further by the publisher.
+        after = {S.PROCESSED, S.START_PUBLICATION, S.PUBLISHED, S.DONE} if rows else {S.DONE}
+        self._write(session, finish, lambda: self._now_at(session, after))
+        self.fields["status"] = S.PROCESSED if rows else S.DONE
         self.log.info(
             "job %s: attempt %s %s (return code %s)",
             self.job_id,
@@ -440,11 +551,10 @@ class _Attempt:
             return_code,
         )
 
-    def _write_outbox(
-        self, session: Session, job: JobTemplate, messages: list[dict[str, Any]]
-    ) -> None:
-        """The attempt's publication messages, through the outbox door (the job is
-        processed at this attempt, in this transaction)."""
+    def _outbox_rows(
+        self, job: JobTemplate, messages: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """The outbox door's rows of the attempt's publication messages."""
         assert self.attempt is not None
         products = type(job).OUTPUT_PRODUCTS_LIST or []
         rows = []
@@ -457,16 +567,17 @@ class _Attempt:
                     "body": body,
                 }
             )
-        worker_write_publications(session, self.job_id, self.attempt, rows)
+        return rows
 
-    def _record_outcome(self, session: Session) -> None:
-        """Send what the hooks changed on the job (exit code, science image, output path,
-        output publication date) through the outcome door, and drop the ORM's pending
-        writes: the job's values are read back from the database. A hook that changed
-        another column is an internal error: a worker may not write it."""
+    def _outcome_changes(self) -> dict[str, Any]:
+        """What the hooks changed on the job (exit code, science image, output path, output
+        publication date), taken off the ORM's pending writes (the values are read back from
+        the database once recorded, and a retried write sends them again: a rollback would
+        lose them). A hook that changed another column is an internal error: a worker may
+        not write it."""
         job = self.job
         if job is None:
-            return
+            return {}
         state = inspect(job)
         changed = {
             key
@@ -474,7 +585,7 @@ class _Attempt:
             if state.attrs[key].history.has_changes()
         }
         if not changed:
-            return
+            return {}
         others = sorted(changed - set(OUTCOME_COLUMNS))
         if others:
             raise InternalJobError(
@@ -482,8 +593,13 @@ class _Attempt:
                 f"in a worker step: a worker records only {', '.join(OUTCOME_COLUMNS)}"
             )
         values = {key: getattr(job, key) for key in changed}
-        worker_record_outcome(session, self.job_id, self.attempt, **values)  # type: ignore[arg-type]
-        session.expire(job, list(changed))
+        inspect(job).session.expire(job, list(changed))  # type: ignore[union-attr]
+        return values
+
+    def _record_outcome(self, session: Session, values: dict[str, Any]) -> None:
+        """Send the hooks' changes through the outcome door (in the caller's transaction)."""
+        if values:
+            worker_record_outcome(session, self.job_id, self.attempt, **values)  # type: ignore[arg-type]
 
     def _fail(self, session: Session, status: JobStatus, error: BaseException) -> None:
         """Record ``error`` as this attempt's ``status`` (an error status), with its details.
@@ -513,14 +629,13 @@ class _Attempt:
             session.commit()
 
         try:  # gathering the details may fail too (a figure that cannot be read)
-            record(
-                {
-                    "attempt": self.attempt,
-                    "durations": self.timings,
-                    **self._figures(),
-                    "traceback": traceback.format_exception(error)[-5:],
-                }
-            )
+            details = {
+                "attempt": self.attempt,
+                "durations": self.timings,
+                **self._figures(),
+                "traceback": traceback.format_exception(error)[-5:],
+            }
+            self._write(session, lambda: record(details))
             return
         except StatusConflict as exc:
             session.rollback()
@@ -529,6 +644,9 @@ class _Attempt:
             return
         except Exception as exc:  # the details, the door, the database: try once more
             session.rollback()
+            if is_connection_failure(exc):  # unreachable past the retries: nothing recorded
+                self.log.error("job %s: could not record the %s error: %s", self.job_id, kind, exc)
+                return
             cause = getattr(exc, "orig", None) or exc  # a DBAPIError without its SQL
             problem = f"{type(exc).__name__}: {cause}"
         self.log.error(
