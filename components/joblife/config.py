@@ -288,13 +288,6 @@ class Settings(BaseSettings):
         le=DAY,
         description="A running job without a heartbeat for this long has failed.",
     )
-    worker_database_retry_seconds: float = Field(
-        120.0,
-        ge=0,
-        le=HOUR,
-        description="How long a worker retries its database writes through an outage "
-        "(connection failures only) before it exits asking for a relaunch (0: no retry).",
-    )
     redispatch_grace_seconds: float = Field(
         30.0, ge=0, le=DAY, description="Age of a queued job without reference before re-dispatch."
     )
@@ -452,13 +445,6 @@ class Settings(BaseSettings):
     )
     amqp_confirm_timeout_seconds: float = Field(
         30.0, ge=0.01, le=HOUR, description="How long a batch waits for the broker's confirmations."
-    )
-    amqp_connect_timeout_seconds: float = Field(
-        10.0,
-        ge=0.01,
-        le=600,
-        description="How long opening a broker connection may take (TCP, handshake, "
-        "channels) before it is given up and retried.",
     )
     amqp_reconnect_max_seconds: float = Field(
         60.0,
