@@ -288,6 +288,13 @@ class Settings(BaseSettings):
         le=DAY,
         description="A running job without a heartbeat for this long has failed.",
     )
+    worker_database_retry_seconds: float = Field(
+        120.0,
+        ge=0,
+        le=HOUR,
+        description="How long a worker retries its database writes through an outage "
+        "(connection failures only) before it exits asking for a relaunch (0: no retry).",
+    )
     redispatch_grace_seconds: float = Field(
         30.0, ge=0, le=DAY, description="Age of a queued job without reference before re-dispatch."
     )
