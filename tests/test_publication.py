@@ -46,10 +46,11 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner, Result
 
-from tests.support.amqp import AmqpTestBroker, BrokerProxy, Received
+from tests.support.amqp import AmqpTestBroker, Received
 from tests.support.example_type import ExampleJob
 from tests.support.factories import make_jobs, move_to
 from tests.support.lifecycle import RecordingExecutor, wait_for
+from tests.support.tcp_proxy import TcpProxy
 
 S = JobStatus
 PRODUCTS = ExampleJob.OUTPUT_PRODUCTS_LIST
@@ -257,7 +258,7 @@ def test_broker_cut_mid_batch_loses_nothing_and_resends_no_confirmed_message(
     make_service: Callable[..., PublicationService],
     amqp: AmqpTestBroker,
     queue: str,
-    broker_proxy: BrokerProxy,
+    broker_proxy: TcpProxy,
 ):
     ids = processed_jobs(session, 150)  # 300 messages
     service = make_service(broker_proxy.url(amqp.url), recording=True, publication_batch_size=100)
@@ -811,7 +812,7 @@ def test_joblife_run_keeps_one_broker_connection_alive_while_idle(
     engine: Engine,
     amqp: AmqpTestBroker,
     queue: str,
-    broker_proxy: BrokerProxy,
+    broker_proxy: TcpProxy,
 ):
     """The orchestrator serves the broker connection while it waits between cycles: with
     a 1 s heartbeat and 4 s idle waits, an unserved connection is dropped by the broker

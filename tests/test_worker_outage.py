@@ -9,9 +9,7 @@ database URL points at it; "cut" closes every proxied connection and refuses new
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -34,86 +32,13 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from tests.support.example_type import ExampleJob
+from tests.support.tcp_proxy import TcpProxy
 
 S = JobStatus
 #: The deliberate length of the outage that spans a status change (seconds).
 OUTAGE_SECONDS = 6
 #: Upper bound of any wait on an event (a hang fails the test instead of blocking it).
 WAIT = 60
-
-
-class DatabaseProxy:
-    """A threaded TCP forwarder on 127.0.0.1 in front of ``upstream`` (host, port)."""
-
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.listener.getsockname()[1]
-        self.refused = threading.Event()  # a connection came while the database was "down"
-        self._up = True
-        self._lock = threading.Lock()
-        self._sockets: set[socket.socket] = set()
-        threading.Thread(target=self._accept, name="proxy-accept", daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:  # the listener was closed
-                return
-            if not self._up:
-                client.close()
-                self.refused.set()
-                continue
-            try:
-                server = socket.create_connection(self.upstream)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                if not self._up:  # cut while connecting: refuse it too
-                    client.close()
-                    server.close()
-                    self.refused.set()
-                    continue
-                self._sockets |= {client, server}
-            for src, dst in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            self._drop(src, dst)
-
-    def _drop(self, *sockets: socket.socket) -> None:
-        for sock in sockets:
-            with contextlib.suppress(OSError):  # already closed by the other side
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-            with self._lock:
-                self._sockets.discard(sock)
-
-    def cut(self) -> None:
-        """The database goes away: every proxied connection is closed (done when this
-        returns) and new ones are refused until :meth:`restore`."""
-        with self._lock:
-            self._up = False
-            self.refused.clear()
-            sockets = list(self._sockets)
-        self._drop(*sockets)
-
-    def restore(self) -> None:
-        """The database is back: new connections are forwarded again."""
-        with self._lock:
-            self._up = True
-
-    def close(self) -> None:
-        self.listener.close()
-        self.cut()
 
 
 class OutageJob(ExampleJob):
@@ -142,16 +67,16 @@ class OutageJob(ExampleJob):
 
 
 @pytest.fixture
-def proxy(db_url: str) -> Iterator[DatabaseProxy]:
+def proxy(db_url: str) -> Iterator[TcpProxy]:
     url = make_url(db_url)
-    proxy = DatabaseProxy((url.host or "127.0.0.1", url.port or 5432))
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
     yield proxy
     proxy.close()
 
 
 @pytest.fixture
 def world(
-    engine: Engine, db_url: str, proxy: DatabaseProxy, tmp_path: Path, monkeypatch: Any
+    engine: Engine, db_url: str, proxy: TcpProxy, tmp_path: Path, monkeypatch: Any
 ) -> Iterator[World]:
     monkeypatch.setattr(OutageJob, "count_file", tmp_path / "executions", raising=False)
     monkeypatch.setattr(OutageJob, "in_science", threading.Event(), raising=False)
@@ -168,7 +93,7 @@ class World:
     """The test's database (direct), the worker's settings (through the proxy), and the
     worker running in a thread."""
 
-    def __init__(self, engine: Engine, db_url: str, proxy: DatabaseProxy, tmp: Path) -> None:
+    def __init__(self, engine: Engine, db_url: str, proxy: TcpProxy, tmp: Path) -> None:
         self.engine = engine
         proxied = make_url(db_url).set(host="127.0.0.1", port=proxy.port)
         self.settings = Settings(
@@ -221,7 +146,7 @@ def executions() -> int:
 
 
 def test_an_outage_shorter_than_the_retry_budget_costs_no_attempt(
-    world: World, proxy: DatabaseProxy, caplog: pytest.LogCaptureFixture
+    world: World, proxy: TcpProxy, caplog: pytest.LogCaptureFixture
 ):
     caplog.set_level(logging.WARNING, logger="joblife.worker.runner")
     job_id = world.job()
@@ -245,7 +170,7 @@ def test_an_outage_shorter_than_the_retry_budget_costs_no_attempt(
 
 
 def test_an_outage_longer_than_the_retry_budget_still_exits_for_a_relaunch(
-    world: World, proxy: DatabaseProxy
+    world: World, proxy: TcpProxy
 ):
     job_id = world.job()
     world.start(job_id, worker_database_retry_seconds=2)

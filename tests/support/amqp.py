@@ -4,8 +4,9 @@ The broker comes from ``JOBLIFE_TEST_AMQP_URL`` (``unavailable()`` without it, o
 does not answer). When ``rabbitmqctl`` can manage that broker (a local one, run as an
 administrator), the session gets a vhost of its own, deleted at the end; otherwise the
 URL's vhost is used. Either way each test's exchanges and queues have unique names and are
-deleted after the test. :class:`BrokerProxy` puts a TCP proxy between joblife and the
-broker so that a test can cut the connections and refuse new ones (a broker outage).
+deleted after the test. The ``broker_proxy`` fixture puts a
+:class:`~tests.support.tcp_proxy.TcpProxy` between joblife and the broker so that a test
+can cut the connections or make the broker hang (a broker outage).
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import pika.exceptions
 import pytest
 
 from tests.support.services import unavailable
+from tests.support.tcp_proxy import TcpProxy
 
 
 @dataclass(frozen=True)
@@ -201,95 +201,11 @@ def amqp(amqp_url: str) -> Iterator[AmqpTestBroker]:
     broker.cleanup()
 
 
-class BrokerProxy:
-    """A TCP proxy in front of the broker. ``cut()`` closes every connection through it
-    and refuses new ones (they are accepted and closed at once) until ``restore()``."""
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.server.settimeout(0.1)  # the accept loop sees close() within this time
-        self.port = self.server.getsockname()[1]
-        self.accepting = threading.Event()
-        self.accepting.set()
-        self.connections = 0
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._closed = False
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def url(self, broker_url: str) -> str:
-        """``broker_url`` pointed at this proxy."""
-        parts = urlsplit(broker_url)
-        netloc = parts.netloc.rsplit("@", 1)
-        host = f"127.0.0.1:{self.port}"
-        return urlunsplit(
-            parts._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host)
-        )
-
-    def cut(self) -> None:
-        """Close every proxied connection and refuse new ones."""
-        self.accepting.clear()
-        with self._lock:
-            sockets, self._sockets = self._sockets, []
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-    def restore(self) -> None:
-        """Accept connections again."""
-        self.accepting.set()
-
-    def close(self) -> None:
-        self._closed = True
-        self._thread.join(timeout=5)
-        self.cut()
-        self.server.close()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self.server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            client.settimeout(None)
-            if not self.accepting.is_set():
-                client.close()
-                continue
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                self._sockets += [client, upstream]
-                self.connections += 1
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, sink):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-            source.close()
-
-
 @pytest.fixture
-def broker_proxy(amqp_url: str) -> Iterator[BrokerProxy]:
-    """A :class:`BrokerProxy` in front of the session's broker, closed after the test."""
+def broker_proxy(amqp_url: str) -> Iterator[TcpProxy]:
+    """A :class:`~tests.support.tcp_proxy.TcpProxy` in front of the session's broker
+    (``broker_proxy.url(amqp.url)`` goes through it), closed after the test."""
     parts = urlsplit(amqp_url)
-    proxy = BrokerProxy(parts.hostname or "127.0.0.1", parts.port or 5672)
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5672)
     yield proxy
     proxy.close()
