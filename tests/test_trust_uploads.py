@@ -28,7 +28,7 @@ from sqlalchemy import Engine
 from tests.support.containers import ContainerEngine
 from tests.support.s3 import S3Bucket
 from tests.test_jobtypes_reference import Pipeline
-from tests.test_worker_steps import WorkerJob, World, _fails
+from tests.test_worker_steps import WorkerJob, World, _fails, process_job
 
 S = JobStatus
 SECRET = b"host secret: never uploaded\n"
@@ -56,16 +56,6 @@ def host(tmp_path: Path) -> Path:
     folder.mkdir()
     (folder / "secret").write_bytes(SECRET)
     return folder
-
-
-def _process(world: World, mp: pytest.MonkeyPatch, command: str, **fields: object) -> int:
-    """A process-runner job whose science step is ``sh -c command`` on input ``in/P1.dat``."""
-    mp.setattr(WorkerJob, "SCIENCE_RUNNER", "process")
-    mp.setattr(WorkerJob, "EXTERNAL_DEPENDENCIES", {})
-    mp.setattr(WorkerJob, "SCIENCE_COMMAND", ["sh", "-c", command])
-    (world.tmp / "storage" / "in").mkdir(parents=True, exist_ok=True)
-    (world.tmp / "storage" / "in" / "P1.dat").write_bytes(b"data")
-    return world.job(input_path="in/P1.dat", **fields)
 
 
 def _stored(world: World) -> dict[str, bytes]:
@@ -125,7 +115,7 @@ def test_a_container_linking_a_host_file_into_output_ends_internal_error(
 def test_links_and_special_files_in_output_end_internal_error_naming_them(
     world: World, host: Path, monkeypatch: pytest.MonkeyPatch, command: str, named: str
 ):
-    job_id = _process(
+    job_id = process_job(
         world, monkeypatch, "echo ok > {output_dir}/good; " + command.format(host=host)
     )
     _fails(world, job_id, S.INTERNAL_ERROR, EXIT_DO_NOT_RELAUNCH, named)
@@ -185,7 +175,7 @@ def test_links_in_logs_are_skipped_and_the_manifest_is_not_written_through_one(
     and the manifest copy the worker keeps there is never written through a planted link."""
     victim = host / "victim"
     victim.write_bytes(b"untouched")
-    job_id = _process(
+    job_id = process_job(
         world,
         monkeypatch,
         f"echo ok > {{output_dir}}/good; ln -s {host}/secret {{logs_dir}}/stolen.log; "
@@ -208,7 +198,7 @@ def test_logs_past_the_upload_budget_are_skipped_and_counted(
     """logs/ is the science step's to fill: its upload has a budget (science.log and the
     manifest copy first, then by name); a file past it is skipped, logged and counted."""
     world.configure(logs_upload_max_bytes=250_000)  # joblife's own logs and two of three
-    job_id = _process(
+    job_id = process_job(
         world,
         monkeypatch,
         "echo ok > {output_dir}/good; "
@@ -263,7 +253,7 @@ def test_a_file_swapped_for_a_link_or_a_fifo_after_the_walk_is_not_read(tmp_path
 def test_an_output_name_that_is_no_safe_key_is_refused_by_name(
     world: World, monkeypatch: pytest.MonkeyPatch, create: str, named: str
 ):
-    job_id = _process(world, monkeypatch, "echo ok > {output_dir}/good; " + create.format())
+    job_id = process_job(world, monkeypatch, "echo ok > {output_dir}/good; " + create.format())
     message = f"refused to upload the output {named}: its name is not a safe storage key"
     _fails(world, job_id, S.INTERNAL_ERROR, EXIT_DO_NOT_RELAUNCH, message)
     assert not (world.tmp / "storage" / "worker_test").exists()  # nothing uploaded
@@ -278,7 +268,7 @@ def test_an_output_path_naming_another_jobs_folder_is_refused(
     other.mkdir(parents=True)
     (other / MANIFEST).write_text('{"files": {}}')
     (other / "good").write_bytes(b"P2's own output")
-    job_id = _process(
+    job_id = process_job(
         world, monkeypatch, "echo evil > {output_dir}/good", output_path="worker_test/P1/../P2"
     )
     _fails(world, job_id, S.INTERNAL_ERROR, EXIT_DO_NOT_RELAUNCH, "refused the output_path")

@@ -399,7 +399,7 @@ def _fill(disk: Path, leave: int = 0) -> None:
 FULL = "the worker's disk is full"
 
 
-def _process_job(world: World, monkeypatch: pytest.MonkeyPatch, command: str, **fields: Any) -> int:
+def process_job(world: World, monkeypatch: pytest.MonkeyPatch, command: str, **fields: Any) -> int:
     """A process-runner job without dependencies whose science step is ``sh -c command``."""
     monkeypatch.setattr(WorkerJob, "SCIENCE_RUNNER", "process")
     monkeypatch.setattr(WorkerJob, "EXTERNAL_DEPENDENCIES", {})
@@ -427,7 +427,7 @@ def test_full_disk_making_the_work_dir_is_an_external_error(
     world: World, small_disk: SmallDisk, monkeypatch: pytest.MonkeyPatch
 ):
     _work_on(world, small_disk("nr_inodes=5"))  # no inode left for every sub-dir
-    job_id = _process_job(world, monkeypatch, "true")
+    job_id = process_job(world, monkeypatch, "true")
     _fails(world, job_id, S.EXTERNAL_ERROR, EXIT_RELAUNCH, f"{FULL}: no space left during pre-")
     message = world.last(job_id).message
     assert f"writing {world.work_root}/" in message and "bytes free of 1048576" in message
@@ -442,7 +442,7 @@ def test_full_disk_fetching_the_previous_manifest_is_an_external_error(
     manifest.parent.mkdir(parents=True)
     # An earlier attempt's, larger than what is left once the work dir and the input fit.
     manifest.write_text(json.dumps({"files": {f"output-{n}": n for n in range(20_000)}}))
-    job_id = _process_job(world, monkeypatch, "true", output_path="out/P1")
+    job_id = process_job(world, monkeypatch, "true", output_path="out/P1")
     _fill(disk, leave=64 * 1024)
     details = _fails(world, job_id, S.EXTERNAL_ERROR, EXIT_RELAUNCH, f"{FULL}: no space left")
     assert "during pre-processing" in world.last(job_id).message
@@ -456,7 +456,7 @@ def test_full_disk_writing_the_manifest_is_an_external_error(
     """The science step fills the disk with its outputs and still reports a product."""
     _work_on(world, small_disk())
     fill = "dd if=/dev/zero of={output_dir}/big bs=64k; exit 0"
-    job_id = _process_job(world, monkeypatch, fill)
+    job_id = process_job(world, monkeypatch, fill)
     details = _fails(world, job_id, S.EXTERNAL_ERROR, EXIT_RELAUNCH, f"{FULL}: no space left")
     assert "during post-processing" in world.last(job_id).message
     assert details["disk"]["free_bytes"] == 0
@@ -468,7 +468,7 @@ def test_science_failing_on_a_full_disk_says_so(
 ):
     """Its own return code still decides (internal here), the message names the disk."""
     _work_on(world, small_disk())
-    job_id = _process_job(world, monkeypatch, "dd if=/dev/zero of={output_dir}/big bs=64k")
+    job_id = process_job(world, monkeypatch, "dd if=/dev/zero of={output_dir}/big bs=64k")
     details = _fails(world, job_id, S.INTERNAL_ERROR, EXIT_DO_NOT_RELAUNCH, "return code 1")
     message = world.last(job_id).message
     assert f"{FULL} (0 bytes free of 1048576 on the file system of " in message
@@ -485,6 +485,6 @@ def test_science_failing_on_a_full_disk_says_so(
 def test_science_failing_with_room_on_the_disk_does_not_blame_it(
     world: World, monkeypatch: pytest.MonkeyPatch
 ):
-    job_id = _process_job(world, monkeypatch, "exit 1")
+    job_id = process_job(world, monkeypatch, "exit 1")
     details = _fails(world, job_id, S.INTERNAL_ERROR, EXIT_DO_NOT_RELAUNCH, "return code 1")
     assert "disk" not in world.last(job_id).message and "disk" not in details
