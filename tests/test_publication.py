@@ -61,17 +61,19 @@ def processed_jobs(
     session: Session, count: int, prefix: str = "P", attempt: int = 1, **fields: Any
 ) -> list[int]:
     """``count`` ExampleJobs (with ``fields``) in ``processed`` at ``attempt``, each with
-    the outbox rows the worker writes for it."""
+    the outbox rows the worker writes for it, in one transaction as the worker's (a relay
+    running meanwhile must never see them processed without their rows: it would finish
+    them with nothing to publish)."""
     base = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
     jobs = make_jobs(session, count, prefix=prefix, input_publication_date=base, **fields)
     ids = [job.id for job in jobs]
-    move_to(session, ids, S.PROCESSED)
+    move_to(session, ids, S.PROCESSED, commit=False)
     session.execute(
         update(Job)
         .where(Job.id.in_(ids))
         .values(attempt=attempt, exit_code=0, output_path="s3://x")
     )
-    session.commit()
+    session.flush()
     for job in jobs:
         session.refresh(job)
         for body in job.get_products_publication_jsons():

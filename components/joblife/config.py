@@ -453,6 +453,13 @@ class Settings(BaseSettings):
     amqp_confirm_timeout_seconds: float = Field(
         30.0, ge=0.01, le=HOUR, description="How long a batch waits for the broker's confirmations."
     )
+    amqp_connect_timeout_seconds: float = Field(
+        10.0,
+        ge=0.01,
+        le=600,
+        description="How long opening a broker connection may take (TCP, handshake, "
+        "channels) before it is given up and retried.",
+    )
     amqp_reconnect_max_seconds: float = Field(
         60.0,
         ge=0.01,

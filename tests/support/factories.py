@@ -43,8 +43,12 @@ def make_jobs(session: Session, count: int = 1, prefix: str = "P", **fields) -> 
     return jobs
 
 
-def move_to(session: Session, job_ids: Sequence[int], status: JobStatus) -> None:
-    """Walk the jobs (all in ``initialized``) to ``status`` along allowed transitions."""
+def move_to(
+    session: Session, job_ids: Sequence[int], status: JobStatus, commit: bool = True
+) -> None:
+    """Walk the jobs (all in ``initialized``) to ``status`` along allowed transitions, and
+    commit unless told not to (the caller commits more with it)."""
     for step in PATH_TO[status]:
         set_job_status(session, list(job_ids), step, message=f"test: to {step}")
-    session.commit()
+    if commit:
+        session.commit()

@@ -1,15 +1,21 @@
 """The orchestrator: the life-cycle services in one process (``joblife run``).
 
-Each cycle runs creation, configuration, dispatch, the monitor and publication (one batch
-of the outbox; nothing without a broker URL) once, each in its own
-error boundary: one service's failure (or one job's) never stops the others. A cycle that
+Each cycle runs creation, configuration, dispatch and the monitor once, each in its own
+error boundary: one service's failure (or one job's) never stops the others. Publication
+(nothing without a broker URL or a spool) runs in :meth:`Orchestrator.run_forever` in a
+thread of its own (:class:`~joblife.publication.relay.PublicationThread`, with its own
+broker connection and sessions): a broker that hangs (TCP open, nothing answered) holds up
+publication only, and the cycle reports the thread's last cycle. :meth:`Orchestrator.run_once`
+(``--once``, the demo) publishes one batch inline instead. A cycle that
 found work is followed at once by the next; an idle one waits ``loop_interval`` seconds,
 or, when only the in-flight caps held dispatch back, until the executor reports that an
 execution ended: that wake-up runs dispatch alone (to fill the freed slot), and the other
 services keep their pace of one cycle per ``loop_interval``.
 A database outage makes the loop back off (1 s doubling, up to
 ``outage_backoff_max_seconds``), reconnect and resume. SIGTERM or SIGINT stops it after
-the current service. The end of the first cycle is logged once ("first cycle done"): the
+the current service, and the publication thread after its batches in flight (a broker that
+does not answer is given up after a grace: the unconfirmed messages stay in the outbox).
+The end of the first cycle is logged once ("first cycle done"): the
 services are up.
 """
 
@@ -30,15 +36,13 @@ from joblife.lifecycle.creation import create_jobs
 from joblife.lifecycle.dispatch import dispatch_jobs
 from joblife.lifecycle.monitor import Monitor
 from joblife.ops.metrics import record_cycle
-from joblife.publication.relay import PublicationService
+from joblife.publication.relay import PublicationService, PublicationThread
 
 log = job_logger("orchestrator")
 
 SERVICES = ("create", "configure", "dispatch", "monitor", "publish")
 #: The first wait after a database outage is noticed (doubled per failed cycle, capped).
 FIRST_BACKOFF_SECONDS = 1.0
-#: While dispatch waits for a free slot, the broker connection is served this often.
-SERVE_SLICE_SECONDS = 1.0
 #: What a cycle woken by a freed slot runs (the others wait for their interval).
 SLOT_SERVICES = ("dispatch",)
 
@@ -74,6 +78,8 @@ class Orchestrator:
         self.stop_event = stop_event or threading.Event()
         self.monitor = Monitor(context, executor)
         self.publication = PublicationService(context, stop_event=self.stop_event)
+        #: Publication in its own thread, while run_forever runs (None: inline, in run_once).
+        self.publication_thread: PublicationThread | None = None
         self._steps: dict[str, Callable[[], Any]] = {
             "create": lambda: [r.as_dict() for r in create_jobs(context)],
             "configure": lambda: [r.as_dict() for r in configure_jobs(context)],
@@ -92,6 +98,10 @@ class Orchestrator:
                 break
             if only is not None and name not in only:
                 continue
+            if name == "publish" and self.publication_thread is not None:
+                # The thread counts its own cycles; its work never makes this loop busy.
+                report.results[name] = self._publication_status(self.publication_thread)
+                continue
             try:
                 result = self._steps[name]()
             except OperationalError:
@@ -108,16 +118,33 @@ class Orchestrator:
         return report
 
     def run_forever(self, interval: float | None = None) -> None:
-        """Cycle until the stop event is set (the broker connection is closed then)."""
+        """Cycle until the stop event is set (the publication thread is stopped and the
+        broker connection closed then)."""
         try:
+            if "publish" in self.services and self.publication.enabled:
+                self.publication_thread = PublicationThread(self.publication, interval)
+                self.publication_thread.start()
             self._cycle_forever(interval)
         finally:
             self.close()
 
+    def _publication_status(self, thread: PublicationThread) -> dict[str, Any]:
+        """The publication thread's last report; a thread that ended (it survives every
+        error of a cycle, so only something like a MemoryError ends it) is started anew."""
+        if not thread.alive and not self.stop_event.is_set():
+            log.error("the publication thread ended: starting it again")
+            self.publication_thread = PublicationThread(self.publication, thread.interval)
+            self.publication_thread.start()
+        return thread.status()
+
     def close(self) -> None:
-        """Release what the services hold open (the broker connection, the executor's
-        helper processes)."""
-        self.publication.close()
+        """Release what the services hold open (the publication thread and its broker
+        connection, the executor's helper processes)."""
+        thread, self.publication_thread = self.publication_thread, None
+        if thread is not None:
+            thread.stop()  # bounded; the thread closes its connection itself
+        else:
+            self.publication.close()
         close_executor = getattr(self.executor, "close", None)
         if close_executor is not None:
             close_executor()
@@ -169,29 +196,13 @@ class Orchestrator:
     def _idle(self, report: CycleReport, interval: float, marker: Any = None) -> bool:
         """Wait for the next cycle. When dispatch is held back only by the caps, a slot
         may free up any moment: wake as soon as the executor reports a change (an
-        execution ended), if it can tell; True then. While it waits, the broker
-        connection of the publish service is served (heartbeats, feedback deliveries): an
-        unserved connection is dropped by the broker after two missed heartbeats."""
+        execution ended), if it can tell; True then. (The broker connection is served by
+        the publication thread.)"""
         wait_for_change = getattr(self.executor, "wait_for_change", None)
         dispatch = report.results.get("dispatch") or {}
-        capped = bool(dispatch.get("capped")) and wait_for_change is not None
-        publishing = "publish" in self.services and self.publication.enabled
-        if not capped:
-            if publishing:
-                self.publication.idle(interval)  # returns early on feedback
-            else:
-                self.stop_event.wait(interval)
-            return False
-        if not publishing:
+        if dispatch.get("capped") and wait_for_change is not None:
             return bool(wait_for_change(interval, self.stop_event, marker))
-        deadline = time.monotonic() + interval
-        while not self.stop_event.is_set():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            if wait_for_change(min(remaining, SERVE_SLICE_SECONDS), self.stop_event, marker):
-                return True
-            self.publication.idle(0.0)  # handle what the broker sent meanwhile
+        self.stop_event.wait(interval)
         return False
 
 

@@ -106,9 +106,10 @@ class SentBatch:
 class ConfirmingPublisher:
     """One connection to the broker with a confirm-mode channel; see the module docstring.
 
-    Not thread-safe: one thread uses it. ``connect`` raises :class:`BrokerUnavailable`;
-    once connected, a lost connection makes :attr:`connected` False and the messages not
-    confirmed yet :attr:`Outcome.UNCONFIRMED`; call ``connect`` again.
+    Not thread-safe: one thread uses it (only :meth:`interrupt` may be called from
+    another). ``connect`` raises :class:`BrokerUnavailable`; once connected, a lost
+    connection makes :attr:`connected` False and the messages not confirmed yet
+    :attr:`Outcome.UNCONFIRMED`; call ``connect`` again.
     """
 
     def __init__(
@@ -141,6 +142,7 @@ class ConfirmingPublisher:
         self._inflight: dict[int, tuple[SentBatch, int, str]] = {}
         self._by_id: dict[str, tuple[SentBatch, int]] = {}
         self._until: Callable[[], bool] | None = None
+        self._interrupted = False  # set by interrupt(), from any thread
 
     # -- connection ------------------------------------------------------------------------
     @property
@@ -177,10 +179,27 @@ class ConfirmingPublisher:
         )
         self._run(lambda: self._ready or self._error is not None, self.connect_timeout + 1)
         if not self.connected:
-            reason = self._error or f"no answer within {self.connect_timeout:.0f} s"
+            reason = self._error or (
+                "interrupted (stopping)"
+                if self._interrupted
+                else f"no answer within {self.connect_timeout:.0f} s"
+            )
             self.close()
             raise BrokerUnavailable(f"cannot publish to {_safe_url(self.url)}: {reason}")
         log.info("connected to %s", _safe_url(self.url))
+
+    def interrupt(self) -> None:
+        """Make every wait of this publisher return at once, now and from now on (a
+        connection, confirmations, a graceful close): messages without an answer stay
+        ``UNCONFIRMED`` and ``connect`` fails. The only method another thread may call: a
+        stopping process uses it not to wait for a broker that does not answer."""
+        self._interrupted = True
+        connection = self._connection
+        if connection is not None:
+            # Runs _poke in the I/O loop's thread: the loop stops if it is running, or at
+            # once when it starts (a later _run sees the flag before it starts the loop).
+            with contextlib.suppress(Exception):
+                connection.ioloop.add_callback_threadsafe(self._poke)
 
     def close(self) -> None:
         """Close the connection (if open) and release its I/O loop."""
@@ -246,13 +265,16 @@ class ConfirmingPublisher:
         connection is closed: late answers must not be taken for later messages')."""
         self._run(lambda: batch.unanswered == 0 or not self.connected, timeout)
         if batch.unanswered and self.connected:
-            log.warning(
-                "%d of %d messages not confirmed within %.1f s: reconnecting",
-                batch.unanswered,
-                len(batch.deliveries),
-                timeout,
-            )
-            self._lost(f"{batch.unanswered} confirmations not received within {timeout} s")
+            if self._interrupted:
+                self._lost(f"stopped before {batch.unanswered} confirmations arrived")
+            else:
+                log.warning(
+                    "%d of %d messages not confirmed within %.1f s: reconnecting",
+                    batch.unanswered,
+                    len(batch.deliveries),
+                    timeout,
+                )
+                self._lost(f"{batch.unanswered} confirmations not received within {timeout} s")
             self.close()
         if not self.connected:
             self._inflight.clear()
@@ -293,11 +315,11 @@ class ConfirmingPublisher:
         """Run the I/O loop until ``until()`` holds (checked after every event) or
         ``timeout`` seconds passed."""
         connection = self._connection
-        if connection is None or until():
+        if connection is None or until() or self._interrupted:
             return
         ioloop = connection.ioloop
         timer = ioloop.call_later(max(timeout, 0.0), ioloop.stop)
-        self._until = until
+        self._until = lambda: until() or self._interrupted
         try:
             ioloop.start()
         finally:

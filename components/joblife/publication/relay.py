@@ -14,7 +14,12 @@ Without a broker URL the service does nothing and the messages wait in the outbo
 (fsync = confirmation) and the jobs go on to ``done`` as with a broker. When the broker is
 down the rows stay unpublished and the jobs wait; the connection is retried with an
 exponential backoff (up to ``amqp_reconnect_max_seconds``) and everything resumes when it is
-back. A database outage is raised to the loop, which backs off the same way.
+back. A database outage is raised to the loop, which backs off (up to
+``outage_backoff_max_seconds``).
+
+In ``joblife run`` the service runs in a thread of its own (:class:`PublicationThread`), with
+its own broker connection and its own sessions: a broker that does not answer (connection,
+confirmations) holds up publication only, never the other services of the process.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -31,6 +37,7 @@ from sqlalchemy.orm import Session
 
 from joblife.lifecycle.common import ServiceContext, job_logger
 from joblife.logs import describe_jobs
+from joblife.ops.metrics import record_cycle
 from joblife.publication import outbox
 from joblife.publication.broker import (
     ConfirmingPublisher,
@@ -51,7 +58,11 @@ FIRST_BACKOFF_SECONDS = 0.5
 PIPELINE_DEPTH = 2
 #: Confirmed messages whose recording failed, remembered at most (not to resend them).
 MAX_REMEMBERED = 100_000
-MAX_DB_BACKOFF_SECONDS = 60.0
+#: After a stop, how long the thread may finish the batches in flight before its waits for
+#: the broker are interrupted (their unconfirmed messages stay in the outbox).
+STOP_GRACE_SECONDS = 2.0
+#: How long a stop then waits for the thread to record what it has and end.
+STOP_TIMEOUT_SECONDS = 10.0
 
 
 @dataclass
@@ -117,6 +128,7 @@ class PublicationService:
                 url,
                 self.topology,
                 heartbeat=settings.amqp_heartbeat_seconds,
+                connect_timeout=settings.amqp_connect_timeout_seconds,
                 feedback_queue=settings.amqp_feedback_queue,
             )
         elif publisher is None and settings.publication_spool:
@@ -327,28 +339,61 @@ class PublicationService:
             report.feedback += 1
 
     # -- the loop --------------------------------------------------------------------------
-    def run_forever(self, interval: float | None = None) -> None:
+    def run_forever(
+        self,
+        interval: float | None = None,
+        on_cycle: Callable[[PublicationReport | None, BaseException | None], None] | None = None,
+    ) -> None:
         """Cycle until the stop event is set; an idle cycle waits ``interval`` seconds
-        (default ``loop_interval``) while serving the broker connection."""
-        interval = interval if interval is not None else self.context.settings.loop_interval
-        db_backoff = 1.0
+        (default ``loop_interval``) while serving the broker connection. With ``on_cycle``
+        (``joblife run``), it is called after every cycle with the report or the error,
+        and an unexpected error is logged and the loop goes on after an idle wait; without
+        it (``joblife publish``) the error ends the loop."""
+        settings = self.context.settings
+        interval = interval if interval is not None else settings.loop_interval
+        max_backoff = settings.outage_backoff_max_seconds
+        db_backoff = min(1.0, max_backoff)
         try:
             while not self.stop_event.is_set():
                 try:
                     report = self.run_cycle()
                 except (OperationalError, DBAPIError) as exc:
                     if not isinstance(exc, OperationalError) and not exc.connection_invalidated:
-                        raise
+                        if on_cycle is None:
+                            raise
+                        self._survive(exc, on_cycle, interval)
+                        continue
+                    if on_cycle is not None:
+                        on_cycle(None, exc)
                     log.warning("database unavailable (%s): retrying in %.0f s", exc, db_backoff)
                     self.context.engine.dispose()
                     self.stop_event.wait(db_backoff)
-                    db_backoff = min(db_backoff * 2, MAX_DB_BACKOFF_SECONDS)
+                    db_backoff = min(db_backoff * 2, max_backoff)
                     continue
-                db_backoff = 1.0
+                except Exception as exc:
+                    if on_cycle is None:
+                        raise
+                    self._survive(exc, on_cycle, interval)
+                    continue
+                db_backoff = min(1.0, max_backoff)
+                if on_cycle is not None:
+                    on_cycle(report, None)
                 if not report.busy:
                     self.idle(interval)
         finally:
             self.close()
+
+    def _survive(
+        self,
+        exc: BaseException,
+        on_cycle: Callable[[PublicationReport | None, BaseException | None], None],
+        interval: float,
+    ) -> None:
+        """An unexpected error of a cycle in ``joblife run``: logged and reported; the
+        next cycle follows an idle wait (as the other services' next cycle would)."""
+        log.error("publish cycle failed", exc_info=exc)
+        on_cycle(None, exc)
+        self.stop_event.wait(interval)
 
     def idle(self, seconds: float) -> None:
         """Wait up to ``seconds`` (less if a reconnection is due), serving the connection."""
@@ -362,3 +407,74 @@ class PublicationService:
 def _sent_rows(jobs: list[outbox.ClaimedJob]) -> list[outbox.OutboxRow]:
     """The rows of a batch whose messages it publishes, in the order they were sent."""
     return [row for job in jobs if job.status is outbox.S.START_PUBLICATION for row in job.rows]
+
+
+class PublicationThread:
+    """The ``publish`` service of ``joblife run``: :meth:`PublicationService.run_forever` in
+    a thread of its own, so that a broker that does not answer (a connection that hangs,
+    confirmations that do not come) holds up publication only. The service's publisher
+    (its own connection) is used by that thread alone, and each batch has its own session
+    (the engine is shared: it is thread-safe). The orchestrator reads :meth:`status`."""
+
+    def __init__(self, service: PublicationService, interval: float | None = None) -> None:
+        self.service = service
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._status: dict[str, Any] = {"cycles": 0}
+        self._thread = threading.Thread(target=self._run, name="joblife-publish", daemon=True)
+
+    def start(self) -> None:
+        """Start publishing (in the background)."""
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the thread runs."""
+        return self._thread.is_alive()
+
+    def status(self) -> dict[str, Any]:
+        """The last cycle's report (or error) and how many cycles the thread has run."""
+        with self._lock:
+            return dict(self._status)
+
+    def stop(
+        self, grace: float = STOP_GRACE_SECONDS, timeout: float = STOP_TIMEOUT_SECONDS
+    ) -> bool:
+        """Stop the thread: it finishes the batches in flight for up to ``grace`` seconds,
+        then its waits for the broker are interrupted (their unconfirmed messages stay
+        unpublished, to be sent again), and it records what it has, closes and ends
+        within ``timeout`` more seconds. Each batch is one transaction: whatever is not
+        committed is rolled back. True if the thread ended."""
+        self.service.stop_event.set()
+        self._thread.join(grace)
+        if self._thread.is_alive():
+            interrupt = getattr(self.service.publisher, "interrupt", None)
+            if interrupt is not None:
+                interrupt()
+            self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("the publication thread did not end within %.0f s", grace + timeout)
+            return False
+        return True
+
+    def _run(self) -> None:
+        try:
+            self.service.run_forever(self.interval, self._on_cycle)
+        except BaseException:  # a thread's end is logged here; the orchestrator restarts it
+            log.exception("the publication thread ended")
+
+    def _on_cycle(self, report: PublicationReport | None, error: BaseException | None) -> None:
+        # Counted here, per cycle of this thread, not per cycle of the orchestrator.
+        failed = error is not None or bool(report is not None and report.error)
+        record_cycle("publish", failed=failed)
+        with self._lock:
+            cycles = self._status["cycles"] + 1
+            if report is not None:
+                self._status = {**report.as_dict(), "cycles": cycles}
+            else:
+                self._status = {
+                    "enabled": True,
+                    "connected": False,
+                    "error": f"{type(error).__name__}: {error}",
+                    "cycles": cycles,
+                }
