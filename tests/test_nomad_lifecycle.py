@@ -206,9 +206,11 @@ def test_nomad_refusal_fails_the_attempt_and_dispatch_goes_on(
     make_nomad_world: Callable[..., NomadWorld],
 ):
     world = make_nomad_world()
-    lc, cluster = world.lifecycle, world.double.cluster
+    lc, faults = world.lifecycle, world.double.faults
     ids = lc.add_jobs({}, {})
-    cluster.stop(PARENT)  # a stopped parameterized job: Nomad refuses its dispatches
+    # Each dispatch refused as a bad request (a stopped or missing parameterized job
+    # pauses its type instead: tests/test_nomad_type_unavailable.py).
+    faults.fail_next, faults.fail_status, faults.fail_message = 2, 400, "Request decode failed"
 
     report = lc.dispatch()
     assert (report.dispatched, report.failed, report.waiting) == (0, 2, 0)
@@ -218,12 +220,11 @@ def test_nomad_refusal_fails_the_attempt_and_dispatch_goes_on(
         assert change.status == S.EXTERNAL_ERROR
         assert change.message == (
             f"dispatch failed: Nomad refused the dispatch of job {job_id} attempt 1 to "
-            f"'{PARENT}': HTTP 500: Specified job \"{PARENT}\" is stopped"
+            f"'{PARENT}': HTTP 400: Request decode failed"
         )
     assert world.executor.capacity("extra_small") is None  # Nomad answers: not an outage
 
-    world.deploy()  # registered again: the retries run
-    drive(world, lambda: statuses(world, ids) == [S.DONE, S.DONE])
+    drive(world, lambda: statuses(world, ids) == [S.DONE, S.DONE])  # the retries run
     assert [lc.job(i).attempt for i in ids] == [2, 2]
 
 

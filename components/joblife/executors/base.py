@@ -62,6 +62,24 @@ class ExecutorUnavailable(ExecutorError):
     monitor dispatches it again with the same token once the executor answers."""
 
 
+class JobTypeUnavailable(ExecutorUnavailable):
+    """The executor answers, but cannot start executions of one job type now (for Nomad:
+    the type's parameterized job is missing, stopped, not parameterized, or refuses
+    joblife's dispatches): nothing was started. For the jobs of that type as
+    :class:`ExecutorUnavailable` (queued without a reference, attempt kept, dispatched
+    again with the same token once the type is back), while the other types go on.
+
+    An executor that pauses job types this way also has ``job_type_unavailable(job_type,
+    nomad_job_name) -> str | None``: the reason while dispatch of the type is paused (None
+    otherwise), which the dispatch service and the monitor ask before choosing jobs (see
+    :func:`joblife.lifecycle.dispatch.paused_job_types`)."""
+
+    def __init__(self, job_type: str, reason: str) -> None:
+        super().__init__(f"dispatch of job type {job_type!r} paused: {reason}")
+        self.job_type = job_type
+        self.reason = reason
+
+
 def execution_token(job_id: int, attempt: int, unique_id: uuid.UUID | str) -> str:
     """The idempotency token of a job's attempt, ``<job id>-<attempt>-<unique id, 32 hex>``:
     dispatching twice with it runs it once. The job's ``unique_id`` makes it unique across

@@ -28,8 +28,28 @@ parameterized batch job (see :mod:`joblife.nomad.specs`), through python-nomad.
   (the job waits, queued without a reference, its attempt kept), :meth:`capacity` is 0 so
   the dispatch service leaves ready jobs ready, and Nomad is probed again every
   ``nomad_unavailable_retry_seconds``; children it cannot inspect are left out of
-  :meth:`status` (unknown, so nothing is decided about them). Any other answer that is not
-  a success is a **refusal** (:class:`~joblife.errors.ExecutorError`: the attempt fails).
+  :meth:`status` (unknown, so nothing is decided about them).
+- **A job type unavailable**: a dispatch answered with one of Nomad's 500s about the
+  parent job itself (``parameterized job not found``, ``Specified job "…" is not a
+  parameterized job``, ``… is stopped``: not deployed yet, purged, stopped; or the
+  parent's meta/payload rules refusing joblife's dispatch: :data:`PARENT_REFUSALS`) would
+  refuse every job of the type alike: dispatch of the types on that parent is paused
+  (:class:`~joblife.executors.base.JobTypeUnavailable`: the job waits queued without a
+  reference, its attempt kept; :meth:`job_type_unavailable` tells the services, which
+  then leave the type's ready jobs ready while the other types go on). Every
+  ``nomad_unavailable_retry_seconds`` the parent is read (``GET /v1/job/<parent>``,
+  :func:`parent_job_problem`, which ``joblife health`` uses too): the pause goes on while
+  it would refuse joblife's dispatches, and ends once it takes them (deployed). The pause
+  and its end are logged once each (not at every check) and shown by the gauge
+  ``joblife_job_type_unavailable`` (:func:`~joblife.ops.metrics.record_job_type_availability`).
+- **Any other 5xx** after the client's retries (an unclassified server error) is a refusal
+  of that dispatch (:class:`~joblife.errors.ExecutorError`: the attempt fails, as it may
+  be about this one request) **and** pauses the type as above for the retry delay; then,
+  the parent reading fine, the next dispatch tells (accepted: resumed; refused again:
+  paused again, not logged again). A server that keeps failing so costs at most one
+  attempt per type and delay, never a claimed batch in a tight loop. A **4xx** (a request
+  Nomad finds malformed) and a child of another job returned for the token are refusals
+  only.
 """
 
 from __future__ import annotations
@@ -40,6 +60,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from nomad.api.exceptions import BaseNomadException
@@ -52,9 +73,11 @@ from joblife.executors.base import (
     ExecutionState,
     ExecutionStatus,
     ExecutorUnavailable,
+    JobTypeUnavailable,
 )
 from joblife.executors.local import describe_exit
 from joblife.nomad.client import describe, http_status, is_unreachable, nomad_client
+from joblife.ops.metrics import record_job_type_availability
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +85,37 @@ log = logging.getLogger(__name__)
 DISPATCH_SEPARATOR = "/dispatch-"
 #: How many children seen ended are remembered (to word a later 404; oldest forgotten).
 SEEN_ENDED_MEMORY = 100_000
+#: Nomad's 500s to a dispatch that are about the parent job (``nomad/job_endpoint.go``,
+#: ``Job.Dispatch`` and ``validateDispatchRequest``): missing, not parameterized, stopped,
+#: or its rules refusing what joblife sends every job of the type alike (a parent deployed
+#: from another spec). Reading the parent (:func:`parent_job_problem`) tells when it is
+#: fixed.
+PARENT_REFUSALS = (
+    "parameterized job not found",
+    "is not a parameterized job",
+    "is stopped",
+    "Dispatch did not provide required meta keys",
+    "Dispatch request included unpermitted metadata keys",
+    "Payload is not provided but required",
+)
+#: The meta keys of joblife's dispatches (no payload): the rendered specs' ``meta_required``
+#: and ``meta_optional`` (:mod:`joblife.nomad.specs`).
+DISPATCH_META_KEYS = frozenset({"job_id", "attempt", "attempt_secret"})
+
+
+@dataclass
+class _Pause:
+    """Dispatch to one parent job, paused (see the module docstring)."""
+
+    reason: str
+    retry_at: float
+    #: Paused on the parent's state (reading it tells when it is back), not on a server
+    #: error (the next dispatch tells).
+    on_state: bool
+    #: The job types seen dispatching to it (for the gauge and the log).
+    job_types: set[str] = field(default_factory=set)
+    #: The parent read fine after a pause on a server error: the next dispatch tells.
+    trial: bool = False
 
 
 class NomadExecutor:
@@ -86,6 +140,8 @@ class NomadExecutor:
         self._lock = threading.Lock()
         self._down_reason: str | None = None
         self._retry_at = 0.0
+        #: Parent jobs whose dispatches are paused, by id.
+        self._paused: dict[str, _Pause] = {}
         #: Children this executor saw ``dead``: a later 404 is then a garbage collection.
         self._seen_ended: OrderedDict[str, None] = OrderedDict()
 
@@ -129,6 +185,9 @@ class NomadExecutor:
             raise ExecutorError(
                 f"job type {request.job_type!r} names no Nomad job (NOMAD_JOB_NAME)"
             )
+        paused = self._pause_reason(parent, request.job_type)
+        if paused is not None:
+            raise JobTypeUnavailable(request.job_type, paused)
         meta = {"job_id": str(request.job_id), "attempt": str(request.attempt)}
         if request.attempt_secret:
             # Readable by whoever may read the Nomad job (its meta), as the secret of
@@ -152,10 +211,19 @@ class NomadExecutor:
         except BaseNomadException as exc:
             if is_unreachable(exc):
                 raise ExecutorUnavailable(self._down_message()) from exc
+            status = http_status(exc)
+            refused = f"Nomad refused a dispatch to its job {parent!r}: {describe(exc)}"
+            body = exc.nomad_resp.text if status is not None else ""  # type: ignore[attr-defined]
+            if status == 500 and any(message in body for message in PARENT_REFUSALS):
+                self._pause(parent, request.job_type, refused, on_state=True)
+                raise JobTypeUnavailable(request.job_type, refused) from exc
+            if status is not None and status >= 500:
+                self._pause(parent, request.job_type, refused, on_state=False)
             raise ExecutorError(
                 f"Nomad refused the dispatch of job {request.job_id} attempt "
                 f"{request.attempt} to {parent!r}: {describe(exc)}"
             ) from exc
+        self._resume(parent)
         child = answer.get("DispatchedJobID") if isinstance(answer, dict) else None
         if not child:
             raise ExecutorError(f"Nomad's dispatch answer names no DispatchedJobID: {answer!r}")
@@ -260,6 +328,85 @@ class NomadExecutor:
     def _down_message(self) -> str:
         return f"Nomad at {self.address} does not answer ({self._down_reason})"
 
+    # -- job types ------------------------------------------------------------------------------
+    def job_type_unavailable(self, job_type: str, nomad_job_name: str | None) -> str | None:
+        """Why dispatch of ``job_type`` (to its parameterized job ``nomad_job_name``) is
+        paused, None when it is not: once the retry delay has passed, the parent job is
+        read again first (see the module docstring)."""
+        return self._pause_reason(nomad_job_name, job_type) if nomad_job_name else None
+
+    def _pause_reason(self, parent: str, job_type: str) -> str | None:
+        """The reason of the pause on ``parent``, None when dispatches may be sent (no
+        pause, or the parent reads fine after the retry delay)."""
+        with self._lock:
+            pause = self._paused.get(parent)
+            if pause is None:
+                return None
+            if job_type not in pause.job_types:
+                pause.job_types.add(job_type)
+                record_job_type_availability(job_type, parent, available=False)
+            if pause.trial:
+                return None
+            if self._down_reason is not None or self._clock() < pause.retry_at:
+                return pause.reason
+            # One read of the parent per delay, whoever asks meanwhile.
+            pause.retry_at = self._clock() + self.unavailable_retry_seconds
+        try:
+            problem = self._call(lambda: parent_job_problem(self.client, parent))
+        except BaseNomadException as exc:
+            log.debug("cannot read Nomad job %s: %s", parent, describe(exc))
+            return pause.reason  # no news: the pause goes on
+        with self._lock:
+            if self._paused.get(parent) is not pause:
+                return None  # resumed meanwhile by an accepted dispatch
+            if problem is not None:
+                pause.reason, pause.on_state = problem, True
+                return problem
+            if not pause.on_state:
+                pause.trial = True  # deployed: the next dispatch tells
+                return None
+        self._resume(parent)
+        return None
+
+    def _pause(self, parent: str, job_type: str, reason: str, *, on_state: bool) -> None:
+        """Pause dispatches to ``parent`` for the retry delay (logged when it begins)."""
+        with self._lock:
+            pause = self._paused.get(parent)
+            retry_at = self._clock() + self.unavailable_retry_seconds
+            if pause is None:
+                pause = self._paused[parent] = _Pause(reason, retry_at, on_state)
+                log.warning(
+                    "dispatch of job type %s paused: %s; Nomad job %s is checked again every "
+                    "%g s, and the type's jobs wait (attempt kept) until it takes "
+                    "dispatches (`joblife nomad deploy`)",
+                    job_type,
+                    reason,
+                    parent,
+                    self.unavailable_retry_seconds,
+                )
+            else:
+                pause.reason, pause.retry_at, pause.on_state = reason, retry_at, on_state
+                pause.trial = False
+            pause.job_types.add(job_type)
+            types = sorted(pause.job_types)
+        for name in types:
+            record_job_type_availability(name, parent, available=False)
+
+    def _resume(self, parent: str) -> None:
+        """End the pause on ``parent``, if any (logged)."""
+        with self._lock:
+            pause = self._paused.pop(parent, None)
+        if pause is None:
+            return
+        types = sorted(pause.job_types)
+        log.warning(
+            "Nomad job %s takes dispatches again: dispatch of job type %s resumes",
+            parent,
+            ", ".join(types),
+        )
+        for name in types:
+            record_job_type_availability(name, parent, available=True)
+
     # -- one child -----------------------------------------------------------------------------
     def _check_returned_child(self, child: str, request: ExecutionRequest, token: str) -> None:
         """Refuse a child returned for ``token`` that is not this attempt's execution: its
@@ -333,6 +480,36 @@ class NomadExecutor:
             "unknown child (the cluster lost its state, or the child ended and was "
             "garbage-collected between two checks); no exit status: not a success"
         )
+
+
+def parent_job_problem(client: nomad.Nomad, parent: str) -> str | None:
+    """Why Nomad refuses every dispatch of joblife to its job ``parent`` now, read from
+    ``GET /v1/job/<parent>`` as ``Job.Dispatch`` checks it: not found, not parameterized,
+    stopped, or its payload and meta rules refusing :data:`DISPATCH_META_KEYS` without a
+    payload; None when it takes them. Raises python-nomad's exception when Nomad gives no
+    answer about it."""
+    try:
+        job = client.job.get_job(parent)
+    except BaseNomadException as exc:
+        if http_status(exc) == 404:
+            return f"Nomad has no job {parent!r} ({describe(exc)}: not deployed, or purged)"
+        raise
+    rules = job.get("ParameterizedJob")
+    if not rules:
+        return f"Nomad job {parent!r} is not a parameterized job"
+    if job.get("Stop"):
+        return f"Nomad job {parent!r} is stopped"
+    if rules.get("Payload") == "required":
+        return f"Nomad job {parent!r} requires a payload (joblife sends none)"
+    required = set(rules.get("MetaRequired") or ())
+    permitted = required | set(rules.get("MetaOptional") or ())
+    if required - DISPATCH_META_KEYS or DISPATCH_META_KEYS - permitted:
+        return (
+            f"Nomad job {parent!r} does not take joblife's dispatch meta "
+            f"({', '.join(sorted(DISPATCH_META_KEYS))}): it requires "
+            f"{sorted(required)} and permits {sorted(permitted)}"
+        )
+    return None
 
 
 def execution_from_allocations(

@@ -20,6 +20,18 @@ attempt is spent, the retry policy decides); the others go on. An executor that 
 ends the cycle's dispatching: that job and the rest of the batch stay ``queued`` without a
 reference, their attempt kept, and the monitor dispatches them again with the same token
 once the executor answers; the report says why (``unavailable``) and how many wait.
+
+A **job type** the executor cannot start now (:class:`~joblife.executors.base.
+JobTypeUnavailable`: for Nomad, the type's parameterized job missing, stopped or refusing
+joblife's dispatches) is paused alone: the cycle asks the executor first
+(:func:`paused_job_types`) and leaves the ready jobs of a paused type ready (attempt
+untouched), and a claimed job whose dispatch finds its type unavailable stays ``queued``
+without a reference, its attempt kept, like an outage's, while the batch goes on with the
+other types; the report lists the paused types and their reasons (``paused``). No new
+job of a type is claimed while jobs of it wait queued without an execution past
+``redispatch_grace_seconds``: the monitor dispatches those again first, so a type that
+is tried again after a pause and refused once more leaves its waiting jobs, not a new
+batch claimed at each try, queued.
 """
 
 from __future__ import annotations
@@ -27,9 +39,20 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, LargeBinary, all_, bindparam, func, select, text, update
+from sqlalchemy import (
+    BigInteger,
+    LargeBinary,
+    all_,
+    and_,
+    bindparam,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
@@ -40,9 +63,10 @@ from joblife.executors.base import (
     ExecutionRequest,
     Executor,
     ExecutorUnavailable,
+    JobTypeUnavailable,
     execution_token,
 )
-from joblife.lifecycle.common import ServiceContext, job_logger
+from joblife.lifecycle.common import ServiceContext, job_logger, utc_now
 from joblife.model import Job, JobStatus
 from joblife.model.flavors import flavor_catalogue
 from joblife.model.job import READY_INDEX_WHERE
@@ -71,6 +95,9 @@ class DispatchReport:
     waiting: int = 0
     #: Why the executor is unavailable, when it was this cycle.
     unavailable: str | None = None
+    #: Job types whose dispatch the executor pauses, with the reason: their ready jobs
+    #: stay ready, their claimed ones wait queued (counted in ``waiting``).
+    paused: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,6 +116,9 @@ class _Claimed:
 def dispatch_jobs(context: ServiceContext, executor: Executor) -> DispatchReport:
     """One dispatch cycle."""
     report = DispatchReport()
+    # Asked before the transaction: the executor may read Nomad to tell.
+    report.paused = paused_job_types(context, executor)
+    waiting_by_type: Counter[str] = Counter()
     with context.session() as session:
         claimed = _claim(session, context, executor, report)
         session.commit()  # queued + attempt are durable before any execution starts
@@ -105,8 +135,13 @@ def dispatch_jobs(context: ServiceContext, executor: Executor) -> DispatchReport
                     attempt_secret=job.attempt_secret,
                     unique_id=job.unique_id,
                 )
+            except JobTypeUnavailable as exc:
+                # This type only (the executor logged the pause): the batch goes on.
+                report.paused[job.job_type] = exc.reason
+                waiting_by_type[job.job_type] += 1
+                continue
             except ExecutorUnavailable as exc:
-                report.waiting = len(claimed) - index
+                report.waiting += len(claimed) - index
                 report.unavailable = str(exc)
                 log.warning(
                     "%s executor unavailable: %s; %d queued jobs wait without execution "
@@ -124,7 +159,31 @@ def dispatch_jobs(context: ServiceContext, executor: Executor) -> DispatchReport
                 # them, instead of waiting for a heartbeat to go stale).
                 record_reference(session, job.job_id, job.attempt, reference)
                 report.dispatched += 1
+    report.waiting += waiting_by_type.total()
+    for job_type, count in sorted(waiting_by_type.items()):
+        log.warning(
+            "%d queued jobs of type %s wait without execution (attempt kept) and are "
+            "dispatched again, same token, once the type is back: %s",
+            count,
+            job_type,
+            report.paused[job_type],
+        )
     return report
+
+
+def paused_job_types(context: ServiceContext, executor: Executor) -> dict[str, str]:
+    """The job types of ``context`` whose dispatch ``executor`` pauses now, with the
+    reason (see :class:`~joblife.executors.base.JobTypeUnavailable`); empty for an
+    executor that pauses none."""
+    ask = getattr(executor, "job_type_unavailable", None)
+    if ask is None:
+        return {}
+    paused = {}
+    for name, cls in sorted(context.job_types.items()):
+        reason = ask(name, cls.NOMAD_JOB_NAME)
+        if reason is not None:
+            paused[name] = reason
+    return paused
 
 
 def record_reference(session: Session, job_id: int, attempt: int, reference: str) -> None:
@@ -224,16 +283,26 @@ def _claim(
 ) -> list[_Claimed]:
     settings = context.settings
     session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": DISPATCH_LOCK_KEY})
+    # Queued without an execution past the re-dispatch grace: the monitor's to dispatch
+    # again, before any new job of their type (a type paused and tried again then costs
+    # its waiting jobs' turn, not a new batch claimed at each try).
+    grace = utc_now() - timedelta(seconds=settings.redispatch_grace_seconds)
+    waiting = and_(
+        Job.status_id == S.QUEUED, Job.nomad_job_id.is_(None), Job.status_changed_at < grace
+    )
     in_flight = session.execute(
-        select(Job.worker_flavor, Job.job_type, func.count())
+        select(Job.worker_flavor, Job.job_type, func.count(), func.count().filter(waiting))
         .where(Job.status_id.in_([int(s) for s in IN_FLIGHT_STATUSES]))
         .group_by(Job.worker_flavor, Job.job_type)
     ).all()
     per_flavor: Counter[str] = Counter()
     per_type: Counter[str] = Counter()
-    for flavor, job_type, count in in_flight:
+    held_back = set(report.paused)  # their ready jobs stay ready, attempt untouched
+    for flavor, job_type, count, waiting_count in in_flight:
         per_flavor[flavor] += count
         per_type[job_type] += count
+        if waiting_count:
+            held_back.add(job_type)
     room = settings.max_in_flight - per_type.total()
     if room <= 0:
         report.capped["overall"] = per_type.total()
@@ -263,8 +332,8 @@ def _claim(
             .order_by(Job.priority, Job.input_publication_date, Job.id)
             .limit(page)
         )
-        if capped_types:
-            query = query.where(Job.job_type.not_in(capped_types))
+        if capped_types or held_back:
+            query = query.where(Job.job_type.not_in(capped_types | held_back))
         if capped_flavors:
             query = query.where(Job.worker_flavor.not_in(capped_flavors))
         if seen:

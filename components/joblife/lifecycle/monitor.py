@@ -24,14 +24,16 @@ Each cycle, in bounded batches:
 4. **lost dispatches**: a queued job without a reference for ``redispatch_grace_seconds``
    (a crash between the queued commit and the dispatch, or an executor that was
    unavailable) is dispatched again with the same token, so the executor runs it once;
-   while the executor is unavailable it stays queued, its attempt kept;
+   while the executor is unavailable it stays queued, its attempt kept, and so do the jobs
+   of a job type whose dispatch the executor pauses (left out of the step, so that they
+   hold back no other type's);
 5. **retries**: ``external_error`` → ``ready`` after an exponential backoff while
    ``attempt < max_attempts``; otherwise ``internal_error`` "attempts exhausted".
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -46,10 +48,11 @@ from joblife.executors.base import (
     ExecutionStatus,
     Executor,
     ExecutorUnavailable,
+    JobTypeUnavailable,
     execution_token,
 )
 from joblife.lifecycle.common import ServiceContext, job_logger, utc_now
-from joblife.lifecycle.dispatch import record_references, start_execution
+from joblife.lifecycle.dispatch import paused_job_types, record_references, start_execution
 from joblife.logs import JobLogger
 from joblife.model import Job, JobStatus, JobStatusChange
 from joblife.model.status import IN_FLIGHT_STATUSES
@@ -82,6 +85,9 @@ class MonitorReport:
     exhausted: int = 0
     #: Why the executor was unavailable this cycle (queued jobs then wait, attempt kept).
     unavailable: str | None = None
+    #: Job types whose dispatch the executor pauses, with the reason: their queued jobs
+    #: without execution wait, attempt kept.
+    paused: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -299,7 +305,8 @@ class Monitor:
     # -- 4. lost dispatches ------------------------------------------------------------------
     def _redispatch(self, session: Session, now: datetime, report: MonitorReport) -> None:
         grace = now - timedelta(seconds=self.context.settings.redispatch_grace_seconds)
-        rows = session.execute(
+        report.paused = paused_job_types(self.context, self.executor)  # may read Nomad
+        query = (
             select(Job.id, Job.attempt, Job.job_type, Job.worker_flavor)
             .where(
                 Job.status_id == S.QUEUED,
@@ -309,9 +316,14 @@ class Monitor:
             .order_by(Job.status_changed_at, Job.id)
             .limit(self.context.settings.batch_size)
             .with_for_update(skip_locked=True)
-        ).all()
+        )
+        if report.paused:
+            query = query.where(Job.job_type.not_in(report.paused))
+        rows = session.execute(query).all()
         references = {}
         for index, row in enumerate(rows):
+            if row.job_type in report.paused:  # paused during this loop
+                continue
             job_log = log.job(row.id, job_type=row.job_type, attempt=row.attempt, status=S.QUEUED)
             job_log.warning("queued without execution, dispatching again")
             try:
@@ -324,6 +336,9 @@ class Monitor:
                     row.job_type,
                     row.worker_flavor,
                 )
+            except JobTypeUnavailable as exc:
+                report.paused[row.job_type] = exc.reason  # the executor logged it
+                continue
             except ExecutorUnavailable as exc:
                 report.unavailable = str(exc)
                 log.warning(

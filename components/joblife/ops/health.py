@@ -8,13 +8,14 @@ directory that is checked like any other.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,15 @@ from joblife.config import Settings
 from joblife.logs import configured_secrets, redact
 
 #: The checks, in the order they run and are shown.
-CHECKS = ("database", "job_types", "broker", "nomad", "container_engine", "storage")
+CHECKS = (
+    "database",
+    "job_types",
+    "broker",
+    "nomad",
+    "nomad_jobs",
+    "container_engine",
+    "storage",
+)
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,7 @@ def run_checks(
         "job_types": lambda: _job_types(settings),
         "broker": lambda: _broker(settings),
         "nomad": lambda: _nomad(settings),
+        "nomad_jobs": lambda: _nomad_jobs(settings),
         "container_engine": lambda: _container_engine(settings),
         "storage": lambda: _storage(settings),
     }
@@ -167,15 +177,9 @@ def _job_types(settings: Settings) -> tuple[str, str]:
     load fails the check (the others still run: see joblife.model.registry)."""
     from joblife.model.registry import job_type_load_errors, load_job_types
 
-    # The registry logs a broken type at ERROR: this check's result says it once.
-    registry_log = logging.getLogger("joblife.registry")
-    level = registry_log.level
-    registry_log.setLevel(logging.CRITICAL)
-    try:
+    with _quiet_registry():
         loaded = sorted(load_job_types(settings))
         broken = job_type_load_errors(settings)
-    finally:
-        registry_log.setLevel(level)
     if broken:
         reasons = "; ".join(f"{name}: {error}" for name, error in sorted(broken.items()))
         raise _Failed(
@@ -184,6 +188,18 @@ def _job_types(settings: Settings) -> tuple[str, str]:
             f"loaded: {', '.join(loaded) or 'none'}",
         )
     return ", ".join(loaded) or "-", f"{len(loaded)} loaded"
+
+
+@contextlib.contextmanager
+def _quiet_registry() -> Iterator[None]:
+    """The registry logs a broken type at ERROR: the job_types check's result says it once."""
+    registry_log = logging.getLogger("joblife.registry")
+    level = registry_log.level
+    registry_log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        registry_log.setLevel(level)
 
 
 def _broker(settings: Settings) -> tuple[str, str]:
@@ -217,13 +233,14 @@ def _broker(settings: Settings) -> tuple[str, str]:
     return target, "connected"
 
 
-def _nomad(settings: Settings) -> tuple[str, str]:
+def _nomad_probe_client(settings: Settings) -> Any:
+    """A python-nomad client that answers now: no retries, timeouts within the check's."""
     if not settings.nomad_addr:
         raise _Skip("not configured (local executor)")
-    from joblife.nomad.client import describe, nomad_client
+    from joblife.nomad.client import nomad_client
 
     timeout = settings.health_timeout_seconds
-    client = nomad_client(
+    return nomad_client(
         settings.model_copy(
             update={
                 "nomad_retries": 0,  # a probe answers now, it does not wait for recovery
@@ -235,6 +252,12 @@ def _nomad(settings: Settings) -> tuple[str, str]:
         ),
         pool_size=1,
     )
+
+
+def _nomad(settings: Settings) -> tuple[str, str]:
+    from joblife.nomad.client import describe
+
+    client = _nomad_probe_client(settings)
     try:
         leader = client.status.leader.get_leader()
     except Exception as exc:
@@ -242,6 +265,50 @@ def _nomad(settings: Settings) -> tuple[str, str]:
     if not leader:
         raise _Failed(settings.nomad_addr, "no cluster leader")
     return settings.nomad_addr, f"leader {leader}"
+
+
+def _nomad_jobs(settings: Settings) -> tuple[str, str]:
+    """The parameterized job of every loaded job type takes dispatches: registered, not
+    stopped, parameterized (see :func:`joblife.executors.nomad.parent_job_problem`). A type
+    whose job does not is one whose dispatch ``joblife run`` pauses. Skipped while Nomad
+    does not answer at all (the ``nomad`` check fails then)."""
+    from nomad.api.exceptions import BaseNomadException
+
+    from joblife.executors.nomad import parent_job_problem
+    from joblife.model.registry import load_job_types
+    from joblife.nomad.client import describe, http_status, is_unreachable
+
+    client = _nomad_probe_client(settings)
+    with _quiet_registry():
+        job_types = load_job_types(settings)
+    failing: list[str] = []  # the parent jobs (or types without one) that fail
+    problems: list[str] = []
+    parents: list[str] = []
+    for name, cls in sorted(job_types.items()):
+        parent = cls.NOMAD_JOB_NAME
+        if not parent:
+            failing.append(name)
+            problems.append(f"job type {name} names no Nomad job (NOMAD_JOB_NAME)")
+            continue
+        parents.append(parent)
+        try:
+            problem = parent_job_problem(client, parent)
+        except BaseNomadException as exc:
+            if is_unreachable(exc) and http_status(exc) not in (401, 403):
+                raise _Skip(
+                    f"Nomad does not answer ({describe(exc)}): see the nomad check"
+                ) from exc
+            problem = f"cannot read Nomad job {parent!r}: {describe(exc)}"
+        if problem is not None:
+            failing.append(parent)
+            problems.append(f"job type {name}: {problem}")
+    if problems:
+        raise _Failed(
+            ", ".join(failing),
+            "; ".join(problems) + " (dispatch of the type pauses, its jobs wait: deploy the "
+            "processing jobs, `joblife nomad deploy`)",
+        )
+    return ", ".join(parents) or "-", f"{len(parents)} parameterized jobs take dispatches"
 
 
 def _container_engine(settings: Settings) -> tuple[str, str]:

@@ -20,8 +20,10 @@ Of this process: ``joblife_loop_errors_total{service}`` and ``joblife_loop_cycle
 {service}`` (:func:`record_cycle`), ``joblife_rejected_products_total{job_type,reason}``
 (discovered products this process's creation refused for the first time: see
 :func:`record_rejected_product`), ``joblife_job_type_load_errors{job_type}`` (1 for each job
-type of the configuration that cannot load: :class:`JobTypeLoadErrors`), the standard
-``process_*`` and ``python_*`` metrics.
+type of the configuration that cannot load: :class:`JobTypeLoadErrors`),
+``joblife_job_type_unavailable{job_type,nomad_job}`` (1 while this process's executor pauses
+dispatch of the job type, 0 once it resumed: :func:`record_job_type_availability`), the
+standard ``process_*`` and ``python_*`` metrics.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
 from prometheus_client.gc_collector import GCCollector
@@ -79,6 +81,21 @@ REJECTED_PRODUCTS = Counter(
     ["job_type", "reason"],
     registry=PROCESS_REGISTRY,
 )
+
+
+JOB_TYPE_UNAVAILABLE = Gauge(
+    "joblife_job_type_unavailable",
+    "1 while this process's executor pauses dispatch of a job type (its Nomad parameterized "
+    "job missing, stopped, not parameterized, or refusing dispatches), 0 once it resumed.",
+    ["job_type", "nomad_job"],
+    registry=PROCESS_REGISTRY,
+)
+
+
+def record_job_type_availability(job_type: str, nomad_job: str, available: bool) -> None:
+    """Set whether dispatch of ``job_type`` (to the Nomad job ``nomad_job``) is paused in
+    this process (see :class:`joblife.executors.base.JobTypeUnavailable`)."""
+    JOB_TYPE_UNAVAILABLE.labels(job_type, nomad_job).set(0.0 if available else 1.0)
 
 
 def record_rejected_product(job_type: str, reason: str) -> None:
