@@ -1,4 +1,5 @@
-"""``joblife jobs list`` and ``joblife jobs show``: read the jobs."""
+"""``joblife jobs list``, ``joblife jobs show`` and ``joblife jobs check-counts``: read the
+jobs."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from joblife.cli.output import add_row, make_table, print_json, print_table
 from joblife.cli.parsing import parse_since, parse_statuses
 from joblife.cli.queries import get_job, get_type_fields, list_jobs, status_history
 from joblife.cli.state import get_state
+from joblife.db.counts import check_job_counts, repair_job_counts
 from joblife.errors import JobNotFound
 from joblife.model.registry import JobTypeError, load_job_types
 
@@ -54,6 +56,14 @@ def list_command(
         ),
     ] = None,
     limit: Annotated[int, typer.Option(min=0, help="At most this many jobs (0: all).")] = 50,
+    before: Annotated[
+        int | None,
+        typer.Option(
+            metavar="ID",
+            help="The next page: only the jobs after job ID (the last one of the previous "
+            "page) in this order.",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Jobs from the jobs_overview view, the most recent status change first."""
@@ -66,6 +76,7 @@ def list_command(
             statuses=statuses,
             since=since_time,
             limit=limit + 1 if limit else None,
+            before=before,
         )
     truncated = bool(limit) and len(rows) > limit
     rows = rows[:limit] if limit else rows
@@ -82,7 +93,8 @@ def list_command(
         typer.echo("no matching jobs")
     elif truncated:
         typer.echo(
-            f"showing the first {limit} jobs; more match (raise --limit or narrow the filters)"
+            f"showing the first {limit} jobs; more match (next page: --before {rows[-1]['id']}, "
+            "or raise --limit or narrow the filters)"
         )
     else:
         typer.echo(f"{len(rows)} job{'s' if len(rows) != 1 else ''}")
@@ -141,3 +153,55 @@ def show(
             ],
         )
     print_table(history)
+
+
+@jobs_app.command("check-counts")
+def check_counts(
+    ctx: typer.Context,
+    repair: Annotated[
+        bool,
+        typer.Option("--repair", help="Set the maintained counts to the count of the jobs."),
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Compare the job counts the database maintains (what `joblife status` shows) with a
+    count of the jobs (a full read of the jobs table). Exit status 1 if any differ, also
+    when --repair corrected them."""
+    with get_state(ctx).session() as session:
+        differences = repair_job_counts(session) if repair else check_job_counts(session)
+    if as_json:
+        print_json(
+            {
+                "consistent": not differences,
+                "repaired": bool(repair and differences),
+                "differences": [d.as_dict() for d in differences],
+            }
+        )
+    elif not differences:
+        typer.echo("the maintained job counts match a count of the jobs")
+    else:
+        table = make_table(
+            ["job type", "status", "maintained", "actual"], right=["maintained", "actual"]
+        )
+        for difference in differences:
+            add_row(
+                table,
+                [
+                    difference.job_type,
+                    difference.status.label,
+                    difference.maintained,
+                    difference.actual,
+                ],
+            )
+        print_table(table)
+    if differences:
+        pairs = f"{len(differences)} (type, status) count{'s' if len(differences) != 1 else ''}"
+        if repair:
+            typer.echo(f"error: {pairs} differed from a count of the jobs: repaired", err=True)
+        else:
+            typer.echo(
+                f"error: {pairs} differ from a count of the jobs "
+                "(`joblife jobs check-counts --repair` sets them to it)",
+                err=True,
+            )
+        raise typer.Exit(1)

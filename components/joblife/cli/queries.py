@@ -11,8 +11,10 @@ from typing import Any
 from sqlalchemy import bindparam, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
-from sqlalchemy.types import BigInteger, Text
+from sqlalchemy.types import BigInteger, SmallInteger
 
+from joblife.db.reads import PRESENT_JOB_TYPES
+from joblife.errors import JobNotFound
 from joblife.model.status import JobStatus
 
 
@@ -41,7 +43,8 @@ class StatusSummary:
 
 
 def status_summary(session: Session) -> StatusSummary:
-    """The ``job_status_summary`` view as a job type x status matrix."""
+    """The ``job_status_summary`` view as a job type x status matrix: the maintained counts
+    (revision 0014), read without scanning jobs."""
     rows = session.execute(
         text(
             "SELECT job_type, status_id, jobs FROM job_status_summary ORDER BY job_type, status_id"
@@ -79,29 +82,73 @@ def list_jobs(
     statuses: Sequence[JobStatus] = (),
     since: datetime | None = None,
     limit: int | None = None,
+    before: int | None = None,
 ) -> list[dict[str, Any]]:
     """Rows of ``jobs_overview`` matching every given filter, the most recent status change
     first. ``since`` keeps jobs whose status changed at or after that time (a job's
-    creation is its first status change); ``limit`` None returns them all."""
+    creation is its first status change); ``limit`` None returns them all; ``before``
+    (a job id) starts after that job in this order (the next page after a page that ended
+    with it). JobNotFound if ``before`` names no job.
+
+    With a limit, the page is found without reading every matching job: the newest
+    ``limit`` of each (type, status) pair from ``ix_jobs_type_status_changed`` (one short
+    range per pair), merged; then their overview rows."""
     conditions = []
     params: dict[str, Any] = {}
-    if job_type is not None:
-        conditions.append("job_type = :job_type")
-        params["job_type"] = job_type
-    if statuses:
-        conditions.append("status = ANY (:statuses)")
-        params["statuses"] = [s.label for s in statuses]
     if since is not None:
-        conditions.append("status_changed_at >= :since")
+        conditions.append("j.status_changed_at >= :since")
         params["since"] = since
-    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-    sql = f"SELECT * FROM jobs_overview{where} ORDER BY status_changed_at DESC, id DESC"
-    if limit is not None:
-        sql += " LIMIT :limit"
+    if before is not None:
+        conditions.append(
+            "(j.status_changed_at, j.id) < (SELECT b.status_changed_at, b.id FROM jobs b "
+            "WHERE b.id = :before)"
+        )
+        params["before"] = before
+        found = session.execute(text("SELECT 1 FROM jobs WHERE id = :id"), {"id": before})
+        if found.first() is None:
+            raise JobNotFound(f"job {before} not found (--before)", [before])
+    order = "ORDER BY {0}status_changed_at DESC, {0}id DESC"
+    if limit is None:
+        if job_type is not None:
+            conditions.append("j.job_type = :job_type")
+            params["job_type"] = job_type
+        if statuses:
+            conditions.append("j.status = ANY (:statuses)")
+            params["statuses"] = [int(s) for s in statuses]
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        sql = (
+            "SELECT o.* FROM jobs_overview o JOIN jobs j ON j.id = o.id"
+            f"{where} {order.format('o.')}"
+        )
+    else:
+        types = (
+            "SELECT CAST(:job_type AS text) AS job_type"
+            if job_type is not None
+            else PRESENT_JOB_TYPES
+        )
+        if job_type is not None:
+            params["job_type"] = job_type
+        params["statuses"] = [int(s) for s in statuses or JobStatus]
         params["limit"] = limit
+        where = "".join(f" AND {c}" for c in conditions)
+        sql = f"""
+            WITH types AS ({types}),
+            page AS (
+                SELECT p.id, p.status_changed_at
+                  FROM types t
+                 CROSS JOIN unnest(CAST(:statuses AS smallint[])) AS s(status)
+                 CROSS JOIN LATERAL (
+                     SELECT j.id, j.status_changed_at FROM jobs j
+                      WHERE j.job_type = t.job_type AND j.status = s.status{where}
+                      {order.format("j.")} LIMIT :limit) AS p
+                 {order.format("p.")} LIMIT :limit
+            )
+            SELECT o.* FROM page JOIN jobs_overview o ON o.id = page.id
+            {order.format("page.")}
+        """
     statement = text(sql)
-    if statuses:
-        statement = statement.bindparams(bindparam("statuses", type_=ARRAY(Text)))
+    if "statuses" in params:
+        statement = statement.bindparams(bindparam("statuses", type_=ARRAY(SmallInteger)))
     return [dict(row._mapping) for row in session.execute(statement, params)]
 
 

@@ -62,7 +62,9 @@ def status(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Job counts by job type (rows) and status (columns), from the job_status_summary view."""
+    """Job counts by job type (rows) and status (columns), from the job_status_summary view:
+    the counts the database maintains as jobs change (checked by `joblife jobs
+    check-counts`), not a scan of the jobs."""
     with get_state(ctx).session() as session:
         summary = status_summary(session)
     if as_json:

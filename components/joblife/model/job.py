@@ -181,6 +181,23 @@ class Job(Base):
             "due_at",
             postgresql_where=text(CONFIGURED_DUE_INDEX_WHERE),
         ),
+        # A type's jobs in a status, newest (or oldest) status change first: `jobs list`
+        # and `jobs stale` read one range of it per (type, status) (revision 0014).
+        Index("ix_jobs_type_status_changed", "job_type", "status", "status_changed_at", "id"),
+        # `joblife timeliness --since` (revision 0014): outputs published in a window, and
+        # the jobs whose output is pending by input publication date (covering both).
+        Index(
+            "ix_jobs_output_published",
+            "output_publication_date",
+            postgresql_include=["job_type", "input_publication_date"],
+            postgresql_where=text("output_publication_date IS NOT NULL"),
+        ),
+        Index(
+            "ix_jobs_publication_pending",
+            "input_publication_date",
+            postgresql_include=["job_type"],
+            postgresql_where=text("output_publication_date IS NULL AND status NOT IN (12, 16)"),
+        ),
     )
     __mapper_args__ = {"polymorphic_on": "job_type", "eager_defaults": True}
 
@@ -223,6 +240,8 @@ class JobStatusChange(Base):
             STATUS_IDS_CHECK.format(column="previous_status"), name="previous_status_known"
         ),
         Index("ix_job_status_changes_job_id_id", "job_id", "id"),
+        # The history of a period (`joblife stats --since`, revision 0014).
+        Index("ix_job_status_changes_time", "time"),
     )
 
 

@@ -28,12 +28,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import bindparam, or_, select, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
+from sqlalchemy.types import Text
 
 from joblife.config import Settings
+from joblife.db.reads import PRESENT_JOB_TYPES
 from joblife.lifecycle.monitor import ACCEPTED_AT, queued_deadline_conditions, retry_conditions
 from joblife.model import Job, JobStatus, JobTemplate
+from joblife.model.job import TIMESTAMPTZ
 from joblife.model.status import IN_FLIGHT_STATUSES
 
 S = JobStatus
@@ -115,6 +119,43 @@ def _rows(session: Session, *conditions: Any, limit: int) -> list[Any]:
     return session.execute(
         select(*_COLUMNS).where(*conditions).order_by(Job.status_changed_at).limit(limit)
     ).all()
+
+
+# The oldest jobs in one status changed before a cutoff (one per type, or one for all), per
+# job type: one range of ix_jobs_type_status_changed each, merged. A status with many jobs
+# (initialized, ready, configured) is then read as far as the cutoff and the limit, not
+# whole (ix_jobs_status_changed has no entry for initialized and ready jobs).
+_OLDEST_PER_TYPE = """
+    SELECT p.* FROM ({types}) AS t
+     CROSS JOIN LATERAL (
+         SELECT j.id, j.job_type, j.status AS status_id, j.status_changed_at, j.attempt,
+                j.max_attempts, j.heartbeat_at, j.nomad_job_id, j.waiting_for
+           FROM jobs j
+          WHERE j.job_type = t.job_type AND j.status = :status
+            AND j.status_changed_at < {cutoff}
+          ORDER BY j.status_changed_at, j.id LIMIT :limit) AS p
+     ORDER BY p.status_changed_at, p.id LIMIT :limit
+"""
+_EVERY_TYPE = text(_OLDEST_PER_TYPE.format(types=PRESENT_JOB_TYPES, cutoff=":cutoff"))
+_EACH_TYPE = text(
+    _OLDEST_PER_TYPE.format(
+        types="SELECT * FROM unnest(CAST(:types AS text[]), CAST(:cutoffs AS timestamptz[])) "
+        "AS u(job_type, cutoff)",
+        cutoff="t.cutoff",
+    )
+).bindparams(bindparam("types", type_=ARRAY(Text)), bindparam("cutoffs", type_=ARRAY(TIMESTAMPTZ)))
+
+
+def _oldest(
+    session: Session, status: JobStatus, cutoff: datetime | Mapping[str, datetime], limit: int
+) -> list[Any]:
+    """Jobs in ``status`` changed before ``cutoff`` (one time for every type, or one per
+    job type named), oldest change first, at most ``limit``."""
+    params: dict[str, Any] = {"status": int(status), "limit": limit}
+    if isinstance(cutoff, datetime):
+        return session.execute(_EVERY_TYPE, {**params, "cutoff": cutoff}).all()
+    params.update(types=list(cutoff), cutoffs=list(cutoff.values()))
+    return session.execute(_EACH_TYPE, params).all()
 
 
 def _job(row: Any, now: datetime, deadline: timedelta, reason: str, action: str) -> StaleJob:
@@ -220,11 +261,8 @@ def _dependency_deadlines(
 ) -> list:
     if not job_types:
         return []
-    conditions = [
-        and_(Job.job_type == name, Job.status_changed_at < now - cls.DEPENDENCY_TIMEOUT)
-        for name, cls in job_types.items()
-    ]
-    rows = _rows(session, Job.status_id == S.CONFIGURED, or_(*conditions), limit=limit)
+    cutoffs = {name: now - cls.DEPENDENCY_TIMEOUT for name, cls in job_types.items()}
+    rows = _oldest(session, S.CONFIGURED, cutoffs, limit)
     result = []
     for row in rows:
         timeout = job_types[row.job_type].DEPENDENCY_TIMEOUT
@@ -249,8 +287,7 @@ def _unpoliced(session: Session, settings: Settings, now: datetime, limit: int) 
         deadline = timedelta(seconds=seconds)
         if status is S.QUEUED:  # policed by the monitor (the two rules above)
             continue
-        conditions = [Job.status_id == status, Job.status_changed_at < now - deadline]
-        for row in _rows(session, *conditions, limit=limit):
+        for row in _oldest(session, status, now - deadline, limit):
             age = timedelta(seconds=round((now - row.status_changed_at).total_seconds()))
             result.append(
                 _job(

@@ -10,8 +10,9 @@ Every figure counts status changes whose time falls in ``[since, until)``:
 - durations (seconds, p50 and p90): each worker step, from the step durations the worker
   records with ``processed``, and ``turnaround`` (creation → done).
 
-One pass over the history of the period joined to its jobs (the history has no time
-index: cost grows with the history kept; ``joblife cleanup`` bounds it).
+One pass over the history of the period (a range of ``ix_job_status_changes_time``,
+revision 0014), each change's job read by its key: the cost grows with the changes of the
+period, not with the history kept or the number of jobs.
 """
 
 from __future__ import annotations
@@ -55,7 +56,13 @@ _QUERY = text(
         )
     }
       FROM job_status_changes c
-      JOIN jobs j ON j.id = c.job_id
+     -- Each change's job by its key, whatever the planner estimates the period to hold
+     -- (OFFSET 0 keeps the subquery from being merged into a join): a hash join would
+     -- read the whole of jobs, and stale statistics of the history's current partition
+     -- were enough to make it choose one.
+     CROSS JOIN LATERAL (
+         SELECT jobs.job_type, jobs.created_at, jobs.attempt FROM jobs
+          WHERE jobs.id = c.job_id OFFSET 0) AS j
      WHERE c.time >= :since AND c.time < :until
        AND (CAST(:job_type AS text) IS NULL OR j.job_type = :job_type)
      GROUP BY j.job_type
@@ -92,6 +99,10 @@ def job_stats(
     session: Session, since: datetime, until: datetime, job_type: str | None = None
 ) -> list[TypeStats]:
     """Statistics per job type of the status changes in ``[since, until)``."""
+    # The cost the planner estimates for one key lookup per change makes PostgreSQL compile
+    # the query (JIT, on by default above a cost): 200 ms to save nothing on a read of
+    # 150 ms at 10 million jobs. For this transaction only.
+    session.execute(text("SET LOCAL jit = off"))
     rows = session.execute(_QUERY, {"since": since, "until": until, "job_type": job_type})
     result = []
     for row in rows:

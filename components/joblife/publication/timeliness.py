@@ -1,5 +1,10 @@
 """Timeliness: from an input product's publication to its output's publication, per job
-type, on the ``job_timeliness`` view (through ``job_timeliness_summary``)."""
+type (``job_timeliness_summary``, on the jobs of the ``job_timeliness`` view).
+
+A window reads two index ranges (revision 0014): the outputs published in it
+(``ix_jobs_output_published``) and the jobs still pending whose input was published in it
+(``ix_jobs_publication_pending``). Without ``since`` every published job is read
+(all-time percentiles cannot be maintained as jobs change)."""
 
 from __future__ import annotations
 
