@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from alembic import context
 from joblife.db.engine import create_joblife_engine
+from joblife.db.history_partitions import include_name
 from joblife.model import Base, load_job_types
 from sqlalchemy import Connection
 
@@ -24,6 +25,7 @@ def run_with(connection: Connection) -> None:
         target_metadata=target_metadata,
         compare_type=True,
         compare_server_default=True,
+        include_name=include_name,  # not the history's monthly partitions (revision 0015)
         transaction_per_migration=True,
     )
     with context.begin_transaction():

@@ -17,6 +17,7 @@ from joblife.cli.state import get_state
 from joblife.config import get_settings
 from joblife.lifecycle.common import utc_now
 from joblife.model import load_job_types
+from joblife.ops.cleanup import PartitionReport
 from joblife.ops.cleanup import cleanup as run_cleanup
 from joblife.ops.health import CHECKS, run_checks
 from joblife.ops.metrics import DEFAULT_PORT, start_metrics_server
@@ -201,8 +202,8 @@ def cleanup(
         typer.Option(
             "--export",
             dir_okay=False,
-            help="Append each removed job (with its history and outbox rows) to this "
-            "JSON-lines file first.",
+            help="Append each removed job (with its history and outbox rows), and the "
+            "rows of each month of history dropped, to this JSON-lines file first.",
         ),
     ] = None,
     execute: Annotated[
@@ -215,7 +216,8 @@ def cleanup(
     as_json: JsonOption = False,
 ) -> None:
     """Remove finished jobs (done or cancelled) older than a retention period, with their
-    history and outbox rows, in bounded batches. A dry run unless --execute."""
+    history and outbox rows, in bounded batches; drop the months of history older than it
+    (the rows of jobs kept stay). A dry run unless --execute."""
     settings = get_settings()
     report = run_cleanup(
         get_state(ctx).engine(),
@@ -224,6 +226,7 @@ def cleanup(
         execute=execute,
         export=export,
         batch_size=batch_size or settings.cleanup_batch_size,
+        months_ahead=settings.history_partition_months_ahead,
     )
     if as_json:
         print_json(report.as_dict())
@@ -236,7 +239,20 @@ def cleanup(
         f"{report.history_rows} history rows, {report.publications} outbox rows"
         + (f" in {report.batches} batches" if execute else "")
     )
+    for part in report.partitions:
+        typer.echo(_partition_line(part, execute))
+    if report.partitions_created:
+        typer.echo(f"history partitions created: {', '.join(report.partitions_created)}")
     if execute and export is not None:
         typer.echo(f"exported to {export}")
-    if not execute and report.jobs:
+    if not execute and (report.jobs or report.history_rows_dropped):
         typer.echo("dry run: nothing removed (add --execute to remove)")
+
+
+def _partition_line(part: PartitionReport, execute: bool) -> str:
+    """One month of history the clean-up dropped (or would drop, or left)."""
+    kept = f", {part.kept} kept for jobs still there" if part.kept else ""
+    if part.left is not None:
+        return f"history {part.name}: {part.rows} rows left as they are ({part.left})"
+    verb = "dropped" if execute else "would drop"
+    return f"history {part.name}: {verb} {part.dropped} of {part.rows} rows{kept}"
