@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from joblife.db.migration_helpers import read_sql_file
 from joblife.db.status import translate_status_error
-from joblife.db.worker_doors import present_secret, secret_hash
+from joblife.db.worker_doors import present_secret, store_attempt_secrets
 from joblife.errors import StatusConflict
 from joblife.model import JobStatus
 from sqlalchemy import Connection, Engine, create_engine, text
@@ -96,14 +96,11 @@ def forbidden_everywhere(engine: Engine, job_id: int) -> None:
 
 
 def give_attempt_secret(engine: Engine, job_id: int) -> str:
-    """A secret for the job's current attempt, its hash stored as the dispatcher does."""
+    """A secret for the job's current attempt, stored as the dispatcher does (its hash and
+    its proof key)."""
     secret = secrets.token_hex(32)
-    run(
-        engine,
-        "UPDATE jobs SET attempt_secret_hash = :hash WHERE id = :id",
-        id=job_id,
-        hash=secret_hash(secret),
-    )
+    with engine.begin() as conn:
+        store_attempt_secrets(conn, {job_id: secret})
     return secret
 
 

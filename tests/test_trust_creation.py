@@ -29,7 +29,7 @@ from joblife.db.text import (
     storable_text,
     why_unstorable,
 )
-from joblife.db.worker_doors import attempt_secret, attempt_secret_key, secret_hash
+from joblife.db.worker_doors import attempt_secret, attempt_secret_key, store_attempt_secrets
 from joblife.lifecycle import creation
 from joblife.lifecycle.common import ServiceContext
 from joblife.lifecycle.creation import (
@@ -393,11 +393,8 @@ def _queued_job(
         for status in (S.READY, S.QUEUED):
             set_job_status(session, job.id, status)
         secret = attempt_secret(attempt_secret_key(settings), job.id, 1, job.unique_id)
-        session.execute(
-            update(Job)
-            .where(Job.id == job.id)
-            .values(attempt=1, attempt_secret_hash=secret_hash(secret))
-        )
+        session.execute(update(Job).where(Job.id == job.id).values(attempt=1))
+        store_attempt_secrets(session, {job.id: secret})
         session.commit()
         return job.id
 

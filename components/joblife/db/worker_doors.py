@@ -1,27 +1,46 @@
 """The worker's doors, from Python: the attempt secret and thin wrappers of the SECURITY
-DEFINER functions the ``joblife_worker`` role writes through (revision 0011).
+DEFINER functions the ``joblife_worker`` role writes through (revisions 0011, 0016).
 
 **The attempt secret.** When the dispatcher queues an attempt it derives the attempt's
 secret, HMAC-SHA256 of ``<job id>:<attempt>:<unique id>`` with the services' key
 (``attempt_secret_key``, or a random key kept in ``<data_dir>/attempt-secret.key``), stores
-its SHA-256 in ``jobs.attempt_secret_hash`` and gives the secret to the executor, which
-passes it to the worker (an argument or ``JOBLIFE_ATTEMPT_SECRET`` locally, the dispatch
-meta ``attempt_secret`` on Nomad). Deterministic, so that a re-dispatch with the same
-idempotency token after a crash carries the same secret.
+its SHA-256 in ``jobs.attempt_secret_hash`` and its proof key (below) where only the
+database owner reads it (:func:`store_attempt_secrets`), and gives the secret to the
+executor, which passes it to the worker (an argument or ``JOBLIFE_ATTEMPT_SECRET``
+locally, the dispatch meta ``attempt_secret`` on Nomad). Deterministic, so that a
+re-dispatch with the same idempotency token after a crash carries the same secret.
 
-**How the worker presents it.** As the session setting ``joblife.attempt_secret``, given at
-connection start (libpq ``options``): every worker logs in as the same database user, who
-sees the query text of its other sessions in ``pg_stat_activity``; a secret in a query
-would be readable by every other worker. Every door checks it, whatever role the worker
-connects as: a worker always needs its secret (a wrong or missing one is refused with
-``insufficient_privilege``).
+**How the worker presents it: a proof per transaction.** Every worker logs in as the same
+database user, who reads the query text of that user's other sessions in
+``pg_stat_activity``: the secret must never be in a query. And through PgBouncer in
+transaction mode, consecutive transactions of one worker run on different server
+connections, shared with other workers: nothing set at connection start or for a session
+reaches the doors. So, in each transaction that calls a door, before the first door call,
+the engine (:func:`present_secret`) reads the transaction's id and sets, for that
+transaction only, ``joblife.attempt_proof`` = HMAC-SHA256 of ``joblife attempt proof:<xid>``
+with the attempt's proof key (HMAC-SHA256 of :data:`PROOF_KEY_LABEL` with the secret).
+The doors recompute it with the proof key the dispatcher stored. The proof is visible in
+``pg_stat_activity`` while (and after) it is set, and worthless there: it opens the doors
+in that one transaction, the worker's own (a transaction id is never used again,
+committed or not); neither the secret nor the proof key is ever sent by the worker. The
+price, in each transaction that calls a door: one round trip more (the transaction id; the
+proof goes in the same query as the first door call).
+
+**The session setting, and the upgrade.** The doors still accept the secret itself as the
+session setting ``joblife.attempt_secret`` given at connection start (libpq ``options``,
+never a query; ``present_secret(..., at_connection=True)``), as workers before revision
+0016 presented it: an attempt queued before the upgrade has no proof key, and its worker
+(of the version it was dispatched with: a Nomad child runs its parent's image of then)
+finishes it on its direct connection. The worker no longer sends it: a pooler refuses
+startup options (PgBouncer, logging them) or drops them, and the secret now never leaves
+the worker. Every door checks a secret, whatever role the worker connects as: a wrong or
+missing one is refused with ``insufficient_privilege``.
 
 **Riding through an outage.** A worker retries its database work with backoff
 (:func:`retry_on_outage`) while the failure is the connection's
 (:func:`is_connection_failure`), within ``worker_database_retry_seconds``; each try takes a
-new connection from the engine (``pool_pre_ping`` drops dead ones; a disconnect
-invalidates the pool), and every new connection presents the secret again
-(:func:`present_secret` hooks the engine's connection start, not one connection).
+new connection from the engine, and every transaction presents its proof again
+(:func:`present_secret` hooks the engine, not one connection).
 """
 
 from __future__ import annotations
@@ -29,6 +48,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import time
 import uuid
@@ -38,8 +58,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg2
-from sqlalchemy import Connection, Engine, bindparam, event, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import BigInteger, Connection, Engine, LargeBinary, bindparam, event, text
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -50,8 +70,18 @@ from joblife.model.status import JobStatus
 #: The environment variables a worker process may find its secret in (the local
 #: executor's, and Nomad's rendering of the dispatch meta ``attempt_secret``).
 SECRET_ENVIRONMENT = ("JOBLIFE_ATTEMPT_SECRET", "NOMAD_META_attempt_secret")
-#: The session setting the doors read the secret from.
+#: The session setting the doors read the secret from (a direct connection's).
 SECRET_SETTING = "joblife.attempt_secret"
+#: The transaction-local setting the doors read the transaction's proof from.
+PROOF_SETTING = "joblife.attempt_proof"
+#: What the proof key of an attempt is the HMAC of (keyed with the attempt's secret).
+PROOF_KEY_LABEL = b"joblife attempt proof key"
+#: What a proof is the HMAC of (keyed with the proof key), followed by the transaction id.
+PROOF_MESSAGE = "joblife attempt proof:"
+#: A statement calling a door: the first one of a transaction presents the proof first.
+DOOR_CALL = re.compile(
+    r"\bworker_(?:set_job_status|heartbeat|record_outcome|write_publications)\s*\("
+)
 #: The key file of a service without ``attempt_secret_key``, under its data dir.
 KEY_FILE = "attempt-secret.key"
 #: SQLSTATEs of a server that dropped or refuses connections (class 08: connection
@@ -63,7 +93,16 @@ TRANSIENT_FATAL = ("the database system is", "terminating connection due to admi
 RETRY_FIRST_SECONDS = 0.5
 RETRY_MAX_SECONDS = 5.0
 T = TypeVar("T")
+#: ``Connection.info`` key: this transaction presented its proof already.
+_PROVEN = "joblife_attempt_proven"
 
+_STORE_SECRETS = text(
+    "SELECT joblife_store_attempt_secrets(:ids, :hashes, :proof_keys)"
+).bindparams(
+    bindparam("ids", type_=ARRAY(BigInteger)),
+    bindparam("hashes", type_=ARRAY(LargeBinary)),
+    bindparam("proof_keys", type_=ARRAY(LargeBinary)),
+)
 _HEARTBEAT = text("SELECT worker_heartbeat(:job_id, :attempt)")
 _RECORD_OUTCOME = text(
     "SELECT worker_record_outcome(:job_id, :attempt, :exit_code, :science_image, "
@@ -116,18 +155,45 @@ def secret_hash(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
+def proof_key(secret: str) -> bytes:
+    """The attempt's proof key: HMAC-SHA256 of :data:`PROOF_KEY_LABEL` keyed with the
+    secret (stored by the dispatcher where only the database owner reads it)."""
+    return hmac.new(secret.encode(), PROOF_KEY_LABEL, hashlib.sha256).digest()
+
+
+def attempt_proof(secret: str, transaction_id: int | str) -> str:
+    """The proof of ``secret`` for one transaction (64 hex digits): HMAC-SHA256 of
+    ``joblife attempt proof:<transaction id>`` keyed with the attempt's proof key."""
+    message = f"{PROOF_MESSAGE}{transaction_id}".encode()
+    return hmac.new(proof_key(secret), message, hashlib.sha256).hexdigest()
+
+
+def store_attempt_secrets(executor: Session | Connection, secrets: Mapping[int, str]) -> None:
+    """Store each job's attempt secret as the doors check it (``{job id: secret}``, one
+    statement, in the caller's transaction): its SHA-256 in ``jobs.attempt_secret_hash``
+    and its proof key in ``attempt_proof_keys`` (through ``joblife_store_attempt_secrets``,
+    the one writer, granted to the services)."""
+    if not secrets:
+        return
+    executor.execute(
+        _STORE_SECRETS,
+        {
+            "ids": list(secrets),
+            "hashes": [secret_hash(s) for s in secrets.values()],
+            "proof_keys": [proof_key(s) for s in secrets.values()],
+        },
+    )
+
+
 def issue_attempt_secret(executor: Session | Connection, settings: Settings, job_id: int) -> str:
     """Give the job's current attempt its secret, as the dispatcher does when it queues it
-    (the hash stored, in the caller's transaction); the secret. For a job queued by hand
-    (an owner's or a test's): without it, no worker can write the job."""
+    (stored, in the caller's transaction); the secret. For a job queued by hand (an
+    owner's or a test's): without it, no worker can write the job."""
     row = executor.execute(
         text("SELECT attempt, unique_id FROM jobs WHERE id = :id"), {"id": job_id}
     ).one()
     secret = attempt_secret(attempt_secret_key(settings), job_id, row.attempt, row.unique_id)
-    executor.execute(
-        text("UPDATE jobs SET attempt_secret_hash = :hash WHERE id = :id"),
-        {"id": job_id, "hash": secret_hash(secret)},
-    )
+    store_attempt_secrets(executor, {job_id: secret})
     return secret
 
 
@@ -142,18 +208,63 @@ def secret_from_environment(environ: dict[str, str] | None = None) -> str | None
     return found or None
 
 
-def present_secret(engine: Engine, secret: str | None) -> None:
-    """Make every connection ``engine`` opens from now on carry ``secret`` as the session
-    setting the doors check (given at connection start: never in a query's text)."""
+def present_secret(engine: Engine, secret: str | None, *, at_connection: bool = True) -> None:
+    """Make ``engine`` present ``secret`` to the doors from now on: each transaction that
+    calls a door proves it first (:func:`present_proof`, before its first door call; the
+    transaction must not be in autocommit mode). ``at_connection``: each new connection
+    also gives the secret itself as the session setting :data:`SECRET_SETTING` (libpq
+    ``options``, never in a query), which the doors accept without a proof key (an attempt
+    queued before revision 0016). Only for a direct connection: PgBouncer refuses startup
+    options (and logs them) or drops them; the worker never uses it."""
     if not secret:
         return
     if not all(c in "0123456789abcdefABCDEF" for c in secret):
         raise ValueError("an attempt secret is hexadecimal")
 
-    @event.listens_for(engine, "do_connect")
-    def _options(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
-        option = f"-c {SECRET_SETTING}={secret}"
-        cparams["options"] = f"{cparams['options']} {option}" if cparams.get("options") else option
+    if at_connection:
+
+        @event.listens_for(engine, "do_connect")
+        def _options(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+            option = f"-c {SECRET_SETTING}={secret}"
+            given = cparams.get("options")
+            cparams["options"] = f"{given} {option}" if given else option
+
+    @event.listens_for(engine, "begin")
+    def _begun(conn: Connection) -> None:
+        conn.info.pop(_PROVEN, None)
+
+    @event.listens_for(engine, "rollback_savepoint")
+    def _undone(conn: Connection, name: str, context: Any) -> None:
+        conn.info.pop(_PROVEN, None)  # the proof may have been set inside the savepoint
+
+    @event.listens_for(engine, "before_cursor_execute", retval=True)
+    def _prove(
+        conn: Connection, cursor: Any, statement: str, params: Any, context: Any, many: bool
+    ) -> tuple[str, Any]:
+        if conn.info.get(_PROVEN) or not DOOR_CALL.search(statement):
+            return statement, params
+        cursor.execute("SELECT pg_current_xact_id()::text")
+        (xid,) = cursor.fetchone()
+        proof = attempt_proof(secret, xid)  # 64 hex digits: safe as a literal
+        setting = f"SELECT set_config('{PROOF_SETTING}', '{proof}', true)"
+        conn.info[_PROVEN] = True
+        if many:
+            cursor.execute(setting)
+            return statement, params
+        # Sent with the door call in one query (one round trip): the result is the door's.
+        return f"{setting}; {statement}", params
+
+
+def present_proof(executor: Session | Connection, secret: str) -> str:
+    """Prove ``secret`` for the caller's transaction (what :func:`present_secret`'s engines
+    do before a transaction's first door call): read the transaction's id, set
+    :data:`PROOF_SETTING` for the transaction. The proof."""
+    xid = executor.execute(text("SELECT pg_current_xact_id()::text")).scalar_one()
+    proof = attempt_proof(secret, xid)
+    executor.execute(
+        text("SELECT set_config(:name, :proof, true)"), {"name": PROOF_SETTING, "proof": proof}
+    )
+    return proof
 
 
 # -- outages ---------------------------------------------------------------------------------

@@ -44,7 +44,6 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
-    LargeBinary,
     all_,
     and_,
     bindparam,
@@ -406,29 +405,15 @@ def _claim(
 def _store_secret_hashes(
     session: Session, context: ServiceContext, queued: Iterable[Any]
 ) -> dict[int, str]:
-    """Each queued attempt's secret (see :mod:`joblife.db.worker_doors`), its hash stored
-    with the attempt: only the worker given the secret can write the job."""
+    """Each queued attempt's secret (see :mod:`joblife.db.worker_doors`), its hash and
+    proof key stored with the attempt: only the worker given the secret can write the job."""
     key = worker_doors.attempt_secret_key(context.settings)
     secrets = {
         row.id: worker_doors.attempt_secret(key, row.id, row.attempt, row.unique_id)
         for row in queued
     }
-    session.execute(  # one statement for the batch, not one per job
-        _STORE_SECRET_HASHES,
-        {
-            "ids": list(secrets),
-            "hashes": [worker_doors.secret_hash(s) for s in secrets.values()],
-        },
-    )
+    worker_doors.store_attempt_secrets(session, secrets)  # one statement for the batch
     return secrets
-
-
-_STORE_SECRET_HASHES = text(
-    "UPDATE jobs j SET attempt_secret_hash = v.hash "
-    "FROM unnest(:ids, :hashes) AS v(id, hash) WHERE j.id = v.id"
-).bindparams(
-    bindparam("ids", type_=ARRAY(BigInteger)), bindparam("hashes", type_=ARRAY(LargeBinary))
-)
 
 
 def _lock_still_ready(session: Session, chosen: list[Any]) -> list[Any]:

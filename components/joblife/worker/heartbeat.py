@@ -21,8 +21,10 @@ log = logging.getLogger(__name__)
 
 class Heartbeat:
     """Stamps ``jobs.heartbeat_at`` every ``interval`` seconds from a daemon thread, through
-    the door ``worker_heartbeat`` (the server's clock; ``engine``'s connections carry the
-    attempt's secret, see :func:`joblife.db.worker_doors.present_secret`). If the
+    the door ``worker_heartbeat`` (the server's clock; ``engine``'s transactions prove the
+    attempt's secret, see :func:`joblife.db.worker_doors.present_secret`). A beat is one
+    door call in a transaction of its own, committed at once: it holds no lock and no
+    connection between beats. If the
     job is no longer this attempt's (cancelled, failed by the monitor, another attempt), the
     worker process is terminated: nothing it would still do could be recorded. ``log_fields``:
     the job fields of its log lines (the worker's, kept current by the worker)."""
@@ -55,7 +57,8 @@ class Heartbeat:
             self._thread.join()
 
     def beat(self) -> JobStatus | None:
-        """One heartbeat; returns the job's status, None if it is no longer this attempt's."""
+        """One heartbeat, one door call in its own short transaction; returns the job's
+        status, None if it is no longer this attempt's."""
         with self.engine.begin() as conn:
             return worker_heartbeat(conn, self.job_id, self.attempt)
 
@@ -66,8 +69,8 @@ class Heartbeat:
                 status = self.beat()
             except Exception as exc:
                 # A database outage (or any hiccup) never ends the worker: the beat is tried
-                # again at the next interval, on a new connection (the engine's pool drops
-                # dead ones), until the database answers or the monitor's timeout decides.
+                # again at the next interval, on a new connection (the worker's engine opens
+                # one per transaction), until the database answers or the monitor's timeout decides.
                 if not failing:
                     self.log.warning("job %s: heartbeat failed: %s", self.job_id, exc)
                 else:

@@ -18,6 +18,11 @@ may have swallowed and that then conflicts is checked: if the job is already whe
 going (at this attempt; the claim by its own nonce), it was this worker's write. No
 transaction is held across a step.
 
+The worker costs the database (or its pooler, PgBouncer in transaction mode) one
+connection at most, and only while a transaction runs: the steps and the heartbeat share
+one connection, opened for each transaction and closed after it
+(:func:`~joblife.db.engine.worker_engine`).
+
 Failures: :class:`~joblife.errors.ExternalJobError` → ``external_error`` and exit 2 (relaunch);
 anything else → ``internal_error`` and exit 0 (do not relaunch). If the job stopped being
 this attempt's (cancelled, failed by the monitor), the worker stops and exits 0.
@@ -29,7 +34,7 @@ Every line the worker process logs, from any thread or library, carries the job'
 The worker writes no table itself: its status changes, heartbeat, outcome (exit code,
 science image, output path) and outbox go through the database's worker doors
 (:mod:`joblife.db.worker_doors`), each checking the attempt and its secret, which every
-connection of the worker presents. What a step's hooks change on the job is recorded
+transaction of the worker proves. What a step's hooks change on the job is recorded
 through the outcome door before each status change; any other column a hook changes is
 an internal error (a worker may not write it).
 
@@ -60,7 +65,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from joblife.config import Settings, get_settings
-from joblife.db.engine import create_joblife_engine
+from joblife.db.engine import worker_engine
 from joblife.db.status import worker_set_job_status
 from joblife.db.worker_doors import (
     OUTCOME_COLUMNS,
@@ -147,9 +152,13 @@ def run_worker_process(
     the job's fields, kept current by the attempt), run, return the exit code.
     ``attempt_secret``: the attempt's secret (default: from the environment, see
     :func:`run_worker`); ``database_url``: instead of the configured one (the local
-    executor's ``worker_database_url``)."""
+    executor's ``worker_database_url``). Without it, the worker's database URL is the
+    setting ``worker_database_url`` when set (a pooler's, or the worker role's login),
+    else ``database_url``."""
     inspectable = not forbid_inspection()  # first: before anything reads a secret
     settings = get_settings()
+    if not database_url and settings.worker_database_url is not None:
+        database_url = settings.worker_database_url.get_secret_value()
     if database_url:
         settings = settings.model_copy(update={"database_url": SecretStr(database_url)})
     fields: LogFields = {"job_id": job_id, "attempt": attempt}
@@ -189,7 +198,8 @@ def run_worker(
     process holds the services' key (one machine: the same user and data dir)."""
     settings = settings or get_settings()
     fields = log_fields if log_fields is not None else {"job_id": job_id, "attempt": attempt}
-    engine = create_joblife_engine(settings=settings, pool_size=2, max_overflow=0)
+    # One short-lived connection at a time, shared by the steps and the heartbeat.
+    engine = worker_engine(settings)
     try:
         secret = attempt_secret or secret_from_environment()
         if secret is None:
@@ -197,7 +207,7 @@ def run_worker(
                 lambda: _derived_secret(engine, settings, job_id, attempt),
                 settings.worker_database_retry_seconds,
             )
-        present_secret(engine, secret)
+        present_secret(engine, secret, at_connection=False)  # proofs only: pooler-proof
         return _Attempt(engine, settings, job_id, attempt, fields).run()
     except DBAPIError as exc:
         if not (isinstance(exc, OperationalError) or is_connection_failure(exc)):
