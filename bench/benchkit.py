@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -16,6 +17,30 @@ from psycopg2.extensions import connection as PgConnection
 from sqlalchemy.engine import URL
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def joblife_environment(database_url: str, data_dir: Path, **settings: str) -> None:
+    """Point joblife's settings at a bench database through ``JOBLIFE_*`` variables (the
+    workers and subprocesses a bench starts read them from the environment, as in
+    production): every other ``JOBLIFE_*`` variable is removed, the data directory is
+    ``data_dir``, no user configuration file is read, the log level is WARNING unless
+    ``settings`` (``name=value``, without the prefix, e.g. ``amqp_url=...``) says otherwise;
+    the settings cache is cleared."""
+    from joblife.config import get_settings
+
+    for name in [n for n in os.environ if n.startswith("JOBLIFE_")]:
+        del os.environ[name]
+    os.environ.update(
+        {
+            "JOBLIFE_DATABASE_URL": database_url,
+            "JOBLIFE_DATA_DIR": str(data_dir),
+            "JOBLIFE_LOG_LEVEL": "WARNING",
+            # A config file path that does not exist: no user configuration is read.
+            "JOBLIFE_CONFIG": str(data_dir / "absent-config.toml"),
+            **{f"JOBLIFE_{name.upper()}": value for name, value in settings.items()},
+        }
+    )
+    get_settings.cache_clear()
 
 
 def add_database_url_argument(parser: argparse.ArgumentParser) -> None:

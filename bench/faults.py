@@ -90,7 +90,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pika
-from benchkit import connect, sqlalchemy_url
+from benchkit import connect, joblife_environment, sqlalchemy_url
 from publication import DEFAULT_AMQP_URL, broker_corner, queue_depth
 from sqlalchemy.engine import URL, make_url
 
@@ -783,19 +783,14 @@ def configure_environment(
     db_url: str, data_dir: Path, amqp_url: str, exchange: str, slots: int
 ) -> dict[str, str]:
     """The ``JOBLIFE_*`` settings of this process and of ``joblife run`` (see the docstring)."""
-    for name in [n for n in os.environ if n.startswith("JOBLIFE_")]:
-        del os.environ[name]
-    os.environ.update(
-        {
-            "JOBLIFE_DATABASE_URL": db_url,
-            "JOBLIFE_DATA_DIR": str(data_dir),
-            "JOBLIFE_CONFIG": str(data_dir / "absent-config.toml"),
-            "JOBLIFE_AMQP_URL": amqp_url,
-            "JOBLIFE_AMQP_EXCHANGE": exchange,
-            "JOBLIFE_LOCAL_DEFAULT_SLOTS": str(slots),
-        }
+    joblife_environment(
+        db_url,
+        data_dir,
+        log_level="INFO",
+        amqp_url=amqp_url,
+        amqp_exchange=exchange,
+        local_default_slots=str(slots),
     )
-    get_settings.cache_clear()
     return dict(os.environ)
 
 

@@ -64,6 +64,7 @@ from typing import Any
 from benchkit import (
     add_database_url_argument,
     bench_database,
+    joblife_environment,
     no_op_test_jobs,
     print_table,
     sqlalchemy_url,
@@ -91,22 +92,12 @@ S = JobStatus
 def configure_environment(url: URL, data_dir: Path, args: argparse.Namespace) -> Settings:
     """Point joblife at the bench database through ``JOBLIFE_*`` variables: the forked
     and exec'd workers read their settings from the environment, like in production."""
-    for name in [n for n in os.environ if n.startswith("JOBLIFE_")]:
-        del os.environ[name]
-    os.environ.update(
-        {
-            "JOBLIFE_DATABASE_URL": sqlalchemy_url(url),
-            "JOBLIFE_DATA_DIR": str(data_dir),
-            "JOBLIFE_LOG_LEVEL": "WARNING",
-            # A fresh config file path: no user configuration file is read.
-            "JOBLIFE_CONFIG": str(data_dir / "absent-config.toml"),
-        }
-    )
+    settings = {}
     if args.loop_interval is not None:
-        os.environ["JOBLIFE_LOOP_INTERVAL"] = str(args.loop_interval)
+        settings["loop_interval"] = str(args.loop_interval)
     if args.slots:
-        os.environ["JOBLIFE_LOCAL_DEFAULT_SLOTS"] = str(args.slots)
-    get_settings.cache_clear()
+        settings["local_default_slots"] = str(args.slots)
+    joblife_environment(sqlalchemy_url(url), data_dir, **settings)
     return get_settings()
 
 
