@@ -9,6 +9,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from joblife.db import migrate
+from joblife.db.history_partitions import include_name
 from joblife.db.status import set_job_status
 from joblife.model import Base, JobStatus, Priority
 from sqlalchemy import Engine, text
@@ -21,7 +22,13 @@ from tests.support.factories import make_jobs, move_to
 def _diff(engine: Engine) -> list:
     with engine.connect() as conn:
         context = MigrationContext.configure(
-            conn, opts={"compare_type": True, "compare_server_default": True}
+            conn,
+            opts={
+                "compare_type": True,
+                "compare_server_default": True,
+                # The history's monthly partitions are not in the models (revision 0015).
+                "include_name": include_name,
+            },
         )
         return compare_metadata(context, Base.metadata)
 
@@ -39,7 +46,7 @@ def test_autogenerate_comparison_does_see_a_drift(engine: Engine) -> None:
 
 
 def test_database_is_at_every_head(engine: Engine) -> None:
-    assert migrate.head_revisions() == {"0013", "e001"}
+    assert migrate.head_revisions() == {"0016", "e001"}
     assert migrate.pending_revisions(engine) == set()
     with engine.begin() as conn:
         command.downgrade(migrate.alembic_config(conn), "example@base")

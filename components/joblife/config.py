@@ -202,8 +202,10 @@ class Settings(BaseSettings):
     )
     worker_database_url: SecretStr | None = Field(
         default=None,
-        description="Database URL the local executor gives its workers (the joblife_worker "
-        "role's login) as JOBLIFE_DATABASE_URL; unset = the services' database_url.",
+        description="The workers' database URL (the joblife_worker role's login, directly or "
+        "through PgBouncer in transaction mode): the local executor and the Nomad specs give "
+        "it to the workers as JOBLIFE_DATABASE_URL, and `joblife worker run` uses it when "
+        "set; unset = the services' database_url.",
     )
     attempt_secret_key: SecretStr | None = Field(
         default=None,
@@ -567,6 +569,14 @@ class Settings(BaseSettings):
     )
     cleanup_batch_size: int = Field(
         1000, ge=1, le=1_000_000, description="Jobs `joblife cleanup` removes per transaction."
+    )
+    # History retention (issue 15): the history is partitioned by UTC month.
+    history_partition_months_ahead: int = Field(
+        3,
+        ge=0,
+        le=120,
+        description="Months of history partitions kept created ahead of the current one (by "
+        "the monitor's cycle, at most hourly, and by `joblife cleanup --execute`).",
     )
     stale_after_seconds: dict[str, Deadline] = Field(
         default_factory=lambda: {

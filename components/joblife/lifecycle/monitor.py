@@ -28,7 +28,9 @@ Each cycle, in bounded batches:
    of a job type whose dispatch the executor pauses (left out of the step, so that they
    hold back no other type's);
 5. **retries**: ``external_error`` → ``ready`` after an exponential backoff while
-   ``attempt < max_attempts``; otherwise ``internal_error`` "attempts exhausted".
+   ``attempt < max_attempts``; otherwise ``internal_error`` "attempts exhausted";
+6. **job counts**: the changes of the maintained job counts are folded
+   (``fold_job_counts()``, revision 0014), so that ``joblife status`` sums few of them.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session
 
 from joblife.config import Settings
+from joblife.db.counts import fold_job_counts
+from joblife.db.history_partitions import keep_history_partitions
 from joblife.db.status import set_job_status
 from joblife.errors import StatusError
 from joblife.executors.base import (
@@ -88,6 +92,9 @@ class MonitorReport:
     #: Job types whose dispatch the executor pauses, with the reason: their queued jobs
     #: without execution wait, attempt kept.
     paused: dict[str, str] = field(default_factory=dict)
+    #: Delta rows of the job counts folded into job_counts (None: another fold or a
+    #: repair was running).
+    counts_folded: int | None = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,6 +135,13 @@ class Monitor:
             self._queued_deadlines(session, now, report)
             self._redispatch(session, now, report)
             self._retry(session, now, report)
+        with self.context.session() as session:  # its own short transaction
+            report.counts_folded = fold_job_counts(session)
+            session.commit()
+        # The history's partitions of the months ahead (at most hourly; revision 0015).
+        keep_history_partitions(
+            self.context.engine, self.context.settings.history_partition_months_ahead
+        )
         return report
 
     # -- 0. unrecorded executions -------------------------------------------------------------
