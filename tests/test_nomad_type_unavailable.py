@@ -14,7 +14,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from joblife.cli.main import app
 from joblife.config import get_settings
 from joblife.db.status import set_job_status
 from joblife.errors import ExecutorError
@@ -31,11 +30,11 @@ from joblife.nomad.specs import render_specs
 from joblife.ops.health import run_checks
 from joblife.ops.metrics import PROCESS_REGISTRY
 from sqlalchemy import text
-from typer.testing import CliRunner
 
 from tests.nomad_double import NomadDouble
 from tests.support.nomad import NomadWorld, nomad_test_settings
 from tests.test_nomad_lifecycle import drive, statuses
+from tests.test_ops_health import health, isolate_health
 
 S = JobStatus
 PARENT = "joblife-test"
@@ -235,20 +234,10 @@ def test_a_bad_request_is_a_refusal_only(double: NomadDouble):
 def health_env(
     double: NomadDouble, joblife_env: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[None]:
-    for name in ("JOBLIFE_AMQP_URL", "JOBLIFE_STORAGE_URL", "DOCKER_HOST"):
-        monkeypatch.delenv(name, raising=False)
+    isolate_health(tmp_path, monkeypatch)
     monkeypatch.setenv("JOBLIFE_NOMAD_ADDR", double.address)
-    monkeypatch.setenv("JOBLIFE_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("JOBLIFE_HEALTH_TIMEOUT_SECONDS", "3")
-    monkeypatch.setenv("NO_COLOR", "1")
-    get_settings.cache_clear()
     yield
     get_settings.cache_clear()
-
-
-def health(*args: str) -> Any:
-    get_settings.cache_clear()
-    return CliRunner().invoke(app, ["health", *args])
 
 
 @pytest.mark.usefixtures("health_env")

@@ -24,14 +24,25 @@ from tests.support.s3 import S3Bucket
 @pytest.fixture(autouse=True)
 def _isolated(joblife_env: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """This test's database, data dir and no other service unless the test names it."""
-    for name in ("JOBLIFE_AMQP_URL", "JOBLIFE_NOMAD_ADDR", "JOBLIFE_STORAGE_URL", "DOCKER_HOST"):
+    isolate_health(tmp_path, monkeypatch)
+    yield
+    get_settings.cache_clear()
+
+
+def isolate_health(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """For ``joblife health`` in a test: no service configured but the database (the test
+    sets the one it checks), a data dir of the test's own, short timeouts, no colours."""
+    for name in (
+        "JOBLIFE_AMQP_URL",
+        "JOBLIFE_NOMAD_ADDR",
+        "JOBLIFE_STORAGE_URL",
+        "JOBLIFE_CONTAINER_ENGINE_URL",
+        "DOCKER_HOST",
+    ):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv("JOBLIFE_CONTAINER_ENGINE_URL", raising=False)
     monkeypatch.setenv("JOBLIFE_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("JOBLIFE_HEALTH_TIMEOUT_SECONDS", "3")
     monkeypatch.setenv("NO_COLOR", "1")
-    get_settings.cache_clear()
-    yield
     get_settings.cache_clear()
 
 
