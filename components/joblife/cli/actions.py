@@ -1,13 +1,15 @@
 """``joblife jobs retry|cancel|check``: operator status changes through the one door.
 
 Each command is all or nothing: if any job refuses the change, nothing changes and the
-command exits with status 1 naming the job and the reason.
+command exits with status 1 naming the job and the reason. The history records who acted:
+the OS login name of the user running the command (see :func:`cli_operator`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Annotated
+import getpass
+from collections.abc import Sequence
+from typing import Annotated, Protocol
 
 import typer
 from sqlalchemy.orm import Session
@@ -19,13 +21,37 @@ from joblife.db.status import StatusChange, acknowledge_jobs, retry_jobs
 from joblife.executors import build_executor
 from joblife.lifecycle.cancellation import cancel_and_stop
 
-Operation = Callable[[Session, Sequence[int], str | None], list[StatusChange]]
+
+class Operation(Protocol):
+    """An operator action on jobs, in the session's transaction: ``(session, job_ids,
+    message, operator=name)`` → the status changes."""
+
+    def __call__(
+        self,
+        session: Session,
+        job_ids: Sequence[int],
+        message: str | None,
+        /,
+        *,
+        operator: str | None,
+    ) -> list[StatusChange]: ...
+
 
 IdsArgument = Annotated[list[int], typer.Argument(metavar="ID...", help="Job ids.")]
 MessageOption = Annotated[
     str | None, typer.Option("--message", "-m", help="Why (kept in the status history).")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def cli_operator() -> str | None:
+    """The name CLI actions are recorded under: the OS login name (``getpass.getuser()``:
+    $LOGNAME, $USER, $LNAME or $USERNAME, else the password database), or None when there
+    is none (the database then records the login of the connection)."""
+    try:
+        return getpass.getuser() or None
+    except (OSError, KeyError, ImportError):  # no variable, no passwd entry, no pwd module
+        return None
 
 
 def apply(
@@ -36,11 +62,13 @@ def apply(
     message: str | None,
     as_json: bool,
 ) -> None:
-    """Run ``operation`` on the jobs in one transaction (committed on success) and print
-    what changed, from each job's status before the command to its status after."""
+    """Run ``operation`` on the jobs in one transaction (committed on success), as the
+    operator :func:`cli_operator` names, and print what changed, from each job's status
+    before the command to its status after."""
+    operator = cli_operator()
     with get_state(ctx).session() as session:
         before = current_statuses(session, job_ids)
-        changes = operation(session, list(job_ids), message)
+        changes = operation(session, list(job_ids), message, operator=operator)
     rows = [
         {
             "job_id": change.job_id,
@@ -82,8 +110,10 @@ def cancel(
     """Cancel jobs (any status that allows it); a running execution is stopped first."""
     executor = build_executor(dispatching=False)  # it only stops executions
 
-    def operation(session: Session, ids: Sequence[int], text: str | None) -> list[StatusChange]:
-        return cancel_and_stop(session, executor, ids, text)
+    def operation(
+        session: Session, ids: Sequence[int], text: str | None, /, *, operator: str | None
+    ) -> list[StatusChange]:
+        return cancel_and_stop(session, executor, ids, text, operator=operator)
 
     apply(ctx, operation, "cancelled", job_ids, message, as_json)
 

@@ -1,5 +1,6 @@
 """The one door for status changes, from Python: thin wrappers of the stored procedures
-``set_job_status``, ``acknowledge_jobs``, ``cancel_jobs`` and ``retry_jobs``.
+``set_job_status``, ``acknowledge_jobs``, ``cancel_jobs``, ``retry_jobs`` and
+``republish_jobs``.
 
 Each call is all-or-nothing over its jobs. A refusal raises a typed
 :class:`joblife.errors.StatusError` (the enclosing transaction is then aborted: roll back).
@@ -12,6 +13,10 @@ undecodable bytes replaced with U+FFFD, the message capped at
 :data:`~joblife.db.text.MESSAGE_MAX_BYTES` and each details string at
 :data:`~joblife.db.text.DETAILS_TEXT_MAX_BYTES` (see :mod:`joblife.db.text`). Text from
 science output can then never make a status change fail.
+
+The operator wrappers take the acting operator's name (``operator=``): the procedures
+record it in each history row's details under ``"operator"`` (migration 0017), and the
+login of the database session when no name is given.
 """
 
 from __future__ import annotations
@@ -76,6 +81,20 @@ _OPERATOR_CALLS = {
     )
     for name in ("acknowledge_jobs", "cancel_jobs", "retry_jobs", "republish_jobs")
 }
+
+#: The longest operator name recorded (UTF-8 bytes); a longer one is cut, with a note.
+OPERATOR_NAME_MAX_BYTES = 200
+
+#: Name the operator for the rest of the transaction (``joblife.operator``, read by the
+#: procedures through ``joblife_operator_name()``); the name it had before, to put back.
+#: Transaction-local (is_local => true), never a session SET: through PgBouncer in
+#: transaction mode the next transaction may be another client's on the same server
+#: connection. The subquery reads the old value before set_config writes the new one.
+_NAME_OPERATOR = text(
+    "SELECT o.previous, set_config('joblife.operator', :name, true) "
+    "FROM (SELECT current_setting('joblife.operator', true) AS previous OFFSET 0) AS o"
+)
+_RESTORE_OPERATOR = text("SELECT set_config('joblife.operator', :name, true)")
 
 
 def translate_status_error(error: DBAPIError) -> StatusError | None:
@@ -233,34 +252,62 @@ def worker_set_job_status(
 
 
 def acknowledge_jobs(
-    executor: Session | Connection, job_ids: int | Iterable[int], message: str | None = None
+    executor: Session | Connection,
+    job_ids: int | Iterable[int],
+    message: str | None = None,
+    *,
+    operator: str | None = None,
 ) -> list[StatusChange]:
-    """internal_error | external_error → error_checked (an operator saw the error)."""
-    return _operator(executor, "acknowledge_jobs", job_ids, message)
+    """internal_error | external_error → error_checked (an operator saw the error).
+    ``operator``: who acted (see :func:`operator_name`)."""
+    return _operator(executor, "acknowledge_jobs", job_ids, message, operator)
 
 
 def cancel_jobs(
-    executor: Session | Connection, job_ids: int | Iterable[int], message: str | None = None
+    executor: Session | Connection,
+    job_ids: int | Iterable[int],
+    message: str | None = None,
+    *,
+    operator: str | None = None,
 ) -> list[StatusChange]:
-    """Any job whose status allows it → cancelled."""
-    return _operator(executor, "cancel_jobs", job_ids, message)
+    """Any job whose status allows it → cancelled. ``operator``: who acted (see
+    :func:`operator_name`)."""
+    return _operator(executor, "cancel_jobs", job_ids, message, operator)
 
 
 def retry_jobs(
-    executor: Session | Connection, job_ids: int | Iterable[int], message: str | None = None
+    executor: Session | Connection,
+    job_ids: int | Iterable[int],
+    message: str | None = None,
+    *,
+    operator: str | None = None,
 ) -> list[StatusChange]:
     """external_error | error_checked (and internal_error, acknowledged on the way) → ready;
-    a job out of attempts gets one more."""
-    return _operator(executor, "retry_jobs", job_ids, message)
+    a job out of attempts gets one more. ``operator``: who acted (see
+    :func:`operator_name`)."""
+    return _operator(executor, "retry_jobs", job_ids, message, operator)
 
 
 def republish_jobs(
-    executor: Session | Connection, job_ids: int | Iterable[int], message: str | None = None
+    executor: Session | Connection,
+    job_ids: int | Iterable[int],
+    message: str | None = None,
+    *,
+    operator: str | None = None,
 ) -> list[StatusChange]:
     """Publish the jobs' products again (``republish_jobs``, installed by migration 0006;
     see :func:`joblife.publication.outbox.republish`). Raises
-    :class:`~joblife.errors.RepublishRefused` for a job that cannot be republished."""
-    return _operator(executor, "republish_jobs", job_ids, message)
+    :class:`~joblife.errors.RepublishRefused` for a job that cannot be republished.
+    ``operator``: who acted (see :func:`operator_name`)."""
+    return _operator(executor, "republish_jobs", job_ids, message, operator)
+
+
+def operator_name(name: str) -> str:
+    """``name`` as the operator procedures record it: surrounding blanks stripped, made
+    storable (NUL and undecodable bytes replaced) and cut at
+    :data:`OPERATOR_NAME_MAX_BYTES`. An empty result stands for no name: the procedures
+    then record the session's login."""
+    return storable_text(name.strip(), OPERATOR_NAME_MAX_BYTES)
 
 
 def _operator(
@@ -268,5 +315,20 @@ def _operator(
     function: str,
     job_ids: int | Iterable[int],
     message: str | None,
+    operator: str | None,
 ) -> list[StatusChange]:
-    return _run(executor, _OPERATOR_CALLS[function], {"ids": _ids(job_ids), "message": message})
+    """Call an operator procedure; with ``operator``, named for this call only.
+
+    The name is set in the caller's transaction just before the call, and the previous
+    value is put back after it, so that a later call of the same transaction without a
+    name is not recorded under this one. (If the call fails, the transaction, or the
+    savepoint it ran in, is rolled back and the setting with it.) The executor must be in
+    a transaction: on an autocommit connection the setting would end with its statement.
+    """
+    params = {"ids": _ids(job_ids), "message": message}
+    if operator is None:
+        return _run(executor, _OPERATOR_CALLS[function], params)
+    previous = executor.execute(_NAME_OPERATOR, {"name": operator_name(operator)}).scalar()
+    changes = _run(executor, _OPERATOR_CALLS[function], params)
+    executor.execute(_RESTORE_OPERATOR, {"name": previous or ""})
+    return changes

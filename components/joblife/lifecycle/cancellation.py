@@ -14,10 +14,16 @@ from joblife.model.status import IN_FLIGHT_STATUSES
 
 
 def cancel_and_stop(
-    session: Session, executor: Executor, job_ids: Sequence[int], message: str | None = None
+    session: Session,
+    executor: Executor,
+    job_ids: Sequence[int],
+    message: str | None = None,
+    *,
+    operator: str | None = None,
 ) -> list[StatusChange]:
     """Cancel the jobs (all or nothing, through the one door), then stop their running
     executions through the executor. Runs in the caller's transaction; the caller commits.
+    ``operator``: who acted, recorded in the history (else the database login).
 
     Cancelling first means a refused cancel stops nothing; the row locks it takes keep a
     worker from recording anything more before the commit."""
@@ -28,7 +34,7 @@ def cancel_and_stop(
             Job.nomad_job_id.is_not(None),
         )
     ).all()
-    changes = cancel_jobs(session, job_ids, message)
+    changes = cancel_jobs(session, job_ids, message, operator=operator)
     for reference in references:
         executor.stop(reference)
     session.execute(

@@ -397,7 +397,11 @@ def republication_message_id(unique_id: uuid.UUID, product: str, attempt: int, r
 
 
 def republish(
-    session: Session, job_ids: Iterable[int], message: str | None = None
+    session: Session,
+    job_ids: Iterable[int],
+    message: str | None = None,
+    *,
+    operator: str | None = None,
 ) -> list[StatusChange]:
     """Publish the jobs' products again, all or nothing, through the database procedure
     ``republish_jobs`` (an operator procedure, like ``retry_jobs``):
@@ -409,8 +413,9 @@ def republish(
       then → processed; only the rows never confirmed are sent.
 
     :class:`RepublishRefused` names the first job that cannot be republished and why.
+    ``operator``: who acted, recorded in the history (else the database login).
     """
-    changes = republish_jobs(session, sorted(set(job_ids)), message)
+    changes = republish_jobs(session, sorted(set(job_ids)), message, operator=operator)
     session.expire_all()  # statuses and outbox rows changed in the database
     return sorted(changes, key=lambda c: c.job_id)
 
