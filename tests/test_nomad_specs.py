@@ -1,8 +1,9 @@
 """The rendered Nomad specs (issue 4): they parse as HCL2 (python-hcl2), carry what joblife
 relies on (restart and reschedule 0, meta_required, the flavor's constraint and
 resources), hold no secret of the settings, give each task only the secrets of the
-Nomad variable its part needs, and the examples in ``nomad/`` are what ``joblife nomad
-render`` writes today."""
+Nomad variable its part needs, the dashboard is a checked Nomad service whose own settings
+no variable overrides, and the examples in ``nomad/`` are what ``joblife nomad render``
+writes today."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ from pathlib import Path
 
 import pytest
 from joblife.config import Settings
+from joblife.errors import ConfigurationError
 from joblife.model import load_job_types
 from joblife.model.flavors import flavor_catalogue
 from joblife.model.registry import ENTRY_POINT_GROUP
-from joblife.nomad.specs import render_specs
+from joblife.nomad.specs import WEB_VARIABLES_PATH, render_specs
 
 from tests.nomad_double.jobspec import parse_document, parse_hcl
-from tests.nomad_double.template import template_environment
+from tests.nomad_double.template import render_template, template_environment
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -109,31 +111,48 @@ def secret_settings(settings: Settings) -> Settings:
 
 def test_no_secret_of_the_settings_in_any_rendered_file(secret_settings: Settings):
     specs = render_specs(secret_settings, load_job_types(secret_settings))
-    assert {s.kind for s in specs} == {"processing", "service", "client"}
+    assert {s.kind for s in specs} == {"processing", "service", "web", "client"}
     for spec in specs:
         for what, secret in {**SECRETS, "S3 key id": "AKIAJOBLIFEEXAMPLE"}.items():
             assert secret not in spec.text, f"{spec.path} holds the {what}"
 
 
-def _task_environments(settings: Settings, variable: dict[str, str]) -> dict[str, dict]:
-    """What the template of each rendered task puts in its environment, by task name
-    (the processing tasks as "worker:<job>"), given the Nomad variable's items."""
+def _template_environment(task: dict, variables: dict[str, dict[str, str]]) -> dict[str, str]:
+    """What a task's ``env = true`` templates put in its environment, a later template's
+    keys winning as in Nomad."""
+    environment: dict[str, str] = {}
+    for template in task["Templates"]:
+        if template["Envvars"]:
+            environment.update(template_environment(template["EmbeddedTmpl"], variables))
+    return environment
+
+
+def _task_environments(
+    settings: Settings, variable: dict[str, str], web_variable: dict[str, str] | None = None
+) -> dict[str, dict]:
+    """What the templates of each rendered task put in its environment, by task name
+    (the processing tasks as "worker:<job>"), given the items of the Nomad variable and
+    of the dashboard's own variable."""
+    variables = {settings.nomad_variables_path: variable, WEB_VARIABLES_PATH: web_variable or {}}
     environments = {}
     for spec in render_specs(settings, load_job_types(settings)):
         if spec.kind == "client":
             continue
         for group in parse_hcl(spec.text)["TaskGroups"]:
             [task] = group["Tasks"]
-            [template] = task["Templates"]
-            assert template["Envvars"] is True
+            env_templates = [t for t in task["Templates"] if t["Envvars"]]
+            assert env_templates, task["Name"]
+            [change_mode] = {t["ChangeMode"] for t in env_templates}
             name = f"worker:{spec.job_id}" if spec.kind == "processing" else task["Name"]
             environments[name] = {
-                "env": template_environment(
-                    template["EmbeddedTmpl"], {settings.nomad_variables_path: variable}
-                ),
-                "change_mode": template["ChangeMode"],
+                "env": _template_environment(task, variables),
+                "change_mode": change_mode,
             }
     return environments
+
+
+#: The periodic services (one task each); the other tasks are long-running.
+PERIODIC = {"create", "configure", "dispatch", "monitor", "publish"}
 
 
 def test_each_task_gets_only_the_secrets_of_its_part(settings: Settings):
@@ -147,7 +166,16 @@ def test_each_task_gets_only_the_secrets_of_its_part(settings: Settings):
         "s3_secret_access_key": "key-secret",
         "storage_url": "s3://products",
     }
-    environments = _task_environments(settings, variable)
+    # The dashboard's own variable: its cookie key, its users (a file, never an
+    # environment variable), a setting of its own, and a secret of the services put there
+    # by mistake, which it must not get either.
+    web_variable = {
+        "web_secret_key": "cookie-key-of-the-dashboard",
+        "web_users": "alice:operator:$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA\n",
+        "web_nomad_ui_url": "https://nomad.example/ui",
+        "nomad_token": "token-put-in-the-wrong-variable",
+    }
+    environments = _task_environments(settings, variable, web_variable)
     storage = {"JOBLIFE_S3_ACCESS_KEY_ID", "JOBLIFE_S3_SECRET_ACCESS_KEY"}
     common = {"JOBLIFE_DATABASE_URL", "JOBLIFE_NOMAD_ADDR", "JOBLIFE_STORAGE_URL"}
     expected = {
@@ -157,6 +185,7 @@ def test_each_task_gets_only_the_secrets_of_its_part(settings: Settings):
         "monitor": common | {"JOBLIFE_NOMAD_TOKEN"},
         "publish": common | {"JOBLIFE_AMQP_URL"},
         "run": common | storage | {"JOBLIFE_NOMAD_TOKEN", "JOBLIFE_AMQP_URL"},
+        "web": common | {"JOBLIFE_WEB_SECRET_KEY", "JOBLIFE_WEB_NOMAD_UI_URL"},
     }
     workers = {n: e for n, e in environments.items() if n.startswith("worker:")}
     assert len(workers) == len(load_job_types(settings))
@@ -170,8 +199,10 @@ def test_each_task_gets_only_the_secrets_of_its_part(settings: Settings):
     assert {n: set(e["env"]) for n, e in services.items()} == expected
     for name, rendered in services.items():
         assert rendered["env"]["JOBLIFE_DATABASE_URL"] == variable["database_url"], name
-        # One cycle per periodic run: noop; the long-running loop restarts on a change.
-        assert rendered["change_mode"] == ("restart" if name == "run" else "noop"), name
+        # One cycle per periodic run: noop; the long-running loops restart on a change.
+        assert rendered["change_mode"] == ("noop" if name in PERIODIC else "restart"), name
+    web = environments["web"]["env"]
+    assert web["JOBLIFE_WEB_SECRET_KEY"] == web_variable["web_secret_key"]
 
 
 def test_service_specs_are_periodic_without_overlap(settings: Settings):
@@ -222,3 +253,123 @@ def test_checked_in_examples_match_the_renderer(settings: Settings):
     assert sorted(on_disk) == sorted(rendered), "run: joblife nomad render --out nomad"
     for path, text in rendered.items():
         assert on_disk[path] == text, f"nomad/{path} drifted: run joblife nomad render --out nomad"
+
+
+# -- the dashboard -------------------------------------------------------------------------------
+def _web(settings: Settings) -> tuple[dict, dict]:
+    """The dashboard's spec as the API job (the double's parser) and as HCL (for the blocks
+    the double does not translate: network, service)."""
+    [spec] = [s for s in render_specs(settings, {}) if s.kind == "web"]
+    assert (spec.path, spec.job_id) == ("services/joblife-web.nomad.hcl", "joblife-web")
+    [job] = parse_document(spec.text)["job"]
+    return parse_hcl(spec.text), job["joblife-web"]
+
+
+def _web_environment(task: dict, variables: dict[str, dict[str, str]]) -> dict[str, str]:
+    """The dashboard's environment as Nomad builds it: the env block, then the templates'
+    (which override it)."""
+    return {**task["Env"], **_template_environment(task, variables)}
+
+
+def test_web_spec_is_a_checked_service_on_its_port(settings: Settings):
+    job, body = _web(settings)
+    assert job["Type"] == "service"
+    [group] = job["TaskGroups"]
+    assert group["Count"] == 1
+    assert group["RestartPolicy"]["Mode"] == "delay"  # a service restarts in place
+    [group_hcl] = body["group"]
+    [network] = group_hcl["web"]["network"]
+    [port] = network["port"]
+    assert port["http"]["to"] == 8080
+    [service] = group_hcl["web"]["service"]
+    assert (service["provider"], service["name"], service["port"]) == (
+        "nomad",
+        "joblife-web",
+        "http",
+    )
+    [check] = service["check"]
+    assert (check["type"], check["path"]) == ("http", "/healthz")
+    assert check["interval"] and check["timeout"]
+    [task] = group["Tasks"]
+    assert task["Driver"] == "docker"
+    assert task["Config"]["args"] == ["web"]
+    assert task["Config"]["ports"] == ["http"]
+    assert "volumes" not in task["Config"]  # no docker socket for the dashboard
+    assert task["KillSignal"] == "SIGTERM"
+    env = task["Env"]
+    # Listens on every address of its container, on the port mapped from the host's.
+    assert (env["JOBLIFE_WEB_ADDRESS"], env["JOBLIFE_WEB_PORT"]) == ("0.0.0.0", "8080")
+    assert env["JOBLIFE_WEB_COOKIE_SECURE"] == "true"  # behind HTTPS in production
+    assert env["JOBLIFE_WEB_USERS_FILE"] == "${NOMAD_SECRETS_DIR}/web-users"
+
+
+def test_web_users_file_comes_from_the_dashboard_variable(settings: Settings):
+    job, body = _web(settings)
+    [task] = job["TaskGroups"][0]["Tasks"]
+    [users] = [
+        t for t in task["Templates"] if t["DestPath"] == task["Env"]["JOBLIFE_WEB_USERS_FILE"]
+    ]
+    assert users["Envvars"] is False
+    assert users["ChangeMode"] == "noop"  # the dashboard reads the file again itself
+    [users_hcl] = [
+        t for t in body["group"][0]["web"]["task"][0]["web"]["template"] if not t.get("env")
+    ]
+    assert users_hcl["perms"] == "0600"
+    lines = "alice:operator:$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA\nbob:viewer:\n"
+    web_variable = {"web_users": lines, "web_secret_key": "k"}
+    text = render_template(users["EmbeddedTmpl"], {WEB_VARIABLES_PATH: web_variable})
+    assert text.strip("\n") == lines.strip("\n")
+    # The shared variable's keys do not reach the file; without the key, it is empty.
+    shared = {settings.nomad_variables_path: {"web_users": "mallory:operator:x"}}
+    assert render_template(users["EmbeddedTmpl"], shared).strip() == ""
+
+
+def test_web_spec_settings_win_over_the_variables(settings: Settings):
+    """A template's environment overrides the env block in Nomad: a variable's web_port,
+    web_cookie_secure... must not move the dashboard off its port or make its cookie
+    plain."""
+    job, _ = _web(settings)
+    [task] = job["TaskGroups"][0]["Tasks"]
+    overrides = {
+        "web_address": "127.0.0.1",
+        "web_port": "1",
+        "web_cookie_secure": "false",
+        "web_users_file": "/tmp/users",
+        "data_dir": "/tmp",
+    }
+    variables = {
+        settings.nomad_variables_path: {"database_url": "postgresql://db/j", **overrides},
+        WEB_VARIABLES_PATH: {"web_secret_key": "k", **overrides},
+    }
+    env = _web_environment(task, variables)
+    assert env == {
+        **task["Env"],
+        "JOBLIFE_DATABASE_URL": "postgresql://db/j",
+        "JOBLIFE_WEB_SECRET_KEY": "k",
+    }
+
+
+def test_web_cookie_plain_only_when_the_settings_say_so(settings: Settings):
+    for value, expected in ((None, "true"), (True, "true"), (False, "false")):
+        job, _ = _web(settings.model_copy(update={"web_cookie_secure": value}))
+        env = job["TaskGroups"][0]["Tasks"][0]["Env"]
+        assert env["JOBLIFE_WEB_COOKIE_SECURE"] == expected, value
+
+
+def test_web_raw_exec_variant(settings: Settings):
+    raw = Settings(nomad_task_driver="raw_exec", nomad_joblife_command="/opt/joblife/bin/joblife")
+    job, body = _web(raw)
+    [task] = job["TaskGroups"][0]["Tasks"]
+    assert task["Driver"] == "raw_exec"
+    assert task["Config"] == {"command": "/opt/joblife/bin/joblife", "args": ["web"]}
+    # The host's dynamic port, on the allocation's address only.
+    [port] = body["group"][0]["web"]["network"][0]["port"]
+    assert "to" not in port["http"]
+    assert task["Env"]["JOBLIFE_WEB_PORT"] == "${NOMAD_PORT_http}"
+    assert task["Env"]["JOBLIFE_WEB_ADDRESS"] == "${NOMAD_IP_http}"
+
+
+def test_web_variable_cannot_be_the_shared_one(settings: Settings):
+    shared = settings.model_copy(update={"nomad_variables_path": WEB_VARIABLES_PATH})
+    with pytest.raises(ConfigurationError, match="dashboard's own variable"):
+        render_specs(shared, {})

@@ -62,14 +62,19 @@ def deploy(
             "`joblife run` job, or not at all."
         ),
     ] = ServiceMode.periodic,
+    web: Annotated[
+        bool, typer.Option("--web", help="Also register the dashboard (services/joblife-web).")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Register the processing jobs (and the services) with Nomad (JOBLIFE_NOMAD_ADDR):
-    Nomad parses each spec, then registers it."""
+    """Register the processing jobs (and the services, and with --web the dashboard) with
+    Nomad (JOBLIFE_NOMAD_ADDR): Nomad parses each spec, then registers it."""
     from joblife.nomad.client import nomad_client
     from joblife.nomad.deploy import deploy_specs
 
     def wanted(spec: RenderedSpec) -> bool:
+        if spec.kind == "web":
+            return web
         if spec.kind != "service":
             return spec.kind == "processing"
         if services is ServiceMode.long_running:

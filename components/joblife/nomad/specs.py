@@ -19,6 +19,13 @@ storage keys, never the Nomad token, the broker URL, the services' database URL 
 attempt secret key; the Nomad token and that key go only to the services that dispatch and
 monitor. The variable's other keys (non-secret settings)
 reach every task.
+
+The operator dashboard (``joblife web``) is a **service job** of its own (:func:`web_job`):
+behind a Nomad service with an HTTP check on ``/healthz``, it gets the services' database
+URL from that variable and its cookie key (``web_secret_key``) and users file
+(``web_users``) from its own variable (:data:`WEB_VARIABLES_PATH`), which Nomad lets that
+job read without a policy and which no other joblife task reads. It is rendered next to
+the services but not registered by ``joblife nomad deploy``: a dashboard is opt-in.
 """
 
 from __future__ import annotations
@@ -72,14 +79,29 @@ SECRETS_OF: dict[str, tuple[str, ...]] = {
     "monitor": ("database_url", "nomad_token", "attempt_secret_key"),  # it re-dispatches
     "publish": ("database_url", "amqp_url"),
     "run": ("database_url", "amqp_url", "nomad_token", "attempt_secret_key", *_STORAGE),
+    # The dashboard reads the jobs; its cookie key comes from its own variable (web_job).
+    "web": ("database_url",),
 }
+
+#: The dashboard: its job, its own Nomad variable (``nomad/jobs/<job id>``: readable by that
+#: job's tasks without an ACL policy, by no other joblife job), the key of that variable
+#: holding the users file (``joblife web-users``, rendered into a file, never into the
+#: environment) and the port ``joblife web`` listens on inside its container.
+WEB_JOB = "joblife-web"
+WEB_VARIABLES_PATH = f"nomad/jobs/{WEB_JOB}"
+WEB_USERS_KEY = "web_users"
+WEB_USERS_FILE = "${NOMAD_SECRETS_DIR}/web-users"
+WEB_CONTAINER_PORT = 8080
+WEB_REPLICAS = 1
+#: The dashboard's Nomad service check (``/healthz`` answers without a login).
+WEB_CHECK = {"type": "http", "path": "/healthz", "interval": "10s", "timeout": "2s"}
 
 HEADER = (
     "Rendered by `joblife nomad render` from joblife's settings, job types and flavor",
     "catalogue. Change those and render again rather than editing this file.",
 )
 
-Kind = Literal["processing", "service", "client"]
+Kind = Literal["processing", "service", "web", "client"]
 
 
 @dataclass(frozen=True)
@@ -125,6 +147,8 @@ def render_specs(
             f"services/{SERVICES_JOB}.nomad.hcl", render([block], HEADER), "service", SERVICES_JOB
         )
     )
+    text = render([web_job(settings)], HEADER)
+    specs.append(RenderedSpec(f"services/{WEB_JOB}.nomad.hcl", text, "web", WEB_JOB))
     for flavor in sorted(catalogue.values(), key=lambda f: (f.vcpus, f.memory_mib, f.name)):
         text = render(client_config(flavor, settings), HEADER)
         specs.append(RenderedSpec(f"clients/{flavor.name}.hcl", text, "client"))
@@ -170,10 +194,78 @@ def long_running_services_job(settings: Settings) -> Block:
     """The services in long-running ``joblife run`` loops; replicas share the work."""
     job = _job(SERVICES_JOB, "service", settings)
     group = job.block("group", "run").attr("count", SERVICE_REPLICAS)
-    restart = group.block("restart")
-    restart.attr("attempts", 10).attr("interval", "30m").attr("delay", "15s").attr("mode", "delay")
+    _restart_in_place(group)
     task = _task(group, "run", ["run"], settings, "run", change_mode="restart")
     task.attr("kill_signal", "SIGTERM").attr("kill_timeout", "30s")
+    _service_resources(task)
+    return job
+
+
+def web_job(settings: Settings) -> Block:
+    """The operator dashboard (``joblife web``) as a service job: one allocation by default
+    (more need the same ``web_secret_key``, which the dashboard's variable gives them all),
+    a port ``http`` behind the Nomad service :data:`WEB_JOB` checked on ``/healthz``.
+
+    What the spec sets itself (listen address and port, secure cookies, the users file, the
+    data directory) cannot be overridden by a variable's key: Nomad lets a template's
+    environment override the ``env`` block, so both templates withhold those keys. The
+    cookie is secure (HTTPS only) unless the settings rendering the spec say
+    ``web_cookie_secure = false``: in production the dashboard sits behind HTTPS."""
+    if settings.nomad_variables_path.strip("/") == WEB_VARIABLES_PATH:
+        raise ConfigurationError(
+            f"nomad_variables_path {settings.nomad_variables_path!r} is the dashboard's own "
+            "variable: every joblife task would read the dashboard's cookie key and users"
+        )
+    raw = settings.nomad_task_driver == "raw_exec"
+    job = _job(WEB_JOB, "service", settings)
+    group = job.block("group", "web").attr("count", WEB_REPLICAS)
+    # docker: a dynamic host port mapped to the container's port; raw_exec: the task
+    # listens on the host port itself, on the allocation's address only.
+    port = group.block("network").block("port", "http")
+    port.attr("to", None if raw else WEB_CONTAINER_PORT)
+    service = group.block("service").attr("provider", "nomad").attr("name", WEB_JOB)
+    service.attr("port", "http")
+    check = service.block("check")
+    for name, value in WEB_CHECK.items():
+        check.attr(name, value)
+    _restart_in_place(group)
+    env = {
+        "JOBLIFE_WEB_ADDRESS": "${NOMAD_IP_http}" if raw else "0.0.0.0",
+        "JOBLIFE_WEB_PORT": "${NOMAD_PORT_http}" if raw else str(WEB_CONTAINER_PORT),
+        "JOBLIFE_WEB_COOKIE_SECURE": "false" if settings.web_cookie_secure is False else "true",
+        "JOBLIFE_WEB_USERS_FILE": WEB_USERS_FILE,
+        # Only for a cookie key made on first use when web_secret_key is missing: kept
+        # across restarts of the task, not across allocations.
+        "JOBLIFE_DATA_DIR": "${NOMAD_ALLOC_DIR}/joblife",
+    }
+    own = tuple(name.removeprefix("JOBLIFE_").lower() for name in env)
+    withheld = (WEB_USERS_KEY, *own)
+    task = _task(
+        group,
+        "web",
+        ["web"],
+        settings,
+        "web",
+        change_mode="restart",  # stateless: sessions live in signed cookies
+        withheld=withheld,
+        ports=None if raw else ["http"],
+    )
+    # Its own variable after the shared one (a later template's keys win in Nomad), with
+    # every secret key of the shared variable withheld: web_secret_key and the dashboard's
+    # settings (web_trusted_user_header, web_nomad_ui_url...) only.
+    own_vars = task.block("template")
+    own_vars.attr("data", secrets_template(WEB_VARIABLES_PATH, (), withheld))
+    own_vars.attr("destination", "${NOMAD_SECRETS_DIR}/joblife-web.env")
+    own_vars.attr("env", True).attr("change_mode", "restart")
+    # The users file: read again by the dashboard when it changes, so no restart.
+    users = task.block("template")
+    users.attr("data", file_template(WEB_VARIABLES_PATH, WEB_USERS_KEY))
+    users.attr("destination", WEB_USERS_FILE)
+    users.attr("perms", "0600").attr("change_mode", "noop")
+    block = task.block("env")
+    for name, value in env.items():
+        block.attr(name, value)
+    task.attr("kill_signal", "SIGTERM").attr("kill_timeout", "10s")
     _service_resources(task)
     return job
 
@@ -209,6 +301,12 @@ def _no_retries(group: Block) -> None:
     group.block("reschedule").attr("attempts", 0).attr("unlimited", False)
 
 
+def _restart_in_place(group: Block) -> None:
+    # A long-running service restarts where it is, with a delay, rather than failing.
+    restart = group.block("restart")
+    restart.attr("attempts", 10).attr("interval", "30m").attr("delay", "15s").attr("mode", "delay")
+
+
 def _task(
     group: Block,
     name: str,
@@ -217,8 +315,11 @@ def _task(
     part: str,
     docker_socket: bool = False,
     change_mode: str = "noop",
+    withheld: tuple[str, ...] = (),
+    ports: list[str] | None = None,
 ) -> Block:
-    """A task running ``joblife <args>`` with the secrets of ``part`` (:data:`SECRETS_OF`).
+    """A task running ``joblife <args>`` with the secrets of ``part`` (:data:`SECRETS_OF`),
+    the variable's keys ``withheld`` left out, and the group's ``ports`` (docker).
 
     ``change_mode`` says what a change of the variable does to a running task. The
     processing tasks and the periodic services run once (restart attempts 0): ``restart``
@@ -233,11 +334,12 @@ def _task(
     else:
         task.attr("driver", "docker")
         config = task.block("config").attr("image", settings.nomad_worker_image)
-        config.attr("command", "joblife").attr("args", args)
+        config.attr("command", "joblife").attr("args", args).attr("ports", ports)
         if docker_socket:
             config.attr("volumes", [f"{DOCKER_SOCKET}:{DOCKER_SOCKET}"])
     template = task.block("template")
-    template.attr("data", secrets_template(settings.nomad_variables_path, SECRETS_OF[part]))
+    data = secrets_template(settings.nomad_variables_path, SECRETS_OF[part], withheld)
+    template.attr("data", data)
     template.attr("destination", "${NOMAD_SECRETS_DIR}/joblife.env")
     template.attr("env", True).attr("change_mode", change_mode)
     return task
@@ -247,26 +349,39 @@ def _service_resources(task: Block) -> None:
     task.block("resources").attr("cpu", SERVICE_CPU_MHZ).attr("memory", SERVICE_MEMORY_MIB)
 
 
-def secrets_template(path: str, secrets: tuple[str, ...]) -> str:
+def secrets_template(path: str, secrets: tuple[str, ...], withheld: tuple[str, ...] = ()) -> str:
     """The template putting the Nomad variable at ``path`` into a task's environment:
     each of its keys becomes ``JOBLIFE_<KEY>``, except the secret keys (:data:`SECRET_KEYS`)
-    not in ``secrets``, which are withheld, and a secret key that names another setting
-    (``worker_database_url``), which becomes that setting's variable."""
-    withheld = sorted(set(SECRET_KEYS) - set(secrets))
+    not in ``secrets`` and the keys ``withheld``, which are left out, and a secret key that
+    names another setting (``worker_database_url``), which becomes that setting's variable."""
+    left_out = sorted((set(SECRET_KEYS) - set(secrets)) | set(withheld))
     renamed = sorted(k for k in secrets if SECRET_KEYS[k] != k)
     lines = [f'{{{{- with nomadVar "{path}" -}}}}', "{{- range $key, $value := . }}"]
     for index, key in enumerate(renamed):
         lines.append(f'{{{{- {"else " if index else ""}if eq $key "{key}" }}}}')
         lines.append(f"JOBLIFE_{SECRET_KEYS[key].upper()}={{{{ $value }}}}")
     keyword = "else if" if renamed else "if"
-    if withheld:
-        listed = " ".join(f'"{k}"' for k in withheld)
+    if left_out:
+        listed = " ".join(f'"{k}"' for k in left_out)
         lines.append(f"{{{{- {keyword} not (eq $key {listed}) }}}}")
     else:
         lines.append(f"{{{{- {keyword} true }}}}")
     lines += [
         "JOBLIFE_{{ $key | toUpper }}={{ $value }}",
         "{{- end }}",
+        "{{- end }}",
+        "{{- end }}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def file_template(path: str, key: str) -> str:
+    """The template writing the value of ``key`` of the Nomad variable at ``path`` as it is
+    (nothing when the variable or the key is missing)."""
+    lines = [
+        f'{{{{- with nomadVar "{path}" -}}}}',
+        "{{- range $key, $value := . }}",
+        f'{{{{- if eq $key "{key}" }}}}{{{{ $value }}}}{{{{ end }}}}',
         "{{- end }}",
         "{{- end }}",
     ]
