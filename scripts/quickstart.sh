@@ -14,4 +14,6 @@ The demo's jobs stay in the embedded database. Try:
   joblife status
   joblife jobs list
   joblife jobs show <id>
+  joblife web        # the dashboard: open http://127.0.0.1:8080/ and log in as admin
+                     # with the password it prints the first time
 TXT

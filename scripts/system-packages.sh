@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite uses besides Python's, when they are missing
 # and this machine can (root with apt-get): hdf5-tools (the HDF Group's h5repack, used by
-# the h5repack chain's tool path) and pgbouncer (the tests start a private PgBouncer in
+# the h5repack chain's tool path), pgbouncer (the tests start a private PgBouncer in
 # front of the test server: tests/support/pgbouncer.py; the package's own service is not
-# used). The container engine has its own script
+# used) and chromium + chromium-driver (the dashboard's browser tests drive it through
+# Playwright: tests/support/browser.py; Playwright never downloads a browser of its own).
+# The container engine has its own script
 # (container-engine.sh). Elsewhere it only says what is missing; the tests that need it
 # then skip on a laptop and fail in CI.
 set -uo pipefail
@@ -12,6 +14,8 @@ missing=()
 command -v h5repack >/dev/null 2>&1 || missing+=(hdf5-tools)
 # Debian puts pgbouncer in /usr/sbin, not on a non-root user's PATH.
 command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "system-packages: missing ${missing[*]} (install them with your package manager)" >&2

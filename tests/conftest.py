@@ -37,6 +37,8 @@ pytest_plugins = [
     "tests.support.containers",
     "tests.support.s3",
     "tests.support.nomad",
+    "tests.support.browser",
+    "tests.support.web",
 ]
 
 

@@ -592,6 +592,62 @@ class Settings(BaseSettings):
         "DEPENDENCY_TIMEOUT, external_error the retry backoff).",
     )
 
+    # -- web dashboard (issue 16) ------------------------------------------------------------
+    web_address: str = Field(
+        "127.0.0.1",
+        description="Address `joblife web` listens on: this host only by default; 0.0.0.0 "
+        "behind a reverse proxy or in a Nomad allocation.",
+    )
+    web_port: int = Field(8080, ge=0, le=65535, description="Port of `joblife web` (0: any).")
+    web_users_file: Path | None = Field(
+        default=None,
+        description="The dashboard's users (`name:role:argon2 hash` lines, managed with "
+        "`joblife web-users`); unset = <data_dir>/web-users. With no user at all, `joblife "
+        "web` creates an operator `admin` with a random password it prints once.",
+    )
+    web_secret_key: SecretStr | None = Field(
+        default=None,
+        description="Key signing the dashboard's session cookies; every instance behind one "
+        "address must have the same one. Unset = a random key kept in "
+        "<data_dir>/web-secret.key (0600), made on first use.",
+    )
+    web_cookie_secure: bool | None = Field(
+        default=None,
+        description="Send the session cookie over HTTPS only. Unset = on, except when "
+        "web_address is a loopback address (a browser on the same host, plain HTTP).",
+    )
+    web_trusted_user_header: str | None = Field(
+        default=None,
+        description="Behind a reverse proxy that authenticates users: the request header "
+        "naming the user (X-Forwarded-User...), trusted only from web_trusted_proxies; the "
+        "user's role still comes from web_users_file. Unset = users log in with a password.",
+    )
+    web_trusted_proxies: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="Client addresses whose web_trusted_user_header is believed.",
+    )
+    web_login_rate: str = Field(
+        "5/minute",
+        description="Failed logins allowed per user name and per client address (limits "
+        "notation: 5/minute, 20/hour); more are refused until the window passes.",
+    )
+    web_session_hours: float = Field(
+        8.0, gt=0, le=24 * 30, description="How long a dashboard login lasts."
+    )
+    web_refresh_seconds: float = Field(
+        5.0,
+        ge=1,
+        le=3600,
+        description="Live refresh of the dashboard's pages; also how long the server keeps "
+        "a page's data, so that many open browsers cost the database one query per page "
+        "per interval.",
+    )
+    web_nomad_ui_url: str | None = Field(
+        default=None,
+        description="Nomad UI address (https://nomad.example:4646/ui): the Job page links "
+        "each Nomad execution to it.",
+    )
+
     # -- reference job types and demo (issue 7) ---------------------------------------------
     h5repack_input_prefix: str | None = Field(
         default=None,
@@ -758,7 +814,7 @@ class Settings(BaseSettings):
                 raise ValueError("must name a bucket: s3://bucket/prefix")
         return value
 
-    @field_validator("nomad_addr")
+    @field_validator("nomad_addr", "web_nomad_ui_url")
     @classmethod
     def _nomad_addr(cls, value: str | None) -> str | None:
         return check_url(value, ("http", "https")) if value else value
@@ -768,11 +824,22 @@ class Settings(BaseSettings):
     def _s3_endpoint(cls, value: str | None) -> str | None:
         return check_url(value, ("http", "https")) if value else value
 
-    @field_validator("metrics_address")
+    @field_validator("metrics_address", "web_address")
     @classmethod
     def _address(cls, value: str) -> str:
         if not _is_hostname(value):
             raise ValueError("must be an IP address (0.0.0.0, ::) or a host name")
+        return value
+
+    @field_validator("web_login_rate")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        from limits import parse
+
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError("must be a rate such as 5/minute or 20/hour") from None
         return value
 
     @field_validator("job_type_modules")

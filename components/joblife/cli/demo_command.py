@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from joblife.cli.output import add_row, console, make_table
+from joblife.config import get_settings
 from joblife.demo import (
     DemoResult,
     applied,
@@ -125,6 +126,11 @@ def _summary(result: DemoResult, data_dir: Path | None) -> None:
     out.print(f"next: {prefix}joblife status")
     if first is not None:
         out.print(f"      {prefix}joblife jobs show {first}")
+    settings = get_settings()
+    out.print(
+        f"      {prefix}joblife web   # the dashboard on these jobs: "
+        f"http://{settings.web_address}:{settings.web_port}/"
+    )
 
 
 def _round(value: float | None) -> float | None:

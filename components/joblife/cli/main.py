@@ -24,6 +24,7 @@ from joblife.cli.publication_commands import (
 from joblife.cli.service_commands import configure, create, dispatch, monitor, run
 from joblife.cli.state import CliState
 from joblife.cli.status_command import status
+from joblife.cli.web_commands import web, web_users_app
 from joblife.cli.worker_commands import worker_app
 from joblife.config import apply_file_umask, get_settings
 from joblife.logs import command_log_level, setup_logging
@@ -56,6 +57,8 @@ app.command("publish")(publish)
 app.command("timeliness")(timeliness)
 jobs_app.command("republish")(republish_command)
 app.command("demo")(demo)
+app.command("web")(web)
+app.add_typer(web_users_app)
 
 
 def _print_version(value: bool) -> None:

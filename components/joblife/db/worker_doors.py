@@ -49,12 +49,10 @@ import hashlib
 import hmac
 import os
 import re
-import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg2
@@ -65,6 +63,7 @@ from sqlalchemy.orm import Session
 
 from joblife.config import Settings
 from joblife.db.status import translate_status_error
+from joblife.keyfiles import read_key_file
 from joblife.model.status import JobStatus
 
 #: The environment variables a worker process may find its secret in (the local
@@ -119,29 +118,7 @@ def attempt_secret_key(settings: Settings, *, create: bool = True) -> bytes | No
     0600, when ``create`` and missing). None when there is none and ``create`` is false."""
     if settings.attempt_secret_key is not None:
         return settings.attempt_secret_key.get_secret_value().encode()
-    path = settings.data_dir / KEY_FILE
-    try:
-        return bytes.fromhex(path.read_text().strip())
-    except FileNotFoundError:
-        if not create:
-            return None
-    return _create_key_file(path)
-
-
-def _create_key_file(path: Path) -> bytes:
-    """A new random key in ``path`` (0600); the first writer wins a race."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write(secrets.token_hex(32))
-    try:
-        os.link(tmp, path)  # never replaces a key another process made meanwhile
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink()
-    return bytes.fromhex(path.read_text().strip())
+    return read_key_file(settings.data_dir / KEY_FILE, create=create)
 
 
 def attempt_secret(key: bytes, job_id: int, attempt: int, unique_id: uuid.UUID | str) -> str:

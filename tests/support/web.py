@@ -1,0 +1,113 @@
+"""Fixtures of the dashboard's tests: users, the app on the test database, a logged-in HTTP
+client, and ``joblife web`` served for real (uvicorn on a free port) for the browser.
+
+Users: ``olga`` (operator) and ``victor`` (viewer), password :data:`PASSWORD`.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import uvicorn
+from joblife.config import Settings, get_settings
+from joblife.db.engine import create_joblife_engine
+from joblife.web.users import Role, UserStore
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+PASSWORD = "correct horse battery"
+OPERATOR = "olga"
+VIEWER = "victor"
+_CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+@dataclass
+class WebApp:
+    """The dashboard under test."""
+
+    app: Starlette
+    settings: Settings
+    users: UserStore
+
+
+@pytest.fixture
+def web_users(tmp_path: Path) -> UserStore:
+    """A users file with an operator and a viewer."""
+    store = UserStore(tmp_path / "web-users")
+    store.set(OPERATOR, Role.OPERATOR, PASSWORD)
+    store.set(VIEWER, Role.VIEWER, PASSWORD)
+    return store
+
+
+@pytest.fixture
+def web_app(joblife_env: str, web_users: UserStore, tmp_path: Path) -> Iterator[WebApp]:
+    """The dashboard on the test database (settings from the test environment)."""
+    get_settings.cache_clear()
+    settings = get_settings().model_copy(
+        update={"web_users_file": web_users.path, "data_dir": tmp_path / "data"}
+    )
+    from joblife.web.app import create_app  # the plugin loads before the app is needed
+
+    engine = create_joblife_engine(settings=settings)
+    yield WebApp(create_app(settings, engine, web_users), settings, web_users)
+    engine.dispose()
+
+
+def csrf_from(html: str) -> str:
+    """The CSRF token a page carries in its forms."""
+    match = _CSRF_INPUT.search(html)
+    assert match, "no CSRF token in the page"
+    return match.group(1)
+
+
+def login(client: TestClient, name: str, password: str = PASSWORD) -> str:
+    """Log ``client`` in as ``name``; the session's CSRF token."""
+    token = csrf_from(client.get("/login").text)
+    response = client.post(
+        "/login",
+        data={"username": name, "password": password, "csrf_token": token, "next": "/"},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303, response.text
+    return csrf_from(client.get("/").text)
+
+
+@pytest.fixture
+def web_client(web_app: WebApp) -> Iterator[TestClient]:
+    """An anonymous HTTP client of the dashboard."""
+    with TestClient(web_app.app) as client:
+        yield client
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def live_web(web_app: WebApp) -> Iterator[str]:
+    """The dashboard served by uvicorn in a thread, as ``joblife web`` serves it; its URL."""
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(web_app.app, host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    started = threading.Event()
+
+    def wait_started() -> None:
+        while not server.started and thread.is_alive():
+            started.wait(0.02)
+
+    wait_started()
+    assert server.started, "the dashboard did not start"
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
