@@ -1046,6 +1046,23 @@ def test_monitor_lost_execution_after_its_state_was_removed(lc: Lifecycle):
     assert lc.status(job_id) is S.EXTERNAL_ERROR
 
 
+def test_forked_workers_show_their_job_in_the_process_title(lc: Lifecycle):
+    [job_id] = lc.add_jobs({"behaviour": "sleep", "sleep_seconds": 30})
+    lc.dispatch()
+    lc.wait_status(job_id, S.PROCESSING, timeout=15)
+    record = lc.record(job_id, 1)
+    titles = {
+        pid: Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        for pid in (record["worker_pid"], record["waiter_pid"])
+    }
+    assert titles[record["worker_pid"]] == f"joblife worker {job_id}-1"
+    assert titles[record["waiter_pid"]] == f"joblife waiter {job_id}-1"
+    with lc.session() as session:
+        cancel_and_stop(session, lc.executor, [job_id], "done looking")
+        session.commit()
+    wait_for(lambda: not alive(record["worker_pid"]), timeout=10, message="the worker to stop")
+
+
 # == cancellation and operator retry ============================================================
 def test_cancel_and_stop_a_running_job(lc: Lifecycle):
     [job_id] = lc.add_jobs({"behaviour": "sleep", "sleep_seconds": 30})

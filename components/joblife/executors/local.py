@@ -56,6 +56,7 @@ from joblife.executors.base import (
     ExecutionStatus,
     parse_execution_token,
 )
+from joblife.logs import set_process_title
 
 log = logging.getLogger(__name__)
 
@@ -385,6 +386,7 @@ def _zygote_main(connection: Connection) -> None:
         # Ctrl-C in a terminal reaches the whole process group: the orchestrator stops,
         # then closes the pipe. Children reaped by _fork_supervisor.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        set_process_title("joblife zygote (starts the local workers)")
         while True:
             try:
                 request, paths, launch = connection.recv()
@@ -443,6 +445,7 @@ def _waiter(request: ExecutionRequest, paths: _Paths, pipe: int, launch: _Launch
         # A session (and process group) of its own, led by the waiter: stop() signals the
         # group, and the orchestrator's terminal or group signals never reach it.
         os.setsid()
+        set_process_title(f"joblife waiter {request.job_id}-{request.attempt}")
         # The record is the start: created exclusively before the worker exists, so that
         # of two starts of a token (a re-dispatch after an interrupted one whose request
         # the zygote still took) one runs and the other does nothing, writing no exit
@@ -495,6 +498,8 @@ def _worker(request: ExecutionRequest, paths: _Paths, launch: _Launch) -> None:
             os.execve(sys.executable, argv, _worker_environment(request, launch))
         from joblife.worker.runner import run_worker_process
 
+        # ps and top show which job this is, not the forked orchestrator's `joblife run`.
+        set_process_title(f"joblife worker {request.job_id}-{request.attempt}")
         # Forked: what this process read of the environment stays; the database URL and
         # the secret are given explicitly (the secret never enters the environment).
         if launch.database_url:

@@ -183,6 +183,10 @@ class Orchestrator:
             if first_cycle and not self.stop_event.is_set():
                 first_cycle = False
                 log.info("first cycle done in %.1f s%s", time.monotonic() - began, _summary(report))
+            else:
+                work = cycle_work(report)
+                if work:
+                    log.info("cycle: %s", work)
             if full:
                 next_full_cycle = time.monotonic() + interval
             slot_freed = False
@@ -215,6 +219,27 @@ def _summary(report: CycleReport) -> str:
     if monitor is not None:
         parts.append(f"monitor checked {monitor['checked']} in-flight jobs")
     return ": " + ", ".join(parts) if parts else ""
+
+
+def cycle_work(report: CycleReport) -> str:
+    """One line of what a cycle changed (``created 12, dispatched 4, ended 3``); empty for
+    a cycle that changed nothing, which is not logged. (Publication runs in its own
+    thread, which logs its own work.)"""
+    results = report.results
+    counts = {
+        "created": sum(r["inserted"] for r in results.get("create") or []),
+        "rejected": sum(r["cancelled"] for r in results.get("create") or []),
+        "configured": sum(r["examined"] for r in results.get("configure") or []),
+    }
+    dispatch = results.get("dispatch") or {}
+    counts["dispatched"] = dispatch.get("dispatched", 0)
+    counts["dispatch failed"] = dispatch.get("failed", 0)
+    monitor = results.get("monitor") or {}
+    for key in ("ended", "stale", "redispatched", "retried", "exhausted"):
+        counts[key if key != "exhausted" else "out of attempts"] = monitor.get(key, 0)
+    parts = [f"{name} {count}" for name, count in counts.items() if count]
+    parts += [f"{name} failed" for name in report.errors]
+    return ", ".join(parts)
 
 
 def _did_work(name: str, result: Any, batch_size: int) -> bool:
