@@ -559,9 +559,9 @@ def test_db_url_prints_the_configured_database(joblife_env: str) -> None:
 def test_db_current_at_head(joblife_env: str) -> None:
     data = run_json("db", "current")
     assert data["at_head"] is True
-    assert data["heads"] == ["0017", "e001"]
+    assert data["heads"] == ["0018", "e001"]
     # e001 depends on 0001: Alembic records only the branch tips, which imply the rest.
-    assert data["current"] == ["0017", "e001"]
+    assert data["current"] == ["0018", "e001"]
     assert data["pending"] == []
     assert data["unknown"] == []
     result = run("db", "current")
@@ -610,6 +610,7 @@ def test_db_upgrade_brings_an_empty_database_to_head(empty_database: str) -> Non
             "0015",
             "0016",
             "0017",
+            "0018",
             "e001",
         ],
         False,
@@ -618,7 +619,7 @@ def test_db_upgrade_brings_an_empty_database_to_head(empty_database: str) -> Non
     assert result.exit_code == 1
     pending = (
         "0001, 0002, 0003, 0004, 0005, 0006, 0007, 0008, 0009, 0010, 0011, 0012, 0013, 0014, "
-        "0015, 0016, 0017, e001"
+        "0015, 0016, 0017, 0018, e001"
     )
     assert f"NOT at the heads (pending: {pending})" in result.stdout
     assert_one_line_error(run("jobs", "list"), "not migrated", "joblife db upgrade")
@@ -628,7 +629,7 @@ def test_db_upgrade_brings_an_empty_database_to_head(empty_database: str) -> Non
     assert "applied 0001\n" in result.stdout
     assert (
         "still pending: 0002, 0003, 0004, 0005, 0006, 0007, 0008, 0009, 0010, 0011, 0012, "
-        "0013, 0014, 0015, 0016, 0017, e001" in result.stdout
+        "0013, 0014, 0015, 0016, 0017, 0018, e001" in result.stdout
     )
     assert run("db", "current").exit_code == 1
 

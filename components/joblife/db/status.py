@@ -17,6 +17,10 @@ science output can then never make a status change fail.
 The operator wrappers take the acting operator's name (``operator=``): the procedures
 record it in each history row's details under ``"operator"`` (migration 0017), and the
 login of the database session when no name is given.
+
+Details are always a JSON object: no details (None) is sent as ``{}``, never as JSON
+``null`` (which the doors before migration 0018 stored as ``null``, and the worker door
+as ``[null, {"attempt": n}]``); the doors make any non-object an object too (0018).
 """
 
 from __future__ import annotations
@@ -57,12 +61,16 @@ class StatusChange:
     changed_at: datetime
 
 
+#: The details parameter: a None that still reached it is SQL NULL, not JSON ``null``
+#: (SQLAlchemy's JSON default); :func:`_storable` sends ``{}`` for None anyway.
+_DETAILS = JSONB(none_as_null=True)
+
 _SET_JOB_STATUS = text(
     "SELECT * FROM set_job_status(:ids, :new_status, :expected, :message, :details)"
 ).bindparams(
     bindparam("ids", type_=ARRAY(BigInteger)),
     bindparam("expected", type_=ARRAY(Text)),
-    bindparam("details", type_=JSONB),
+    bindparam("details", type_=_DETAILS),
 )
 
 
@@ -71,7 +79,7 @@ _WORKER_SET_JOB_STATUS = text(
     ":message, :details)"
 ).bindparams(
     bindparam("expected", type_=ARRAY(Text)),
-    bindparam("details", type_=JSONB),
+    bindparam("details", type_=_DETAILS),
 )
 
 
@@ -134,14 +142,15 @@ def translate_status_error(error: DBAPIError) -> StatusError | None:
 
 def _storable(params: dict[str, Any]) -> dict[str, Any]:
     """``params`` with the message and the details made storable (see the module
-    docstring); the caller's objects are not changed."""
+    docstring), no details sent as ``{}``; the caller's objects are not changed."""
     params = dict(params)
     message = params.get("message")
     if message is not None:
         value = message if isinstance(message, str | bytes) else str(message)
         params["message"] = storable_text(value, MESSAGE_MAX_BYTES)
-    if params.get("details") is not None:
-        params["details"] = storable_details(params["details"])
+    if "details" in params:
+        details = params["details"]
+        params["details"] = {} if details is None else storable_details(details)
     return params
 
 
