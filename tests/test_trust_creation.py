@@ -454,12 +454,12 @@ def test_with_the_database_refusing_the_first_recording_the_error_is_still_recor
     with engine.begin() as conn:
         conn.execute(
             text(
-                "ALTER TABLE job_status_changes ADD CONSTRAINT no_traceback "
-                "CHECK (NOT coalesce(details ? 'traceback', false))"
+                "ALTER TABLE job_status_changes ADD CONSTRAINT no_durations "
+                "CHECK (NOT coalesce(details ? 'durations', false))"
             )
         )
     assert run_worker(job_id, 1, worker_settings) == EXIT_DO_NOT_RELAUNCH
     status, change = _last_change(engine, job_id)
     assert status is S.INTERNAL_ERROR
-    assert "no_traceback" in change.details["recording_error"]
+    assert "no_durations" in change.details["recording_error"]
     assert change.details["error"]["class"] in change.message

@@ -23,9 +23,11 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
@@ -38,6 +40,7 @@ from joblife.runners.base import DEFAULT_ISOLATION, ContainerIsolation
 
 if TYPE_CHECKING:
     from joblife.worker.context import WorkerContext
+    from joblife.worker.outputs import ProductOutputs
 
 
 @dataclass(slots=True)
@@ -79,6 +82,27 @@ class JobTemplate(Job):
     """Attempts allowed before an external error is no longer retried automatically."""
     DEPENDENCY_TIMEOUT: ClassVar[timedelta] = timedelta(hours=24)
     """How long a job may wait in ``configured`` for a dependency before it fails."""
+
+    # -- discovery (docs/partner-guide.md, "Discovery") ---------------------------------------
+    DISCOVERY_MODE: ClassVar[str] = "modified_since"
+    """How creation asks :meth:`get_jobs_to_create` for products: ``modified_since`` (the
+    window from the discovery cursor, less ``DISCOVERY_OVERLAP_SECONDS``, to now) or
+    ``listing_diff`` (every product the type lists, at every cycle: a product dated before
+    the cursor is found too). In both, a product whose natural key is known is skipped
+    before anything is inserted."""
+    DISCOVERY_SETTLE_SECONDS: ClassVar[float | None] = None
+    """A product dated (``input_publication_date``) less than this before the cycle is left
+    for a later cycle (a file may still be being written). None: the
+    ``discovery_settle_seconds`` setting."""
+    DISCOVERY_OVERLAP_SECONDS: ClassVar[float | None] = None
+    """``modified_since``: the window starts this long before the cursor, for a storage
+    that lists an object after a newer one (S3 dates a multipart upload by its start).
+    None: the ``discovery_overlap_seconds`` setting."""
+    REPROCESS_ON_CHANGE: ClassVar[bool] = False
+    """A known product discovered with another ``input_publication_date`` (the reference
+    types: its modification time) or ``input_listing`` than its latest job's gets a new
+    job, whose ``reprocessing_context`` is :meth:`changed_input_context`. Off: it is
+    skipped as known (logged at debug level)."""
 
     # -- the worker's science step (the default steps read these; docs/partner-guide.md) ----
     SCIENCE_RUNNER: ClassVar[str] = "docker"
@@ -160,8 +184,9 @@ class JobTemplate(Job):
 
     @classmethod
     def get_jobs_to_create(cls, start: datetime, end: datetime) -> JobsToCreate:
-        """Discover the input products published in ``[start, end)`` and return the jobs to
-        create (and to record as cancelled). Every job type must implement it."""
+        """Discover the input products published in ``[start, end)`` (timezone-aware UTC
+        datetimes; see ``DISCOVERY_MODE`` for the window) and return the jobs to create (and
+        to record as cancelled). Every job type must implement it."""
         raise NotImplementedError(
             f"{cls.__name__}.get_jobs_to_create(start, end) must be implemented by the job type"
         )
@@ -169,6 +194,21 @@ class JobTemplate(Job):
     def job_pre_insertion_setup(self) -> None:
         """Complete a discovered job before it is inserted (paths, priority...). Default:
         nothing."""
+
+    def changed_input_context(self) -> str:
+        """The ``reprocessing_context`` of the new job of a known product whose input
+        changed (``REPROCESS_ON_CHANGE``), set after :meth:`job_pre_insertion_setup`.
+        Default: ``changed-`` and the input publication date in UTC
+        (``changed-20260301T101500Z``, microseconds when there are some), or a digest of the
+        input listing for a job without a date. A type that sets ``output_path`` itself
+        makes it depend on the context (the default output location does)."""
+        published = self.input_publication_date
+        if published is None:
+            listing = json.dumps(self.input_listing or {}, sort_keys=True)
+            return f"changed-{hashlib.sha256(listing.encode()).hexdigest()[:16]}"
+        stamp = published.astimezone(UTC).strftime("%Y%m%dT%H%M%S")
+        fraction = f".{published.microsecond:06d}" if published.microsecond else ""
+        return f"changed-{stamp}{fraction}Z"
 
     # -- configuration ---------------------------------------------------------------------
     @classmethod
@@ -201,7 +241,12 @@ class JobTemplate(Job):
 
     def get_products_publication_jsons(self) -> list[dict[str, Any]]:
         """The messages announcing the output products, one per entry of
-        ``OUTPUT_PRODUCTS_LIST``. Default: the job's identifying fields."""
+        ``OUTPUT_PRODUCTS_LIST``; their schema is docs/product-message.schema.json.
+        Default: the job's identifying fields, ``output_path``, and where a consumer finds
+        the product (:meth:`product_outputs`): ``output_url``, the storage URL of the
+        output prefix, and ``files``, each output's ``name``, ``size``, ``sha256`` and
+        ``url`` (both null when the type uploads its outputs itself)."""
+        outputs = self.product_outputs()
         return [
             {
                 "job_type": self.job_type,
@@ -211,10 +256,21 @@ class JobTemplate(Job):
                 "input_product_id": self.input_product_id,
                 "tile_id": self.tile_id,
                 "output_path": self.output_path,
+                "output_url": outputs.url if outputs is not None else None,
+                "files": outputs.files_json() if outputs is not None else None,
                 "input_publication_date": _iso(self.input_publication_date),
             }
             for product in (type(self).OUTPUT_PRODUCTS_LIST or [])
         ]
+
+    def product_outputs(self) -> ProductOutputs | None:
+        """This attempt's outputs, as the worker's default post-processing uploaded them
+        (or its pre-processing found them uploaded by an earlier attempt): the output URL
+        and each file's name, size, SHA-256 and URL. None outside a worker, or when the
+        type uploads its outputs itself (a message of its own may then list them)."""
+        from joblife.worker.outputs import recorded_outputs
+
+        return recorded_outputs(self)
 
     # -- the worker's steps ----------------------------------------------------------------
     # The defaults live in joblife.worker.steps (imported when called: the worker runtime

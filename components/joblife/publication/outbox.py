@@ -5,9 +5,10 @@ A relay claims **jobs** (``processed`` or ``start_publication``, priority then a
 ``FOR NO KEY UPDATE SKIP LOCKED`` and takes their unpublished rows of the job's current
 attempt. The job locks stay held while the batch is published and recorded, in one
 transaction: two relays never publish the same job's messages at the same time, and the
-relay that holds a job decides when all its products are confirmed. Rows confirmed by the
-broker get ``published_at`` (the confirmation time) in the same transaction that moves
-their job; rows not confirmed keep ``published_at`` NULL and are sent again later, so a
+relay that holds a job decides when all its products are confirmed. Rows confirmed (by the
+broker, or by the fsync of the local spool) get ``published_at`` (the confirmation time) in
+the same transaction that moves their job, whose ``published`` status message says which
+confirmed them; rows not confirmed keep ``published_at`` NULL and are sent again later, so a
 partly published job resends only its unconfirmed products.
 """
 
@@ -36,6 +37,15 @@ log = job_logger("publication")
 S = JobStatus
 #: Details of every status change publication makes (tells them from other services').
 STAGE = {"stage": "publication"}
+#: What confirmed the messages of a relay publishing to RabbitMQ (``confirmed_by``).
+BY_THE_BROKER = "the broker"
+
+
+def by_the_spool(path: object) -> str:
+    """What confirmed the messages of a relay writing to the local spool ``path``
+    (``confirmed_by``): its fsync, the spool's confirmation."""
+    return f"the fsync of the publication spool {path}"
+
 
 _CLAIM_JOBS = text(
     f"""
@@ -225,12 +235,15 @@ def record(
     jobs: Sequence[ClaimedJob],
     deliveries: Sequence[Delivery],
     job_types: dict[str, type[JobTemplate]],
+    confirmed_by: str = BY_THE_BROKER,
 ) -> BatchResult:
     """Record the broker's answers (``deliveries`` in the order of the jobs' rows) and move
     the jobs: every product confirmed → published → done (the hook
     ``set_product_publication_date`` gets the last confirmation time); a product returned
     unroutable → external_error naming it; otherwise the job waits in start_publication
-    and its unconfirmed rows are sent again."""
+    and its unconfirmed rows are sent again. ``confirmed_by`` names what confirmed the
+    messages in the ``published`` status message (:data:`BY_THE_BROKER`,
+    :func:`by_the_spool`)."""
     result = BatchResult(jobs=len(jobs))
     published: dict[str, list[Any]] = {"ids": [], "keys": [], "ats": []}
     failed: dict[str, list[Any]] = {"ids": [], "keys": [], "errors": [], "ats": []}
@@ -277,7 +290,7 @@ def record(
         _fail_unroutable(session, claimed[job_id], rows)
         result.failed_jobs += 1
     if complete:
-        result.done = finish(session, complete, job_types)
+        result.done = finish(session, complete, job_types, confirmed_by)
     return result
 
 
@@ -285,12 +298,14 @@ def finish(
     session: Session,
     jobs: dict[int, tuple[str, datetime | None]],
     job_types: dict[str, type[JobTemplate]],
+    confirmed_by: str = BY_THE_BROKER,
 ) -> int:
     """start_publication → published → done for ``jobs`` (id → job type, last confirmation
     of this batch, None if their products were all confirmed before), every product of
-    which is confirmed; the job type's ``set_product_publication_date`` receives the last
-    confirmation time. A hook that fails puts its job in internal_error (its products
-    stay published). Returns how many jobs are done."""
+    which is confirmed (by ``confirmed_by``, said in the ``published`` message); the job
+    type's ``set_product_publication_date`` receives the last confirmation time. A hook
+    that fails puts its job in internal_error (its products stay published). Returns how
+    many jobs are done."""
     job_ids = list(jobs)
     dates = {job_id: at for job_id, (_, at) in jobs.items() if at is not None}
     earlier = [job_id for job_id in job_ids if job_id not in dates]
@@ -301,7 +316,7 @@ def finish(
         job_ids,
         S.PUBLISHED,
         expected=S.START_PUBLICATION,
-        message="every product confirmed by the broker",
+        message=f"every product confirmed by {confirmed_by}",
         details=STAGE,
     )
     types = {job_id: job_type for job_id, (job_type, _) in jobs.items()}

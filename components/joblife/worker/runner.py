@@ -25,7 +25,11 @@ one connection, opened for each transaction and closed after it
 
 Failures: :class:`~joblife.errors.ExternalJobError` → ``external_error`` and exit 2 (relaunch);
 anything else → ``internal_error`` and exit 0 (do not relaunch). If the job stopped being
-this attempt's (cancelled, failed by the monitor), the worker stops and exits 0.
+this attempt's (cancelled, failed by the monitor), the worker stops and exits 0. A classified
+failure (a :class:`~joblife.errors.JobFailure`: a failed science step, a missing input...)
+is recorded with its message alone, which says what went wrong (a science step's own last
+log line included); only an unexpected exception, a bug, gets its traceback in the status
+details and the log.
 
 Every line the worker process logs, from any thread or library, carries the job's
 ``job_id``, ``job_type``, ``attempt`` and current ``status`` (updated at each change; see
@@ -79,7 +83,13 @@ from joblife.db.worker_doors import (
     worker_record_outcome,
     worker_write_publications,
 )
-from joblife.errors import ExternalJobError, InternalJobError, StatusConflict, StatusError
+from joblife.errors import (
+    ExternalJobError,
+    InternalJobError,
+    JobFailure,
+    StatusConflict,
+    StatusError,
+)
 from joblife.logs import JobLogger, setup_logging
 from joblife.model import Job, JobStatus, JobStatusChange, JobTemplate, load_job_types
 from joblife.model.status import IN_FLIGHT_STATUSES
@@ -612,7 +622,9 @@ class _Attempt:
             worker_record_outcome(session, self.job_id, self.attempt, **values)  # type: ignore[arg-type]
 
     def _fail(self, session: Session, status: JobStatus, error: BaseException) -> None:
-        """Record ``error`` as this attempt's ``status`` (an error status), with its details.
+        """Record ``error`` as this attempt's ``status`` (an error status), with its details:
+        the attempt's figures, and the end of the traceback only for an unexpected exception
+        (not a :class:`~joblife.errors.JobFailure`, whose message is the whole story).
 
         A failure to record the failure is itself recorded: if the first try raises
         anything but a :class:`StatusConflict` (the job is no longer this attempt's:
@@ -624,7 +636,14 @@ class _Attempt:
         message = f"{type(error).__name__}: {error}"
         previous = self.fields.get("status")
         self.fields["status"] = status  # the line reports the move to it
-        self.log.error("job %s: %s error: %s", self.job_id, kind, message)
+        unexpected = not isinstance(error, JobFailure)
+        self.log.error(
+            "job %s: %s error: %s",
+            self.job_id,
+            kind,
+            message,
+            exc_info=error if unexpected else None,
+        )
 
         def record(details: dict[str, Any]) -> None:
             worker_set_job_status(
@@ -639,12 +658,9 @@ class _Attempt:
             session.commit()
 
         try:  # gathering the details may fail too (a figure that cannot be read)
-            details = {
-                "attempt": self.attempt,
-                "durations": self.timings,
-                **self._figures(),
-                "traceback": traceback.format_exception(error)[-5:],
-            }
+            details = {"attempt": self.attempt, "durations": self.timings, **self._figures()}
+            if unexpected:
+                details["traceback"] = traceback.format_exception(error)[-5:]
             self._write(session, lambda: record(details))
             return
         except StatusConflict as exc:

@@ -8,7 +8,12 @@ type gets for free, driven by its class attributes (``SCIENCE_IMAGE``, ``SCIENCE
   downloaded and checked.
 - :func:`processing`: the science step through the type's runner.
 - :func:`post_processing`: the return code's class decides; outputs are uploaded under the
-  job's ``output_path`` with a manifest last; the logs are uploaded; the work dir removed.
+  job's ``output_path`` with a manifest last (each file's size and SHA-256); the logs are
+  uploaded; the work dir removed. A failed science step's message quotes its last log line
+  (:func:`last_log_line`).
+
+The outputs uploaded (or found uploaded by an earlier attempt) are recorded on the job for
+its product message (:mod:`joblife.worker.outputs`).
 
 A full disk (ENOSPC, EDQUOT) anywhere in these steps is an external error saying so
 (:meth:`WorkerContext.disk_full_is_external`); a science step that fails on a (nearly) full
@@ -21,7 +26,8 @@ import io
 import json
 import os
 import posixpath
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +48,7 @@ from joblife.storage import (
 )
 from joblife.storage.keys import UnsafeKey, check_key, check_location, escape
 from joblife.worker.context import WorkerContext
+from joblife.worker.outputs import OutputFile, ProductOutputs, record_outputs, sha256_of
 from joblife.worker.workfiles import UnsafeWorkFile, WorkFile, WorkTree
 
 if TYPE_CHECKING:
@@ -51,6 +58,8 @@ if TYPE_CHECKING:
 MANIFEST = "_joblife_manifest.json"
 #: Where a container sees the work dir.
 MOUNT_POINT = "/work"
+#: Most characters of the science step's last log line quoted in a failure message.
+FAILURE_LINE_MAX_CHARS = 300
 
 
 # -- pre-processing ------------------------------------------------------------------------------
@@ -63,10 +72,11 @@ def pre_processing(job: JobTemplate, context: WorkerContext) -> None:
             job.output_path = job.default_output_path()
         fields = job_fields(job, context, inside=False)
         context.logs_location = cls.LOGS_LOCATION.format_map(fields)
-        if cls.SKIP_IF_OUTPUT_EXISTS and outputs_exist(job, context):
+        previous = previous_outputs(job, context) if cls.SKIP_IF_OUTPUT_EXISTS else None
+        if previous is not None:
             context.skip_science = True
-            storage, key = context.storage_for(job.output_path)
-            context.figures["skipped"] = f"every output already exists at {storage.url(key)}"
+            record_outputs(job, previous)
+            context.figures["skipped"] = f"every output already exists at {previous.url}"
             return
         if not job.input_path:
             raise InternalJobError(f"job {job.id} has no input_path: nothing to process")
@@ -193,24 +203,46 @@ def output_prefix(job: JobTemplate, context: WorkerContext) -> tuple[Storage, st
 
 
 def outputs_exist(job: JobTemplate, context: WorkerContext) -> bool:
-    """Whether an earlier attempt uploaded every output: the manifest exists and each file
-    it lists is there with its size."""
+    """Whether an earlier attempt uploaded every output (:func:`previous_outputs`)."""
+    return previous_outputs(job, context) is not None
+
+
+def previous_outputs(job: JobTemplate, context: WorkerContext) -> ProductOutputs | None:
+    """The outputs an earlier attempt uploaded, if it uploaded every one: the manifest
+    exists and each file it lists is there with its size (their SHA-256 as the manifest
+    lists them; None from a manifest of a joblife that wrote none). None otherwise, and for
+    a manifest that cannot be read or names a file by an unsafe key (the step runs again)."""
     storage, key = output_prefix(job, context)
     manifest_path = context.logs_dir / ".previous-manifest.json"
     try:
         storage.download(join_key(key, MANIFEST), manifest_path)
         manifest = json.loads(manifest_path.read_text())
         expected: dict[str, int] = manifest["files"]
+        checksums: dict[str, str] = manifest.get("sha256") or {}
+        files = tuple(
+            OutputFile(name, size, _sha256(checksums.get(name)), storage.url(child_key(key, name)))
+            for name, size in sorted(expected.items())
+        )
     except ObjectNotFound:
-        return False
-    except (ValueError, KeyError, TypeError):
+        return None
+    except (ValueError, KeyError, TypeError, AttributeError, UnsafeKey):
         context.log.warning("job %s: unreadable output manifest: re-running", job.id)
-        return False
+        return None
     finally:
         manifest_path.unlink(missing_ok=True)
     objects = storage.list(f"{key}/" if key else "")
     present = {o.key[len(key) :].lstrip("/"): o.size for o in objects}
-    return all(present.get(name) == size for name, size in expected.items())
+    if not all(present.get(f.name) == f.size for f in files):
+        return None
+    return ProductOutputs(storage.url(key), files)
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _sha256(value: object) -> str | None:
+    """``value`` if it is a SHA-256 as joblife writes it (lowercase hex), else None."""
+    return value if isinstance(value, str) and _SHA256.fullmatch(value) else None
 
 
 # -- processing ----------------------------------------------------------------------------------
@@ -326,32 +358,65 @@ def post_processing(job: JobTemplate, context: WorkerContext, return_code: int) 
         elif return_code in cls.RETRYABLE_RETURN_CODES:
             raise ExternalJobError(
                 f"science step returned {return_code}, a retryable code for job type "
-                f"{cls.JOB_NAME}; last log lines in the status details" + context.disk_full_note()
+                f"{cls.JOB_NAME}" + _said(context.log_tail) + context.disk_full_note()
             )
         else:
             # The science code's return code decides the class, even on a full disk: the
             # worker cannot tell whether the disk made the step fail, and outputs too big
             # for the flavor's disk would fail every retry; the message says so, though.
             raise InternalJobError(
-                f"science step failed with return code {return_code}; last log lines in the "
-                "status details" + context.disk_full_note()
+                f"science step failed with return code {return_code}"
+                + _said(context.log_tail)
+                + context.disk_full_note()
             )
         context.close()
 
 
+#: Terminal control sequences (colours, cursor moves) a log line may carry.
+_TERMINAL_SEQUENCE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+
+
+def last_log_line(tail: Sequence[str]) -> str | None:
+    """The last non-empty line of a science step's log tail (already redacted and bounded
+    by the runner, :class:`~joblife.runners.base.LogTail`), made one line of plain text:
+    terminal sequences removed, only what the last carriage return left (a progress bar's
+    last state), other control characters and runs of blanks as one space, cut to
+    :data:`FAILURE_LINE_MAX_CHARS`. None if no line has any text."""
+    for line in reversed(tail):
+        pieces = [p for p in _TERMINAL_SEQUENCE.sub("", line).split("\r") if p.strip()]
+        text = " ".join(_CONTROL_CHARACTERS.sub(" ", pieces[-1]).split()) if pieces else ""
+        if text:
+            if len(text) > FAILURE_LINE_MAX_CHARS:
+                text = text[: FAILURE_LINE_MAX_CHARS - 1].rstrip() + "\u2026"
+            return text
+    return None
+
+
+def _said(tail: Sequence[str]) -> str:
+    """What a failed science step said last, for its failure message: ``": <its last log
+    line>"``, or that it wrote nothing."""
+    line = last_log_line(tail)
+    return f": {line}" if line is not None else " and wrote no log output"
+
+
 def upload_outputs(job: JobTemplate, context: WorkerContext) -> None:
-    """Upload every file of ``output/`` under the job's output path, then the manifest.
+    """Upload every file of ``output/`` under the job's output path, then the manifest
+    (each file's size and SHA-256); record the outputs on the job for its product message
+    (:func:`~joblife.worker.outputs.record_outputs`).
 
     Only regular files that lie inside the work dir are read, from descriptors checked
     once opened (:class:`~joblife.worker.workfiles.WorkTree`); a link, a file that is not
     regular or has other names, or a name that is no safe key ends the attempt as an
-    InternalJobError naming it, before anything is uploaded."""
+    InternalJobError naming it, before anything is uploaded. Each file is read twice: once
+    for its checksum (``checksum`` figures), once to upload it."""
     storage, prefix = output_prefix(job, context)
     tree = WorkTree(context.work_dir, "output")
     files = _output_files(tree)
     if not files:
         raise InternalJobError("the science step reported a product but wrote nothing in output/")
     keys = {f.name: _output_key(prefix, f.name) for f in files}
+    checksums = _checksums(context, tree, files)
     produced_at = utc_now()
     manifest = {
         "job_id": job.id,
@@ -360,6 +425,7 @@ def upload_outputs(job: JobTemplate, context: WorkerContext) -> None:
         "produced_at": produced_at.isoformat(),
         "science_image": job.science_image,
         "files": {f.name: f.size for f in files},
+        "sha256": checksums,
     }
     data = json.dumps(manifest, indent=1).encode()
     _keep_in_logs(context, MANIFEST, data)
@@ -377,6 +443,32 @@ def upload_outputs(job: JobTemplate, context: WorkerContext) -> None:
         storage.upload_file(io.BytesIO(data), _output_key(prefix, MANIFEST))
     context.figures["produced_at"] = produced_at.isoformat()
     context.figures["outputs"] = storage.url(prefix)
+    record_outputs(
+        job,
+        ProductOutputs(
+            storage.url(prefix),
+            tuple(
+                OutputFile(f.name, f.size, checksums[f.name], storage.url(keys[f.name]))
+                for f in files
+            ),
+        ),
+    )
+
+
+def _checksums(context: WorkerContext, tree: WorkTree, files: list[WorkFile]) -> dict[str, str]:
+    """The SHA-256 of each of ``files`` (by name), read as they are uploaded (from checked
+    descriptors); timed as the ``checksum`` figures."""
+    checksums: dict[str, str] = {}
+    with context.measure("checksum") as figures:
+        for file in files:
+            try:
+                with tree.open(file.name) as opened:
+                    checksums[file.name] = sha256_of(opened)
+            except UnsafeWorkFile as exc:  # swapped for a link or a FIFO since the walk
+                raise InternalJobError(f"refused to read the output {exc}") from None
+            figures.files += 1
+            figures.bytes += file.size
+    return checksums
 
 
 def _output_files(tree: WorkTree) -> list[WorkFile]:
