@@ -1,11 +1,14 @@
 """``joblife demo`` (issue 7) as a user runs it: a subprocess on the embedded defaults
 (embedded PostgreSQL in a temp data dir, local executor, local storage, the spool), run
-twice; every demo job ends done and the database is left for ``joblife status``."""
+twice; every demo job ends done, in the demo's own database (issue 17: emptied at each
+run), which the demo's printed commands look at. ``joblife status`` on the fresh data dir
+says what to run first (issue 17, item 15)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,15 +29,34 @@ def demo_env(data_dir: Path) -> dict[str, str]:
     return env
 
 
-def run_joblife(*args: str, data_dir: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_joblife(
+    *args: str, data_dir: Path, timeout: float = 120, extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [*JOBLIFE, *args],
-        env=demo_env(data_dir),
+        env={**demo_env(data_dir), **(extra or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
     )
+
+
+def printed_command(stdout: str, command: str) -> tuple[dict[str, str], list[str]]:
+    """The ``VAR=value`` assignments and the arguments of the printed ``joblife <command>``
+    line (the demo's "next:" lines, shell-quoted)."""
+    for line in stdout.splitlines():
+        try:
+            words = shlex.split(line.removeprefix("next:"), comments=True)
+        except ValueError:  # prose ("the demo's jobs ..."), not a command
+            continue
+        if "joblife" not in words:
+            continue
+        at = words.index("joblife")
+        if words[at + 1 : at + 1 + len(command.split())] == command.split():
+            assignments = dict(word.split("=", 1) for word in words[:at])
+            return assignments, words[at + 1 :]
+    raise AssertionError(f"no `joblife {command}` line in:\n{stdout}")
 
 
 @pytest.fixture
@@ -44,7 +66,14 @@ def data_dir(server_tmp_path: Path) -> Iterator[Path]:
     stop_embedded_server(directory / "postgres")
 
 
-def test_demo_runs_every_job_to_done_twice_and_leaves_the_database(data_dir: Path):
+def test_demo_runs_every_job_to_done_twice_and_leaves_its_database(data_dir: Path):
+    # A fresh data dir: status starts the embedded server, and says what to run first.
+    fresh = run_joblife("status", data_dir=data_dir)
+    assert fresh.returncode == 1, fresh.stdout + fresh.stderr
+    assert "not migrated" in fresh.stderr
+    for hint in ("joblife db upgrade", "joblife demo", "joblife db stop"):
+        assert hint in fresh.stderr, fresh.stderr
+
     first = run_joblife(
         "demo", "--data-dir", str(data_dir), "--jobs-per-type", "2", data_dir=data_dir
     )
@@ -53,29 +82,50 @@ def test_demo_runs_every_job_to_done_twice_and_leaves_the_database(data_dir: Pat
     for job_type in ("h5repack", "image_ingest", "tile_series"):
         assert job_type in first.stdout
     assert "step durations" in first.stdout and "timeliness" in first.stdout
+    assert "joblife db stop" in first.stdout
 
     second = run_joblife("demo", "--data-dir", str(data_dir), data_dir=data_dir)
     assert second.returncode == 0, second.stdout + second.stderr
 
-    url = embedded_database_url(data_dir / "postgres").replace("+psycopg2", "")
-    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+    # The printed commands name the demo's own database, on the embedded server.
+    env, _ = printed_command(second.stdout, "status")
+    assert env["JOBLIFE_DATA_DIR"] == str(data_dir.resolve())
+    demo_url = env["JOBLIFE_DATABASE_URL"]
+    assert "/joblife_demo?host=" in demo_url
+    for command in ("jobs show", "web"):
+        assert printed_command(second.stdout, command)[0] == env
+
+    # Only the second run's jobs: the database is emptied at each run.
+    with psycopg2.connect(demo_url) as conn, conn.cursor() as cur:
         cur.execute("SELECT job_type, status, count(*) FROM jobs GROUP BY 1, 2 ORDER BY 1")
         assert cur.fetchall() == [
-            ("h5repack", 12, 5),
-            ("image_ingest", 12, 5),
-            ("tile_series", 12, 5),
+            ("h5repack", 12, 3),
+            ("image_ingest", 12, 3),
+            ("tile_series", 12, 3),
         ]
         cur.execute("SELECT count(*) FROM publications WHERE published_at IS NULL")
         assert cur.fetchone() == (0,)
         cur.execute("SELECT count(DISTINCT input_product_id) FROM jobs")
-        assert cur.fetchone() == (15,)
+        assert cur.fetchone() == (9,)
+    # Nothing in the user's own embedded database.
+    url = embedded_database_url(data_dir / "postgres").replace("+psycopg2", "")
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_tables WHERE tablename = 'jobs'")
+        assert cur.fetchone() == (0,)
     spool = data_dir / "publication-spool" / "publications.jsonl"
     messages = [json.loads(line) for line in spool.read_text().splitlines()]
-    assert len({m["message_id"] for m in messages}) == 15
+    assert len({m["message_id"] for m in messages}) == 6 + 9  # both runs' messages
 
-    status = run_joblife("status", "--json", data_dir=data_dir)
+    status = run_joblife("status", "--json", data_dir=data_dir, extra=env)
     assert status.returncode == 0, status.stderr
-    assert "done" in status.stdout
-    show = run_joblife("jobs", "show", "1", data_dir=data_dir)
+    assert json.loads(status.stdout)["totals"] == {"done": 9}
+    _, show_args = printed_command(second.stdout, "jobs show")
+    show = run_joblife(*show_args, data_dir=data_dir, extra=env)
     assert show.returncode == 0, show.stderr
-    assert "h5repack" in show.stdout
+    assert show_args == ["jobs", "show", "1"]  # the first job of a fresh database
+    assert any(t in show.stdout for t in ("h5repack", "image_ingest", "tile_series"))
+
+    # Without the prefix, status (on the user's empty database) points at the demo's.
+    plain = run_joblife("status", data_dir=data_dir)
+    assert plain.returncode == 1
+    assert f"JOBLIFE_DATABASE_URL={shlex.quote(demo_url)} joblife status" in plain.stderr

@@ -209,11 +209,6 @@ def test_the_published_message_names_what_confirmed_the_products(session: Sessio
         assert _published_message(session, job_id) == f"every product confirmed by {expected}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="relay.py must pass confirmed_by=outbox.by_the_spool(path) to outbox.record "
-    "for a spool publisher (reported to its owner); remove this mark then",
-)
 def test_a_spool_relay_says_the_spool_s_fsync_confirmed_them(
     session: Session, engine: Engine, tmp_path: Path
 ):

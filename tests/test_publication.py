@@ -450,9 +450,10 @@ def test_no_broker_url_keeps_messages_in_the_outbox(
     monkeypatch: pytest.MonkeyPatch,
 ):
     monkeypatch.delenv("JOBLIFE_AMQP_URL", raising=False)
+    monkeypatch.setenv("JOBLIFE_PUBLICATION_SPOOL", "none")  # else the embedded default spool
     get_settings.cache_clear()
     ids = processed_jobs(session, 2)
-    service = make_service(None)
+    service = make_service(None, publication_spool="none")
     assert not service.enabled
 
     report = service.run_cycle()

@@ -765,10 +765,13 @@ class Settings(BaseSettings):
     )
     publication_spool: str | None = Field(
         default=None,
-        description="Without a broker (amqp_url unset): a directory or file:// URL where the "
-        "relay appends each product message as one JSON line, fsynced (the fsync is the "
-        "confirmation), and the jobs go on to done; unset = messages stay in the outbox. "
-        "`joblife demo` sets it.",
+        description="Without a broker (amqp_url unset): where the relay appends each product "
+        "message as one JSON line, fsynced (the fsync is the confirmation), and the jobs go "
+        "on to done: a directory (the file is publications.jsonl in it), a .jsonl file, or a "
+        "file:// URL of either. Unset = <data_dir>/publication-spool (the embedded default: "
+        "jobs finish with nothing configured); `none` = no spool: the messages stay in the "
+        "outbox (`joblife publications list`) and the jobs at processed (the rendered Nomad "
+        "services set it). Ignored when amqp_url is set.",
     )
 
     # -- formats: refused at start rather than when a service first uses them ------------

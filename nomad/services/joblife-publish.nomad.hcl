@@ -48,6 +48,10 @@ job "joblife-publish" {
         change_mode = "noop"
       }
 
+      env {
+        JOBLIFE_PUBLICATION_SPOOL = "none"
+      }
+
       resources {
         cpu    = 500
         memory = 512

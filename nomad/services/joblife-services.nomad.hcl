@@ -39,6 +39,10 @@ job "joblife-services" {
         change_mode = "restart"
       }
 
+      env {
+        JOBLIFE_PUBLICATION_SPOOL = "none"
+      }
+
       kill_signal  = "SIGTERM"
       kill_timeout = "30s"
 

@@ -186,6 +186,8 @@ def periodic_service_job(service: str, settings: Settings) -> Block:
     # `run --once --services X`: one cycle of X, the same for every service (publish
     # included, whose own command loops).
     task = _task(group, service, ["run", "--once", "--services", service], settings, service)
+    if service == "publish":
+        _no_default_spool(task)
     _service_resources(task)
     return job
 
@@ -196,9 +198,19 @@ def long_running_services_job(settings: Settings) -> Block:
     group = job.block("group", "run").attr("count", SERVICE_REPLICAS)
     _restart_in_place(group)
     task = _task(group, "run", ["run"], settings, "run", change_mode="restart")
+    _no_default_spool(task)
     task.attr("kill_signal", "SIGTERM").attr("kill_timeout", "30s")
     _service_resources(task)
     return job
+
+
+def _no_default_spool(task: Block) -> None:
+    """Without a broker, a relay on the embedded defaults appends the messages to a spool
+    in its data dir: in an allocation that file is gone with it, so the rendered relays
+    keep them in the outbox instead (``publication_spool = none``) until ``amqp_url`` or a
+    ``publication_spool`` on shared storage is set in the variable (its template's values
+    win over the ``env`` block)."""
+    task.block("env").attr("JOBLIFE_PUBLICATION_SPOOL", "none")
 
 
 def web_job(settings: Settings) -> Block:

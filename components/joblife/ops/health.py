@@ -3,7 +3,9 @@
 Each check is bounded by ``health_timeout_seconds`` and never raises: a failure is a
 result naming the service and why. A service that is not configured is skipped (its
 embedded default has nothing to reach), except storage, whose default is a local
-directory that is checked like any other.
+directory that is checked like any other, and the broker, whose default is the local
+publication spool: the ``broker`` check then names the spool file and checks that it can
+be written (skipped only with ``publication_spool = none``: the messages stay in the outbox).
 """
 
 from __future__ import annotations
@@ -203,10 +205,8 @@ def _quiet_registry() -> Iterator[None]:
 
 
 def _broker(settings: Settings) -> tuple[str, str]:
-    if settings.amqp_url is None and settings.publication_spool:
-        raise _Skip(f"not configured (messages go to the spool {settings.publication_spool})")
     if settings.amqp_url is None:
-        raise _Skip("not configured (publication messages stay in the outbox)")
+        return _spool(settings)
     import pika
 
     url = settings.amqp_url.get_secret_value()
@@ -231,6 +231,22 @@ def _broker(settings: Settings) -> tuple[str, str]:
         raise _Failed(target, f"unreachable: {_first_line(exc) or type(exc).__name__}") from exc
     connection.close()
     return target, "connected"
+
+
+def _spool(settings: Settings) -> tuple[str, str]:
+    """Without a broker: the spool the relay appends to, if it can (nothing is written)."""
+    from joblife.publication.spool import NO_SPOOL, effective_spool, spool_problem
+
+    spool = effective_spool(settings)
+    if spool is None:
+        raise _Skip(
+            f"not configured (no broker, publication_spool = {NO_SPOOL}: the messages stay "
+            "in the outbox and the jobs at processed)"
+        )
+    problem = spool_problem(spool)
+    if problem is not None:
+        raise _Failed(str(spool), f"no broker configured and the spool is not usable: {problem}")
+    return str(spool), "no broker configured: product messages go to this spool file (writable)"
 
 
 def _nomad_probe_client(settings: Settings) -> Any:

@@ -8,10 +8,12 @@ jobs (:func:`~joblife.publication.outbox.record`), commit. Batches are pipelined
 :meth:`PublicationService._publish`). Any number of services can run at once: a job is
 published by the one that holds it.
 
-Without a broker URL the service does nothing and the messages wait in the outbox
-(``joblife publications list`` shows them), unless ``publication_spool`` is set: then
-:class:`~joblife.publication.spool.SpoolPublisher` appends them to a local JSON-lines file
-(fsync = confirmation) and the jobs go on to ``done`` as with a broker. When the broker is
+Without a broker URL, :class:`~joblife.publication.spool.SpoolPublisher` appends the
+messages to a local JSON-lines file (fsync = confirmation; ``publication_spool``, by default
+``<data_dir>/publication-spool``) and the jobs go on to ``done`` as with a broker; with
+``publication_spool = none`` the service does nothing and the messages wait in the outbox
+(``joblife publications list`` shows them). See
+:func:`~joblife.publication.spool.effective_spool`. When the broker is
 down the rows stay unpublished and the jobs wait; the connection is retried with an
 exponential backoff (up to ``amqp_reconnect_max_seconds``) and everything resumes when it is
 back. A database outage is raised to the loop, which backs off (up to
@@ -49,7 +51,7 @@ from joblife.publication.broker import (
 from joblife.publication.errors import BrokerUnavailable
 from joblife.publication.feedback import MalformedFeedback, apply_feedback, parse_feedback
 from joblife.publication.publisher import Publisher
-from joblife.publication.spool import SpoolPublisher, spool_path
+from joblife.publication.spool import SpoolPublisher, effective_spool
 from joblife.publication.topology import Topology
 
 log = job_logger("publication")
@@ -131,12 +133,17 @@ class PublicationService:
                 connect_timeout=settings.amqp_connect_timeout_seconds,
                 feedback_queue=settings.amqp_feedback_queue,
             )
-        elif publisher is None and settings.publication_spool:
-            # No broker, a local spool: the embedded default (joblife demo).
-            publisher = SpoolPublisher(
-                spool_path(settings.publication_spool), self.topology.exchange, self.stop_event
-            )
+        elif publisher is None and (spool := effective_spool(settings)) is not None:
+            # No broker: the local spool, the embedded default (unless publication_spool
+            # is "none": the messages then stay in the outbox).
+            publisher = SpoolPublisher(spool, self.topology.exchange, self.stop_event)
         self.publisher: Publisher | None = publisher
+        #: What confirms this relay's messages, for the ``published`` status message.
+        self.confirmed_by = (
+            outbox.by_the_spool(publisher.path)
+            if isinstance(publisher, SpoolPublisher)
+            else outbox.BY_THE_BROKER
+        )
         self._backoff = 0.0
         self._next_connect = 0.0  # time.monotonic() before which no connection is tried
         self._messages_per_job = 1.0  # seen in the last claim
@@ -286,7 +293,9 @@ class PublicationService:
         rows = _sent_rows(batch.jobs)
         with batch.session as session:
             try:
-                result = outbox.record(session, batch.jobs, answers, self.context.job_types)
+                result = outbox.record(
+                    session, batch.jobs, answers, self.context.job_types, self.confirmed_by
+                )
                 session.commit()
             except BaseException:
                 # The broker has these messages: never send them again (at most a crash

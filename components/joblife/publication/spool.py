@@ -1,9 +1,13 @@
-"""Publication without a broker: a local spool file, the embedded default of ``joblife demo``.
+"""Publication without a broker: a local spool file, the embedded default.
 
-When ``amqp_url`` is unset and ``publication_spool`` is set (a directory, a ``.jsonl`` file,
-or a ``file://`` URL of either), the relay hands its batches to :class:`SpoolPublisher`
-instead of RabbitMQ. Each message becomes one JSON line appended to the spool file (mode
-0600, made so if it existed with a looser one)::
+When ``amqp_url`` is unset, the relay hands its batches to :class:`SpoolPublisher` instead
+of RabbitMQ, so that jobs reach ``done`` with nothing configured. The spool is the
+``publication_spool`` setting (a directory, a ``.jsonl`` file, or a ``file://`` URL of
+either), by default ``<data_dir>/publication-spool/publications.jsonl``; ``none`` keeps the
+messages in the outbox instead (and the jobs at ``processed``): see
+:func:`effective_spool`, and :func:`publication_target` for where the messages go, in
+words. Each message becomes one JSON line appended to the spool file (mode 0600, made so
+if it existed with a looser one)::
 
     {"message_id": "...", "exchange": "joblife.products", "routing_key": "h5repack.repacked",
      "headers": {...}, "body": {...the product's publication JSON...},
@@ -28,6 +32,7 @@ import stat
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from joblife.errors import ConfigurationError
@@ -42,10 +47,18 @@ from joblife.publication.broker import (
 )
 from joblife.publication.errors import BrokerUnavailable
 
+if TYPE_CHECKING:
+    from joblife.config import Settings
+
 #: The spool file's name when ``publication_spool`` names a directory.
 SPOOL_FILE_NAME = "publications.jsonl"
 #: The spool's mode: it holds every product message, for its owner only.
 SPOOL_MODE = 0o600
+#: The spool directory under ``data_dir`` when ``publication_spool`` is unset.
+DEFAULT_SPOOL_DIR = "publication-spool"
+#: The ``publication_spool`` value that turns the spool off: without a broker, the
+#: messages then stay in the outbox (``joblife publications list``), the jobs at processed.
+NO_SPOOL = "none"
 
 
 def _make_private(fd: int) -> None:
@@ -69,6 +82,61 @@ def spool_path(location: str) -> Path:
         location = unquote(parts.path)
     path = Path(location).expanduser()
     return path if path.suffix == ".jsonl" else path / SPOOL_FILE_NAME
+
+
+def spool_disabled(settings: Settings) -> bool:
+    """Whether ``publication_spool`` turns the spool off (:data:`NO_SPOOL`)."""
+    value = settings.publication_spool
+    return value is not None and value.strip().lower() == NO_SPOOL
+
+
+def effective_spool(settings: Settings) -> Path | None:
+    """The spool file the relay appends to, or None when it does not use one: a broker is
+    configured (``amqp_url``), or ``publication_spool`` is ``none`` (the messages stay in
+    the outbox). Unset (or empty) ``publication_spool`` is the embedded default,
+    ``<data_dir>/publication-spool/publications.jsonl``."""
+    if settings.amqp_url is not None or spool_disabled(settings):
+        return None
+    location = (settings.publication_spool or "").strip()
+    if not location:
+        return settings.data_dir / DEFAULT_SPOOL_DIR / SPOOL_FILE_NAME
+    return spool_path(location)
+
+
+def publication_target(settings: Settings) -> str:
+    """Where product messages go, for an operator, to follow "product messages"
+    (``joblife status``): to the broker (password hidden), to the spool file, or they stay
+    in the outbox."""
+    if settings.amqp_url is not None:
+        from joblife.logs import redact
+
+        url = redact(settings.amqp_url.get_secret_value())
+        return f"go to the broker {url} (exchange {settings.amqp_exchange})"
+    spool = effective_spool(settings)
+    if spool is None:
+        return (
+            f"stay in the outbox: no broker, publication_spool = {NO_SPOOL} "
+            "(`joblife publications list`); the jobs wait at processed"
+        )
+    return f"go to the spool {spool} (no broker configured)"
+
+
+def spool_problem(path: Path) -> str | None:
+    """Why the relay could not append to the spool file ``path`` (None: it can), found
+    without writing anything: the file, else the nearest directory that exists (the relay
+    makes the missing ones), must be writable."""
+    if path.exists():
+        if not path.is_file():
+            return f"{path} is not a file"
+        return None if os.access(path, os.W_OK) else f"{path} is not writable"
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create {path}: {parent} is not writable"
+    return None
 
 
 class SpoolPublisher:
