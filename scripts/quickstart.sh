@@ -15,8 +15,9 @@ To look at the demo's jobs, first activate the environment in your shell:
   source .venv/bin/activate
 then run the commands the demo printed above ("next:"); they carry the
 JOBLIFE_DATABASE_URL of the demo's own database. `joblife --help` lists the others.
-The web dashboard is the `joblife web` line: open http://127.0.0.1:8080/ and log in
-as admin with the password it prints the first time.
+The web dashboard is the `joblife web` line (or `joblife demo --web` next time):
+open http://127.0.0.1:8080/ and log in as admin with the password it prints the
+first time.
 
 The embedded PostgreSQL the demo started is still running (every joblife command
 reuses it). Stop it with:

@@ -129,3 +129,61 @@ def test_demo_runs_every_job_to_done_twice_and_leaves_its_database(data_dir: Pat
     plain = run_joblife("status", data_dir=data_dir)
     assert plain.returncode == 1
     assert f"JOBLIFE_DATABASE_URL={shlex.quote(demo_url)} joblife status" in plain.stderr
+
+
+def test_demo_web_serves_the_dashboard_on_the_demo_jobs(data_dir: Path) -> None:
+    """`joblife demo --web`: the demo, then the dashboard on its own database; the admin
+    created at first start logs in and sees the demo's jobs."""
+    import re
+    import socket
+
+    import requests
+
+    from tests.support.lifecycle import wait_for
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**demo_env(data_dir), "JOBLIFE_WEB_PORT": str(port)}
+    process = subprocess.Popen(
+        [*JOBLIFE, "demo", "--data-dir", str(data_dir), "--jobs-per-type", "1", "--web"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        lines: list[str] = []
+        for line in process.stdout:  # until the dashboard says where it listens
+            lines.append(line)
+            if "joblife web: http://" in line:
+                break
+        output = "".join(lines)
+        assert "every demo job is done" in output, output
+        password = re.search(r"with password: (\S+)", output).group(1)
+        base = f"http://127.0.0.1:{port}"
+
+        def login_page() -> requests.Response | None:
+            assert process.poll() is None, "joblife demo --web exited"
+            try:
+                return requests.get(f"{base}/login", timeout=5)
+            except requests.ConnectionError:
+                return None
+
+        page = wait_for(login_page, timeout=60, message="the dashboard to answer")
+        session = requests.Session()
+        session.cookies.update(page.cookies)
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+        session.post(
+            f"{base}/login",
+            data={"username": "admin", "password": password, "csrf_token": token},
+            timeout=10,
+        )
+        jobs = session.get(f"{base}/jobs", timeout=10)
+        assert jobs.status_code == 200
+        for job_type in ("h5repack", "image_ingest", "tile_series"):
+            assert f">{job_type}<" in jobs.text or job_type in jobs.text
+        assert jobs.text.count('data-testid="job-row-') == 3
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

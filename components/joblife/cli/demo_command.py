@@ -31,6 +31,7 @@ EXIT_INTERRUPTED = 130
 
 
 def demo(
+    ctx: typer.Context,
     data_dir: Annotated[
         Path | None,
         typer.Option(
@@ -51,6 +52,13 @@ def demo(
             ALLOW_CONFIGURED_FLAG,
             help="Run in the configured database (database_url) instead of refusing: the "
             "demo's services then act on every job of that database, not only the demo's.",
+        ),
+    ] = False,
+    web: Annotated[
+        bool,
+        typer.Option(
+            "--web",
+            help="Then serve the dashboard on the demo's jobs (as `joblife web`; Ctrl-C stops).",
         ),
     ] = False,
 ) -> None:
@@ -100,6 +108,11 @@ def demo(
     _summary(result, setup)
     if not result.all_done:
         raise typer.Exit(1)
+    if web:
+        from joblife.cli.web_commands import web as serve_dashboard
+
+        with applied(setup.env):
+            serve_dashboard(ctx)
 
 
 def _progress_table(counts: dict[str, dict[str, int]], elapsed: float, total: int) -> Table:
