@@ -184,6 +184,18 @@ class Job(Base):
         # A type's jobs in a status, newest (or oldest) status change first: `jobs list`
         # and `jobs stale` read one range of it per (type, status) (revision 0014).
         Index("ix_jobs_type_status_changed", "job_type", "status", "status_changed_at", "id"),
+        # The dashboard's product search, by prefix whatever the collation (revision 0019).
+        Index(
+            "ix_jobs_input_product_pattern",
+            "input_product_id",
+            postgresql_ops={"input_product_id": "text_pattern_ops"},
+        ),
+        Index(
+            "ix_jobs_tile_pattern",
+            "tile_id",
+            postgresql_ops={"tile_id": "text_pattern_ops"},
+            postgresql_where=text("tile_id IS NOT NULL"),
+        ),
         # `joblife timeliness --since` (revision 0014): outputs published in a window, and
         # the jobs whose output is pending by input publication date (covering both).
         Index(

@@ -125,5 +125,5 @@ def timeliness_chart(
                 borderWidth=1,
             ),
         ],
-        "options": _axes("hours, input → output publication"),
+        "options": _axes("hours to publish"),
     }

@@ -8,13 +8,14 @@ Every read is bounded, whatever the size of ``jobs`` and of the history:
   the last job shown, and the next page reads the index from there (no OFFSET: page 1,000
   costs what page 1 costs). The status-change orders read one range of
   ``ix_jobs_type_status_changed`` per (job type, status) that has jobs (the maintained
-  counts say which), merged in order; the id orders read the primary key.
-- The filters no index serves (priority, error text, and in the id orders the
-  status-change window) are applied to at most :data:`SCAN_LIMIT` jobs per page, taken in
-  the page's order from its cursor. When those
-  run out before the page is full, the page is short, :attr:`JobPage.truncated_search`
-  says so, and :attr:`JobPage.next_cursor` continues after the last job examined: paging
-  on searches the rest, a bounded slice at a time.
+  counts say which), merged in order; the id orders read those ranges whole and sort them
+  when they hold few jobs (:data:`ID_INDEX_READ`), else the primary key.
+- The filters no index serves (priority, error text; in the id orders read from the
+  primary key, every filter) are applied to at most :data:`SCAN_LIMIT` jobs per page,
+  taken in the page's order from its cursor. When those run out before the page is full,
+  the page is short, :attr:`JobPage.truncated_search` says so, and
+  :attr:`JobPage.next_cursor` continues after the last job examined: paging on searches
+  the rest, a bounded slice at a time.
 - A product filter first reads the jobs whose input product or tile matches, at most
   :data:`PRODUCT_CANDIDATES` of them (an index read with the product indexes: see
   :func:`search_jobs`).
@@ -57,11 +58,14 @@ SORTS: dict[str, str] = {
     "id_asc": "oldest job first",
 }
 DEFAULT_SORT = "changed_desc"
-#: Jobs a page examines at most for the filters no index serves (priority, error text; the
-#: status-change window in the id orders).
+#: Jobs a page examines at most for the filters no index serves (priority, error text; in
+#: the id orders read from the primary key, every filter).
 SCAN_LIMIT = 10_000
 #: The same for :func:`matching_ids` and :func:`count_matching`.
 MATCH_SCAN_LIMIT = 50_000
+#: In the id orders, the most jobs a type and status filter may match to be read through
+#: the type-status index and sorted (more: the primary key is read instead).
+ID_INDEX_READ = 20_000
 #: Jobs a product filter reads at most from the product indexes.
 PRODUCT_CANDIDATES = 10_000
 #: The largest page.
@@ -151,28 +155,31 @@ class JobFilter:
         date-times, UTC when without offset; ``product``: ``ABC`` (equal) or ``ABC*``
         (prefix). ValueError with a message naming the key for a bad value."""
 
-        def value(key: str) -> str | None:
-            raw = params.get(key)
+        keys = QUERY_KEYS
+
+        def value(field_name: str) -> str | None:
+            raw = params.get(keys[field_name])
             return (raw.strip() or None) if raw is not None else None
 
         getlist = getattr(params, "getlist", None)
-        status_values = getlist("status") if getlist else [params.get("status") or ""]
+        status_key = keys["statuses"]
+        status_values = getlist(status_key) if getlist else [params.get(status_key) or ""]
         product = value("product")
         prefix = product is not None and product.endswith(PREFIX_MARK)
-        if prefix:
-            product = product[: -len(PREFIX_MARK)]  # type: ignore[index]
+        if product is not None and prefix:
+            product = product[: -len(PREFIX_MARK)]
             if not product:
                 raise ValueError(f"product: give at least one character before {PREFIX_MARK}")
         priority = value("priority")
         return cls(
-            job_type=value("type"),
+            job_type=value("job_type"),
             statuses=_parse_status_values(status_values),
             priority=_parse_priority(priority) if priority is not None else None,
             changed_from=_parse_time("changed_from", value("changed_from")),
             changed_to=_parse_time("changed_to", value("changed_to")),
             product=product,
             product_prefix=prefix,
-            error_text=value("error"),
+            error_text=value("error_text"),
             sort=value("sort") or DEFAULT_SORT,
         )
 
@@ -180,24 +187,21 @@ class JobFilter:
         """The query-string parameters of this filter, only the fields that are set (the
         sort when not the default), in :data:`QUERY_KEYS` order: the same filter always
         gives the same URL, and ``from_query(f.to_query()) == f``."""
-        query: dict[str, str] = {}
-        if self.job_type is not None:
-            query["type"] = self.job_type
-        if self.statuses:
-            query["status"] = ",".join(s.label for s in self.statuses)
-        if self.priority is not None:
-            query["priority"] = self.priority.label
-        if self.changed_from is not None:
-            query["changed_from"] = _format_time(self.changed_from)
-        if self.changed_to is not None:
-            query["changed_to"] = _format_time(self.changed_to)
-        if self.product is not None:
-            query["product"] = self.product + (PREFIX_MARK if self.product_prefix else "")
-        if self.error_text is not None:
-            query["error"] = self.error_text
-        if self.sort != DEFAULT_SORT:
-            query["sort"] = self.sort
-        return query
+        values: dict[str, str | None] = {
+            "job_type": self.job_type,
+            "statuses": ",".join(s.label for s in self.statuses) or None,
+            "priority": self.priority.label if self.priority is not None else None,
+            "changed_from": _format_time(self.changed_from) if self.changed_from else None,
+            "changed_to": _format_time(self.changed_to) if self.changed_to else None,
+            "product": (
+                self.product + (PREFIX_MARK if self.product_prefix else "")
+                if self.product is not None
+                else None
+            ),
+            "error_text": self.error_text,
+            "sort": self.sort if self.sort != DEFAULT_SORT else None,
+        }
+        return {QUERY_KEYS[name]: v for name, v in values.items() if v is not None}
 
 
 def _parse_status_values(values: Sequence[str]) -> tuple[JobStatus, ...]:
@@ -381,24 +385,29 @@ def _like_prefix(prefix: str) -> str:
 
 
 def _plan(session: Session, flt: JobFilter, after: str | None, product_cap: int) -> _Plan:
+    """How to read the list: one of three scans, each narrowed by what its index serves,
+    the other filters left to the scanned rows (``plan.residual``, ``plan.joins``).
+
+    - product filter: the candidates (at most ``product_cap``), every filter applied;
+    - status-change orders: one ordered range per (type, status) with jobs, merged (the
+      first keys of each; or, to examine up to a scan bound, a Merge Append);
+    - id orders: the (type, status) ranges read whole and sorted, when they hold at most
+      :data:`ID_INDEX_READ` jobs; else the primary key from the cursor, every filter
+      applied to the rows read (a filter matching few of many jobs would otherwise make
+      it read without bound)."""
     plan = _Plan(flt)
     params = plan.params
     conditions: list[str] = []  # what every scanned job satisfies (alias j)
-    # The status-change window is an index range in the status-change orders; in the id
-    # orders no index serves it (and ids follow creation, not status changes).
-    window = conditions if flt.sort.startswith("changed") or flt.product else plan.residual
-    alias = "j" if window is conditions else "c"
-    if flt.changed_from is not None:
-        window.append(f"{alias}.status_changed_at >= :changed_from")
-        params["changed_from"] = flt.changed_from
-    if flt.changed_to is not None:
-        window.append(f"{alias}.status_changed_at < :changed_to")
-        params["changed_to"] = flt.changed_to
     if after is not None:
         params.update(decode_cursor(after, flt.sort))
         conditions.append(_after(flt.sort))
-    statuses = _statuses(flt)
-    narrowed = len(statuses) < len(JobStatus)
+    window = []  # the status-change window, an index range but in the primary key
+    if flt.changed_from is not None:
+        window.append("{0}.status_changed_at >= :changed_from")
+        params["changed_from"] = flt.changed_from
+    if flt.changed_to is not None:
+        window.append("{0}.status_changed_at < :changed_to")
+        params["changed_to"] = flt.changed_to
     if flt.priority is not None:
         plan.residual.append("c.priority = :priority")
         params["priority"] = int(flt.priority)
@@ -416,6 +425,8 @@ def _plan(session: Session, flt: JobFilter, after: str | None, product_cap: int)
                  ORDER BY h.id DESC LIMIT 1) AS e
               ON strpos(lower(e.message), lower(:error_text)) > 0"""
         params["error_text"] = flt.error_text
+    statuses = _statuses(flt)
+    narrowed = flt.job_type is not None or len(statuses) < len(JobStatus)
     order = _order(flt.sort, "j")
     if not statuses:
         plan.empty = True
@@ -426,51 +437,90 @@ def _plan(session: Session, flt: JobFilter, after: str | None, product_cap: int)
         if not ids:
             plan.empty = True
             return plan
-        conditions.insert(0, "j.id = ANY (:ids)")
         params["ids"] = ids
-        if flt.job_type is not None:
-            conditions.append("j.job_type = :job_type")
-            params["job_type"] = flt.job_type
-        if narrowed:
-            conditions.append(f"j.status IN ({', '.join(str(int(s)) for s in statuses)})")
+        conditions += ["j.id = ANY (:ids)", *(w.format("j") for w in window)]
+        conditions += _type_and_statuses(flt, statuses, "j", params)
         plan.scan = (
             f"SELECT {_ROW} FROM jobs j WHERE {' AND '.join(conditions)} "
             f"ORDER BY {order} LIMIT :scan"
         )
+        return plan
+    wanted = set(statuses)
+    counts = {
+        pair: jobs
+        for pair, jobs in job_counts(session).items()
+        if pair[1] in wanted and flt.job_type in (None, pair[0])
+    }
+    if not counts:
+        plan.empty = True
+        return plan
+    if flt.sort.startswith("changed") and not (plan.residual or plan.joins):
+        # The page's rows are the first of the pairs' first rows: a short range of each,
+        # merged (`jobs list`'s read). Cheaper to plan than the union below: 160 pairs
+        # take it 40 ms.
+        extra = "".join(f" AND {c}" for c in [*conditions, *(w.format("j") for w in window)])
+        pairs = sorted(counts)
+        params["pair_types"] = [job_type for job_type, _ in pairs]
+        params["pair_statuses"] = [int(status) for _, status in pairs]
+        # Keys only (an index-only read), the rows of the page's jobs only.
+        plan.scan = f"""
+            SELECT {_ROW} FROM (
+                SELECT r.* FROM unnest(CAST(:pair_types AS text[]),
+                                       CAST(:pair_statuses AS smallint[])) AS k(job_type, status)
+                 CROSS JOIN LATERAL (
+                     SELECT j.id, j.status_changed_at FROM jobs j
+                      WHERE j.job_type = k.job_type AND j.status = k.status{extra}
+                      ORDER BY {order} LIMIT :scan) AS r
+                 ORDER BY {_order(flt.sort, "r")} LIMIT :scan) AS r
+              JOIN jobs j ON j.id = r.id"""
     elif flt.sort.startswith("changed"):
-        # One index range per (type, status) that has jobs, merged in order (a Merge
-        # Append that stops once the page is read).
-        wanted = set(statuses)
-        pairs = sorted(
-            (job_type, status)
-            for job_type, status in job_counts(session)
-            if status in wanted and flt.job_type in (None, job_type)
-        )
-        if not pairs:
-            plan.empty = True
-            return plan
-        types = {job_type: f"t{i}" for i, job_type in enumerate(sorted({t for t, _ in pairs}))}
-        params.update({name: job_type for job_type, name in types.items()})
-        extra = "".join(f" AND {c}" for c in conditions)
         # Each branch ordered and limited: without it PostgreSQL appends and sorts them all
         # (it keeps no branch's index scan: an ordered scan of a whole range costs more).
-        branches = [
-            f"(SELECT {_ROW} FROM jobs j "
-            f"WHERE j.job_type = :{types[job_type]} AND j.status = {int(status)}{extra} "
-            f"ORDER BY {order} LIMIT :scan)"
-            for job_type, status in pairs
-        ]
-        union = "\n UNION ALL ".join(branches)
+        # The Merge Append above them then stops once the jobs to examine are read.
+        branches = _branches(counts, [*conditions, *(w.format("j") for w in window)], params)
+        union = "\n UNION ALL ".join(f"({b} ORDER BY {order} LIMIT :scan)" for b in branches)
         plan.scan = f"SELECT * FROM ({union}) j ORDER BY {order} LIMIT :scan"
+    elif narrowed and sum(counts.values()) <= ID_INDEX_READ:
+        # Materialized: otherwise the planner may read the primary key in order instead,
+        # filtering out millions of rows to find a rare status.
+        branches = _branches(counts, [*conditions, *(w.format("j") for w in window)], params)
+        union = "\n UNION ALL ".join(branches)
+        plan.scan = (
+            f"WITH m AS MATERIALIZED ({union}) SELECT * FROM m j ORDER BY {order} LIMIT :scan"
+        )
     else:
-        if flt.job_type is not None:
-            conditions.append("j.job_type = :job_type")
-            params["job_type"] = flt.job_type
-        if narrowed:
-            conditions.append(f"j.status IN ({', '.join(str(int(s)) for s in statuses)})")
+        plan.residual += [w.format("c") for w in window]
+        plan.residual += _type_and_statuses(flt, statuses, "c", params)
         where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
         plan.scan = f"SELECT {_ROW} FROM jobs j{where} ORDER BY {order} LIMIT :scan"
     return plan
+
+
+def _type_and_statuses(
+    flt: JobFilter, statuses: Sequence[JobStatus], alias: str, params: dict[str, Any]
+) -> list[str]:
+    conditions = []
+    if flt.job_type is not None:
+        conditions.append(f"{alias}.job_type = :job_type")
+        params["job_type"] = flt.job_type
+    if len(statuses) < len(JobStatus):
+        conditions.append(f"{alias}.status IN ({', '.join(str(int(s)) for s in statuses)})")
+    return conditions
+
+
+def _branches(
+    counts: Mapping[tuple[str, JobStatus], int], conditions: list[str], params: dict[str, Any]
+) -> list[str]:
+    """One SELECT of the jobs of each (type, status) of ``counts`` (an index range)."""
+    pairs = sorted(counts)
+    types = {job_type: f"t{i}" for i, job_type in enumerate(sorted({t for t, _ in pairs}))}
+    params.update({name: job_type for job_type, name in types.items()})
+    extra = "".join(f" AND {c}" for c in conditions)
+    return [
+        f"SELECT {_ROW} FROM jobs j "
+        f"WHERE j.job_type = :{types[job_type]} AND j.status = {int(status)}{extra}"
+        for job_type, status in pairs
+    ]
 
 
 def _matching(plan: _Plan, limit: int, scan_limit: int) -> tuple[str, dict[str, Any]]:
@@ -532,13 +582,15 @@ def search_jobs(
     for a cursor that is not one of this order, or a limit out of 1-:data:`MAX_PAGE`.
 
     Cost: in the status-change orders, one range of ``ix_jobs_type_status_changed`` per
-    (job type, status) that has jobs, from the cursor on, merged (a Merge Append that
-    stops after ``limit`` rows); in the id orders, the primary key from the cursor on (a
-    type and status filter: the primary key or the type-status index, as the planner
-    finds cheaper). A filter no index serves (priority, error text, the window in the id
-    orders) reads at most ``scan_limit`` jobs (see :attr:`JobPage.truncated_search`); the
-    error text costs one history probe per job read in an error status. Each row's last
-    message is one history probe.
+    (job type, status) that has jobs, from the cursor on, ``limit`` keys long, merged
+    (with a filter no index serves: ranges merged by a Merge Append that stops once the
+    page is full or ``scan_limit`` jobs were read). In the id orders, the (type, status)
+    ranges read whole and sorted when they hold at most :data:`ID_INDEX_READ` jobs, else
+    the primary key from the cursor on. A filter no index serves (priority, error text;
+    in the id orders read from the primary key, every filter) is applied to at most
+    ``scan_limit`` jobs (see :attr:`JobPage.truncated_search`); the error text costs one
+    history probe per job read in an error status. Each row's last message is one
+    history probe.
 
     Product filter: the jobs whose input product id or tile id equals the product, or
     starts with it, read first (at most :data:`PRODUCT_CANDIDATES`). An equal input
