@@ -268,3 +268,31 @@ def test_shared_cache_computes_each_key_once_per_interval_for_concurrent_readers
     assert len(calls) == 1 and cache.computed == 1
     cache.clear()
     assert cache.get("page", lambda: 7) == 7
+
+
+def test_a_page_whose_read_times_out_says_so(
+    web_app: WebApp, web_client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read that hits the statement timeout (forced here with a 1 ms one) answers a
+    page naming the problem, with 503, not a bare 500."""
+    from joblife.web import database
+
+    monkeypatch.setattr(database, "READ_TIMEOUT_MS", 1)
+    login(web_client, VIEWER)
+    monkeypatch.setattr(database, "_read", _slow_read(database._read), raising=True)
+    response = web_client.get("/jobs")
+    assert response.status_code == 503
+    assert "took too long" in response.text
+
+
+def _slow_read(read):
+    from sqlalchemy import text as sql
+
+    def slow(request, function, *args, **kwargs):
+        def with_sleep(session, *a, **k):
+            session.execute(sql("SELECT pg_sleep(0.05)"))
+            return function(session, *a, **k)
+
+        return read(request, with_sleep, *args, **kwargs)
+
+    return slow

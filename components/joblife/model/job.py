@@ -201,7 +201,7 @@ class Job(Base):
         Index(
             "ix_jobs_output_published",
             "output_publication_date",
-            postgresql_include=["job_type", "input_publication_date"],
+            postgresql_include=["job_type", "input_publication_date", "priority"],
             postgresql_where=text("output_publication_date IS NOT NULL"),
         ),
         Index(

@@ -6,6 +6,7 @@ import time
 from collections.abc import Sequence
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
@@ -26,6 +27,8 @@ from joblife.web.users import UserStore, users_file
 #: The dashboard's cookie key file under the data directory, when web_secret_key is unset.
 SECRET_KEY_FILE = "web-secret.key"
 SESSION_COOKIE = "joblife_session"
+#: SQLSTATE of a statement cancelled by statement_timeout.
+QUERY_CANCELED = "57014"
 
 #: Every response's security headers. The page loads only its own scripts and styles (no
 #: inline script: page content comes from products and science output), cannot be framed
@@ -94,6 +97,19 @@ def secret_key(settings: Settings) -> str:
     return key.hex()
 
 
+async def database_trouble(request: Request, error: Exception) -> Response:
+    """A page whose read hit the statement timeout, or a database that does not answer:
+    a page saying so (503), not a bare 500; the next refresh tries again."""
+    from joblife.web.render import render
+
+    code = getattr(getattr(error, "orig", None), "pgcode", None)
+    if code == QUERY_CANCELED:
+        message = "The database took too long to answer this page: try a narrower filter."
+    else:
+        message = "The database is not answering: the page will work again when it does."
+    return render(request, "error.html", 503, title="Database unavailable", message=message)
+
+
 async def healthz(request: Request) -> Response:
     """Liveness for a load balancer or Nomad's service check: no data, no login."""
     return PlainTextResponse("ok\n")
@@ -114,6 +130,7 @@ def create_app(settings: Settings, engine: Engine, users: UserStore | None = Non
     """The dashboard on ``engine``'s database."""
     app = Starlette(
         routes=list(routes()),
+        exception_handlers={OperationalError: database_trouble},
         middleware=[
             Middleware(SecurityHeaders),
             Middleware(

@@ -10,6 +10,7 @@ tests and benches read the same figures at any later time. The Stale page reuses
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -34,7 +35,9 @@ S = JobStatus
 #: Buckets a series may have at most (a window of 7 days in hours is 168).
 MAX_BUCKETS = 1000
 #: Failed jobs :func:`failure_groups` reads at most (the newest in the window).
-FAILURE_SAMPLE = 10_000
+FAILURE_SAMPLE = 5_000
+#: The sort memory of the timeliness read, for its transaction only.
+SORT_WORK_MEM = "64MB"
 #: Example job ids kept per failure group.
 FAILURE_EXAMPLES = 5
 #: Outbox rows :func:`publication_state` classifies at most (the oldest unpublished).
@@ -451,6 +454,9 @@ def timeliness(
     result = TimelinessSeries(since, now, bucket, target, starts)
     found: dict[tuple[str, int], dict[datetime, Any]] = {}
     per_type: dict[str, Any] = {}
+    # The percentiles sort the window's delays: in memory rather than spilled to disk at
+    # the server's default work_mem (4 MB: 77,000 outputs of a week at 10 million jobs).
+    session.execute(text(f"SET LOCAL work_mem = '{SORT_WORK_MEM}'"))
     for row in session.execute(_SERIES, params):
         if row.level == _LEVEL_TYPE:
             per_type[row.job_type] = row
@@ -619,6 +625,7 @@ _SPACES = re.compile(r"\s+")
 PATTERN_LENGTH = 300
 
 
+@functools.lru_cache(maxsize=8192)
 def message_pattern(message: str | None) -> str:
     """``message`` with its variable parts replaced: UUIDs by ``<uuid>``, URLs and absolute
     paths by ``<path>``, hexadecimal ids (``0x1f``, ``deadbeef42``) by ``<hex>``, numbers by
