@@ -571,9 +571,9 @@ def test_db_url_prints_the_configured_database(joblife_env: str) -> None:
 def test_db_current_at_head(joblife_env: str) -> None:
     data = run_json("db", "current")
     assert data["at_head"] is True
-    assert data["heads"] == ["0019", "e001"]
+    assert data["heads"] == ["0020", "e001"]
     # e001 depends on 0001: Alembic records only the branch tips, which imply the rest.
-    assert data["current"] == ["0019", "e001"]
+    assert data["current"] == ["0020", "e001"]
     assert data["pending"] == []
     assert data["unknown"] == []
     result = run("db", "current")
@@ -624,6 +624,7 @@ def test_db_upgrade_brings_an_empty_database_to_head(empty_database: str) -> Non
             "0017",
             "0018",
             "0019",
+            "0020",
             "e001",
         ],
         False,
@@ -632,7 +633,7 @@ def test_db_upgrade_brings_an_empty_database_to_head(empty_database: str) -> Non
     assert result.exit_code == 1
     pending = (
         "0001, 0002, 0003, 0004, 0005, 0006, 0007, 0008, 0009, 0010, 0011, 0012, 0013, 0014, "
-        "0015, 0016, 0017, 0018, 0019, e001"
+        "0015, 0016, 0017, 0018, 0019, 0020, e001"
     )
     assert f"NOT at the heads (pending: {pending})" in result.stdout
     assert_one_line_error(run("jobs", "list"), "not migrated", "joblife db upgrade")
@@ -642,7 +643,7 @@ def test_db_upgrade_brings_an_empty_database_to_head(empty_database: str) -> Non
     assert "applied 0001\n" in result.stdout
     assert (
         "still pending: 0002, 0003, 0004, 0005, 0006, 0007, 0008, 0009, 0010, 0011, 0012, "
-        "0013, 0014, 0015, 0016, 0017, 0018, e001" in result.stdout
+        "0013, 0014, 0015, 0016, 0017, 0018, 0019, 0020, e001" in result.stdout
     )
     assert run("db", "current").exit_code == 1
 
@@ -845,3 +846,10 @@ def test_db_roles_refuses_a_name_that_is_not_a_plain_identifier(
     assert_usage_error(
         run("db", "roles", "--owner", 'x"; DROP ROLE y; --'), "--owner", "role or database name"
     )
+
+
+def test_retry_refusal_names_every_retryable_status(populated: dict, engine: Engine) -> None:
+    ready = populated["ready"][0]
+    line = assert_one_line_error(run("jobs", "retry", str(ready)), f"job {ready} is ready")
+    assert "internal_error, external_error or error_checked" in line
+    assert statuses(engine, [ready])[ready] == S.READY

@@ -118,6 +118,12 @@ def _is_hostname(host: str) -> bool:
         return bool(_HOSTNAME.match(host))
 
 
+#: A rate in the notation of ``limits``: "5/minute", "20 per hour", "10/2 minutes".
+_RATE = re.compile(
+    r"\d+\s*(?:/|per)\s*(?:\d+\s+)?(?:second|minute|hour|day|month|year)s?", re.IGNORECASE
+)
+
+
 def check_url(url: str, schemes: tuple[str, ...], *, host: bool = True) -> str:
     """``url`` if it parses with one of ``schemes`` (``scheme://``), a valid host when
     ``host`` and a valid port if any; else ValueError saying what is expected."""
@@ -794,9 +800,10 @@ class Settings(BaseSettings):
             url = make_url(value.get_secret_value())
         except (ArgumentError, ValueError):
             url = None
-        if url is None or not url.drivername.startswith("postgresql"):
+        if url is None or url.drivername not in ("postgresql", "postgresql+psycopg2"):
             raise ValueError(
-                "must be a SQLAlchemy PostgreSQL URL: postgresql://user:password@host:port/db"
+                "must be a PostgreSQL URL: postgresql://user:password@host:port/db (or "
+                "postgresql+psycopg2://...; other databases and drivers are not supported)"
             )
         return value
 
@@ -837,13 +844,10 @@ class Settings(BaseSettings):
     @field_validator("web_login_rate")
     @classmethod
     def _rate(cls, value: str) -> str:
-        from limits import parse
-
-        try:
-            parse(value)
-        except ValueError:
-            raise ValueError("must be a rate such as 5/minute or 20/hour") from None
-        return value
+        # The notation `limits` parses, checked without importing it (start-up time).
+        if not _RATE.fullmatch(value.strip()):
+            raise ValueError("must be a rate such as 5/minute, 20/hour or 10 per 2 minutes")
+        return value.strip()
 
     @field_validator("job_type_modules")
     @classmethod

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import getpass
 from collections.abc import Sequence
-from typing import Annotated, Protocol
+from typing import TYPE_CHECKING, Annotated, Protocol
 
 import typer
-from sqlalchemy.orm import Session
 
 from joblife.cli.output import add_row, make_table, print_json, print_table
-from joblife.cli.queries import current_statuses
 from joblife.cli.state import get_state
-from joblife.db.status import StatusChange, acknowledge_jobs, retry_jobs
-from joblife.executors import build_executor
-from joblife.lifecycle.cancellation import cancel_and_stop
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from joblife.db.status import StatusChange
 
 
 class Operation(Protocol):
@@ -65,6 +65,8 @@ def apply(
     """Run ``operation`` on the jobs in one transaction (committed on success), as the
     operator :func:`cli_operator` names, and print what changed, from each job's status
     before the command to its status after."""
+    from joblife.cli.queries import current_statuses
+
     operator = cli_operator()
     with get_state(ctx).session() as session:
         before = current_statuses(session, job_ids)
@@ -96,8 +98,13 @@ def retry(
     message: MessageOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Send failed jobs back to ready (external_error, error_checked; internal_error is
-    acknowledged on the way). A job out of attempts gets one more."""
+    """Send failed jobs back to ready.
+
+    Jobs in internal_error (acknowledged on the way), external_error or error_checked go
+    to ready; a job out of attempts gets one more.
+    """
+    from joblife.db.status import retry_jobs
+
     apply(ctx, retry_jobs, "retried", job_ids, message, as_json)
 
 
@@ -108,6 +115,9 @@ def cancel(
     as_json: JsonOption = False,
 ) -> None:
     """Cancel jobs (any status that allows it); a running execution is stopped first."""
+    from joblife.executors import build_executor
+    from joblife.lifecycle.cancellation import cancel_and_stop
+
     executor = build_executor(dispatching=False)  # it only stops executions
 
     def operation(
@@ -124,5 +134,7 @@ def check(
     message: MessageOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Acknowledge errors: internal_error | external_error → error_checked."""
+    """Acknowledge errors: internal_error or external_error → error_checked."""
+    from joblife.db.status import acknowledge_jobs
+
     apply(ctx, acknowledge_jobs, "checked", job_ids, message, as_json)

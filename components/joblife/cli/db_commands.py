@@ -1,25 +1,30 @@
-"""``joblife db ...``: migrate, locate and stop the job database; make its login roles."""
+"""``joblife db ...``: migrate, locate and stop the job database; make its login roles.
+Alembic and SQLAlchemy are imported by the commands, not with this module."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from sqlalchemy.engine import make_url
 
+from joblife.cli.errors import missing_database, quoted_identifier
 from joblife.cli.output import print_json
-from joblife.cli.revisions import revision_state
-from joblife.cli.state import get_state, hide_password
-from joblife.config import get_settings
-from joblife.db import migrate, roles
-from joblife.db.embedded import stop_embedded_server
+from joblife.cli.state import CliState, get_state, hide_password
+from joblife.cli.usage import usage
+
+if TYPE_CHECKING:
+    from joblife.cli.revisions import RevisionState
 
 db_app = typer.Typer(
     name="db",
     help="The job database: migrate it, print its URL, check its revision, stop the embedded"
-    " server.",
+    " server, create the login roles.",
     no_args_is_help=True,
 )
+
+#: The database a login connects to when it creates the job database (every PostgreSQL
+#: server has it unless an administrator dropped it).
+MAINTENANCE_DATABASE = "postgres"
 
 
 def _revisions(revisions: set[str]) -> str:
@@ -33,10 +38,17 @@ def upgrade(
         str, typer.Option(help="Alembic revision to migrate to ('heads': every branch's head).")
     ] = "heads",
 ) -> None:
-    """Migrate the job database (joblife's and every job type's migrations)."""
+    """Migrate the job database (joblife's and every job type's migrations).
+
+    A database that does not exist yet is created first when the login may create
+    databases (CREATEDB or superuser).
+    """
+    from joblife.cli.revisions import revision_state
+    from joblife.db import migrate
+
     state = get_state(ctx)
     engine = state.engine()
-    before = revision_state(engine)
+    before = _revisions_creating_database(state)
     warning = migrate.superuser_warning(engine) if before.pending else None
     if warning:
         typer.echo(warning, err=True)
@@ -55,6 +67,52 @@ def upgrade(
     )
 
 
+def _revisions_creating_database(state: CliState) -> RevisionState:
+    """The database's revision state; a missing database is created first if the login
+    may (else the connection error stands: it says what to do)."""
+    from sqlalchemy.exc import OperationalError
+
+    from joblife.cli.revisions import revision_state
+
+    try:
+        return revision_state(state.engine())
+    except OperationalError as error:
+        name = missing_database(str(error.orig or error))
+        if name is None or not create_database(state.database_url(), name):
+            raise
+    typer.echo(f"created the database {name} (it did not exist)")
+    return revision_state(state.engine())
+
+
+def create_database(url: str, name: str) -> bool:
+    """Create the database ``name`` on the server of ``url``, connected as its login to
+    :data:`MAINTENANCE_DATABASE`; False (nothing done) if the login may not create
+    databases or cannot connect there."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError
+
+    from joblife.db.engine import create_joblife_engine
+
+    maintenance = make_url(url).set(database=MAINTENANCE_DATABASE)
+    engine = create_joblife_engine(
+        maintenance.render_as_string(hide_password=False), isolation_level="AUTOCOMMIT"
+    )
+    try:
+        with engine.connect() as connection:
+            allowed = connection.execute(
+                text("SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user")
+            ).scalar()
+            if not allowed:
+                return False
+            connection.execute(text(f"CREATE DATABASE {quoted_identifier(name)}"))
+    except OperationalError:  # the maintenance database is not reachable for this login
+        return False
+    finally:
+        engine.dispose()
+    return True
+
+
 @db_app.command("url")
 def url(
     ctx: typer.Context,
@@ -67,6 +125,8 @@ def url(
     ] = False,
 ) -> None:
     """Print the URL of the job database (starting the embedded server if it is the one)."""
+    from sqlalchemy.engine import make_url
+
     value = get_state(ctx).database_url()
     if libpq:
         value = make_url(value).set(drivername="postgresql").render_as_string(hide_password=False)
@@ -79,6 +139,8 @@ def current(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Show the database's revisions and the heads; exit status 1 if not at the heads."""
+    from joblife.cli.revisions import revision_state
+
     state = get_state(ctx)
     revisions = revision_state(state.engine())
     if as_json:
@@ -116,6 +178,9 @@ def current(
 @db_app.command("stop")
 def stop() -> None:
     """Stop the embedded PostgreSQL server (not a server given by JOBLIFE_DATABASE_URL)."""
+    from joblife.config import get_settings
+    from joblife.db.embedded import stop_embedded_server
+
     settings = get_settings()
     if settings.database_url is not None:
         shown = hide_password(settings.database_url.get_secret_value())
@@ -170,11 +235,26 @@ def make_roles(
         ),
     ] = False,
 ) -> None:
-    """Create the login roles of a least-privilege deployment (run by an admin, with the
-    admin's JOBLIFE_DATABASE_URL): an owner that migrates, and a service, worker and
-    operator login granted joblife_service, joblife_worker, joblife_operator. Idempotent:
-    an existing role keeps its password unless one is given; a missing one gets the given
-    or a generated password. Prints each part's URL."""
+    """Create the login roles of a least-privilege deployment.
+
+    Run by an admin, with the admin's JOBLIFE_DATABASE_URL: an owner that migrates, and a
+    service, worker and operator login granted joblife_service, joblife_worker,
+    joblife_operator. Idempotent: an existing role keeps its password unless one is given;
+    a missing one gets the given or a generated password. Prints each part's URL.
+    """
+    from sqlalchemy.engine import make_url
+
+    from joblife.db import roles
+
+    names = {"--owner": owner, "--service": service, "--worker": worker, "--operator": operator}
+    for option, name in [*names.items(), ("--database", database)]:
+        with usage(option, ctx):
+            if name is not None:
+                roles.check_name(name)
+    if len(set(names.values())) != len(names):
+        raise typer.BadParameter(
+            "each part needs a login of its own", ctx=ctx, param_hint=f"'{', '.join(names)}'"
+        )
     state = get_state(ctx)
     admin_url = state.database_url()
     database = database or make_url(admin_url).database or "joblife"

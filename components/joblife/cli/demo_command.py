@@ -62,9 +62,11 @@ def demo(
         ),
     ] = False,
 ) -> None:
-    """Run the reference job types (h5repack, image ingest, tile time series) through the
-    whole life cycle on synthetic inputs, in a database of their own on the embedded
-    server (joblife_demo, emptied at each run); exit 1 unless every demo job ends done."""
+    """Run the reference job types end to end on synthetic inputs.
+
+    h5repack, image ingest and tile time series through the whole life cycle, in a
+    database of their own on the embedded server (joblife_demo, emptied at each run);
+    exit 1 unless every demo job ends done."""
     from rich.live import Live
     from rich.text import Text
 

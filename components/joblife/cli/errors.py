@@ -2,11 +2,13 @@
 unless ``--debug`` (which prints the traceback before that line). An invalid setting is
 refused at start the same way, with exit status 2 (a usage error: nothing was attempted).
 
-Usage errors (unknown option, missing argument) stay typer's: usage text, exit status 2.
+Usage errors (unknown option, missing argument, an option value the command cannot use:
+see :mod:`joblife.cli.usage`) stay typer's: usage text, exit status 2.
 """
 
 from __future__ import annotations
 
+import re
 import traceback
 from typing import Any
 
@@ -15,9 +17,7 @@ from typer.core import TyperGroup
 
 from joblife.cli.output import printed_secrets
 from joblife.cli.state import CliState
-from joblife.config import InvalidSettingError
 from joblife.errors import JoblifeError
-from joblife.logs import redact
 
 EXIT_ERROR = 1
 EXIT_INVALID_SETTING = 2
@@ -34,6 +34,10 @@ _FRAMEWORK_EXCEPTIONS: tuple[type[BaseException], ...] = (
 # SQLSTATEs meaning the schema is missing or old: the database needs `joblife db upgrade`.
 _NOT_MIGRATED_CODES = {"42P01", "42883", "42703"}  # undefined table / function / column
 
+# The server's refusal of a connection to a database it does not have (libpq reports it
+# without a SQLSTATE, as a connection failure).
+_MISSING_DATABASE = re.compile(r'database "(?P<name>.+)" does not exist')
+
 
 def _first_line(text: str) -> str:
     lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
@@ -43,12 +47,23 @@ def _first_line(text: str) -> str:
 def _scrub(message: str) -> str:
     """``message`` without the configured secrets or credentials in URLs (see
     :func:`joblife.logs.redact`)."""
+    from joblife.logs import redact
+
     return redact(message, printed_secrets())
+
+
+def missing_database(detail: str) -> str | None:
+    """The name of the database in a "database ... does not exist" connection refusal,
+    else None."""
+    found = _MISSING_DATABASE.search(detail)
+    return found["name"] if found else None
 
 
 def describe_error(error: BaseException, state: CliState | None) -> str:
     """The one-line description of ``error`` for an operator."""
     from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+
+    from joblife.config import InvalidSettingError
 
     if isinstance(error, InvalidSettingError):  # already one line; the state needs settings
         return str(error)
@@ -59,6 +74,13 @@ def describe_error(error: BaseException, state: CliState | None) -> str:
     if isinstance(error, OperationalError):
         detail = _first_line(str(error.orig)) if error.orig is not None else _first_line(str(error))
         if getattr(error.orig, "pgcode", None) is None:
+            name = missing_database(detail)
+            if name is not None:
+                return (
+                    f"the job database {name!r}{at} does not exist: run `joblife db upgrade` "
+                    "(it creates the database when the login may create databases), else "
+                    f"ask an administrator for CREATE DATABASE {quoted_identifier(name)}"
+                )
             return f"cannot reach the job database{at}: {detail}"
         return f"job database{at}: {detail}"
     if isinstance(error, DBAPIError):
@@ -78,6 +100,11 @@ def describe_error(error: BaseException, state: CliState | None) -> str:
         f"unexpected {type(error).__name__}: {_first_line(str(error))} "
         "(run with --debug for the traceback)"
     )
+
+
+def quoted_identifier(name: str) -> str:
+    """``name`` as a PostgreSQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def report_error(error: BaseException, state: CliState | None) -> None:
@@ -100,6 +127,8 @@ class JoblifeGroup(TyperGroup):
             report_error(error, state)
             if isinstance(error, KeyboardInterrupt):
                 raise typer.Exit(130) from None
+            from joblife.config import InvalidSettingError
+
             if isinstance(error, InvalidSettingError):
                 raise typer.Exit(EXIT_INVALID_SETTING) from None
             raise typer.Exit(EXIT_ERROR) from None

@@ -1,5 +1,5 @@
 """``joblife jobs list``, ``joblife jobs show`` and ``joblife jobs check-counts``: read the
-jobs."""
+jobs. The queries (SQLAlchemy) are imported by the commands, not with this module."""
 
 from __future__ import annotations
 
@@ -9,15 +9,14 @@ import typer
 
 from joblife.cli.output import add_row, make_table, print_json, print_table
 from joblife.cli.parsing import parse_since, parse_statuses
-from joblife.cli.queries import get_job, get_type_fields, list_jobs, status_history
 from joblife.cli.state import get_state
-from joblife.db.counts import check_job_counts, repair_job_counts
+from joblife.cli.usage import check_job_type, usage
 from joblife.errors import JobNotFound
-from joblife.model.registry import JobTypeError, load_job_types
 
 jobs_app = typer.Typer(
     name="jobs",
-    help="List and inspect jobs; retry, cancel or acknowledge (check) them.",
+    help="List and show jobs; retry, cancel, acknowledge (check) or republish them; find "
+    "stale jobs; check the maintained counts.",
     no_args_is_help=True,
 )
 
@@ -66,10 +65,18 @@ def list_command(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Jobs from the jobs_overview view, the most recent status change first."""
-    statuses = parse_statuses(status)
-    since_time = parse_since(since) if since is not None else None
+    """List jobs, the most recent status change first (the jobs_overview view).
+
+    An unknown status or job type, or a malformed --since, is a usage error (exit status 2).
+    """
+    from joblife.cli.queries import list_jobs
+
+    with usage("--status", ctx):
+        statuses = parse_statuses(status)
+    with usage("--since", ctx):
+        since_time = parse_since(since) if since is not None else None
     with get_state(ctx).session() as session:
+        check_job_type(ctx, session, job_type)
         rows = list_jobs(
             session,
             job_type=job_type,
@@ -102,6 +109,9 @@ def list_command(
 
 def _type_fields(session: Any, job: dict[str, Any]) -> dict[str, Any] | None:
     """The job type's own columns, or None if the type is not registered here."""
+    from joblife.cli.queries import get_type_fields
+    from joblife.model.registry import JobTypeError, load_job_types
+
     try:
         job_class = load_job_types().get(job["job_type"])
     except JobTypeError as error:
@@ -118,7 +128,9 @@ def show(
     job_id: Annotated[int, typer.Argument(metavar="ID", help="The job's id.")],
     as_json: JsonOption = False,
 ) -> None:
-    """Every field of a job and its full status timeline."""
+    """Show every field of a job and its full status timeline."""
+    from joblife.cli.queries import get_job, status_history
+
     with get_state(ctx).session() as session:
         job = get_job(session, job_id)
         if job is None:
@@ -164,9 +176,14 @@ def check_counts(
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Compare the job counts the database maintains (what `joblife status` shows) with a
+    """Compare the maintained job counts with a count of the jobs.
+
+    The counts the database maintains (what `joblife status` shows) are compared with a
     count of the jobs (a full read of the jobs table). Exit status 1 if any differ, also
-    when --repair corrected them."""
+    when --repair corrected them.
+    """
+    from joblife.db.counts import check_job_counts, repair_job_counts
+
     with get_state(ctx).session() as session:
         differences = repair_job_counts(session) if repair else check_job_counts(session)
     if as_json:

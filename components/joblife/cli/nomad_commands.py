@@ -1,17 +1,18 @@
-"""``joblife nomad render|deploy``: the Nomad job specs of this installation."""
+"""``joblife nomad render|deploy``: the Nomad job specs of this installation (the spec
+rendering and the Nomad client are imported by the commands, not with this module)."""
 
 from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from joblife.cli.output import add_row, make_table, print_json, print_table
-from joblife.config import get_settings
-from joblife.model import load_job_types
-from joblife.nomad.specs import SERVICES_JOB, RenderedSpec, render_specs
+
+if TYPE_CHECKING:
+    from joblife.nomad.specs import RenderedSpec
 
 nomad_app = typer.Typer(
     name="nomad", help="Nomad: render the job specs and client configurations, deploy them."
@@ -27,6 +28,10 @@ class ServiceMode(StrEnum):
 
 
 def _specs() -> list[RenderedSpec]:
+    from joblife.config import get_settings
+    from joblife.model import load_job_types
+    from joblife.nomad.specs import render_specs
+
     settings = get_settings()
     return render_specs(settings, load_job_types(settings))
 
@@ -38,8 +43,11 @@ def render(
         typer.Option(help="Write the files under this directory (default: print them)."),
     ] = None,
 ) -> None:
-    """Render the processing jobs (one per job type), the service jobs (periodic and
-    long-running) and a client configuration per worker flavor, as HCL."""
+    """Render the Nomad job specs and client configurations as HCL.
+
+    The processing jobs (one per job type), the service jobs (periodic and long-running)
+    and a client configuration per worker flavor.
+    """
     specs = _specs()
     if out is None:
         for spec in specs:
@@ -67,10 +75,15 @@ def deploy(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Register the processing jobs (and the services, and with --web the dashboard) with
-    Nomad (JOBLIFE_NOMAD_ADDR): Nomad parses each spec, then registers it."""
+    """Register the job specs with Nomad (JOBLIFE_NOMAD_ADDR).
+
+    The processing jobs, the services as chosen, and with --web the dashboard: Nomad parses
+    each spec, then registers it.
+    """
+    from joblife.config import get_settings
     from joblife.nomad.client import nomad_client
     from joblife.nomad.deploy import deploy_specs
+    from joblife.nomad.specs import SERVICES_JOB
 
     def wanted(spec: RenderedSpec) -> bool:
         if spec.kind == "web":

@@ -1,28 +1,30 @@
 """``joblife health``, ``joblife metrics serve``, ``joblife stats``, ``joblife jobs stale``
-and ``joblife cleanup``: the operations commands (``joblife.ops``)."""
+and ``joblife cleanup``: the operations commands (``joblife.ops``, imported by the commands,
+not with this module)."""
 
 from __future__ import annotations
 
+import errno
 import signal
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from joblife.cli.choices import DEFAULT_METRICS_PORT, HEALTH_CHECKS, HealthCheck
 from joblife.cli.output import add_row, format_duration, make_table, print_json, print_table
 from joblife.cli.parsing import parse_duration, parse_since
 from joblife.cli.state import get_state
-from joblife.config import get_settings
-from joblife.lifecycle.common import utc_now
-from joblife.model import load_job_types
-from joblife.ops.cleanup import PartitionReport
-from joblife.ops.cleanup import cleanup as run_cleanup
-from joblife.ops.health import CHECKS, run_checks
-from joblife.ops.metrics import DEFAULT_PORT, start_metrics_server
-from joblife.ops.stale import stale_jobs
-from joblife.ops.stats import STEPS, job_stats
+from joblife.cli.usage import check_job_type, usage
+from joblife.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from joblife.ops.cleanup import PartitionReport
+    from joblife.ops.metrics import MetricsServer
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
@@ -34,15 +36,26 @@ metrics_app = typer.Typer(
 def health(
     ctx: typer.Context,
     check: Annotated[
-        list[str] | None,
-        typer.Option("--check", "-c", help=f"Only this check (repeatable): {', '.join(CHECKS)}."),
+        list[HealthCheck] | None,
+        typer.Option(
+            "--check",
+            "-c",
+            metavar="CHECK",
+            help=f"Only this check (repeatable): {', '.join(HEALTH_CHECKS)}.",
+        ),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Check the database and every service the configuration names, one line each.
-    Exit status 0 when every configured service answers, 1 otherwise (a probe)."""
+
+    Exit status 0 when every configured service answers, 1 otherwise (a probe).
+    """
+    from joblife.config import get_settings
+    from joblife.ops.health import run_checks
+
     state = get_state(ctx)
-    results = run_checks(get_settings(), state.database_url, check or ())
+    only = [c.value for c in check or ()]
+    results = run_checks(get_settings(), state.database_url, only)
     failed = [r for r in results if r.ok is False]
     if as_json:
         print_json({"healthy": not failed, "checks": [r.as_dict() for r in results]})
@@ -60,19 +73,24 @@ def metrics_serve(
     ctx: typer.Context,
     port: Annotated[
         int | None,
-        typer.Option(min=0, max=65535, help=f"Port (default: metrics_port, else {DEFAULT_PORT})."),
+        typer.Option(
+            min=0, max=65535, help=f"Port (default: metrics_port, else {DEFAULT_METRICS_PORT})."
+        ),
     ] = None,
     address: Annotated[
         str | None, typer.Option(help="Address to listen on (default: metrics_address).")
     ] = None,
 ) -> None:
     """Serve the Prometheus metrics on http://ADDRESS:PORT/metrics until SIGTERM or SIGINT."""
+    from joblife.config import get_settings
+
     settings = get_settings()
     chosen = port if port is not None else settings.metrics_port
-    server = start_metrics_server(
+    server = serve_metrics(
         get_state(ctx).engine(),
-        DEFAULT_PORT if chosen is None else chosen,
+        DEFAULT_METRICS_PORT if chosen is None else chosen,
         address or settings.metrics_address,
+        "choose another with --port",
     )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -82,6 +100,23 @@ def metrics_serve(
         stop.wait()
     finally:
         server.stop()
+
+
+def serve_metrics(engine: Engine, port: int, address: str, hint: str) -> MetricsServer:
+    """Start the metrics server (:func:`joblife.ops.metrics.start_metrics_server`); a port
+    that cannot be listened on is a ConfigurationError naming the address and the port,
+    with ``hint`` (how to choose another) when it is in use."""
+    from joblife.ops.metrics import start_metrics_server
+
+    try:
+        return start_metrics_server(engine, port, address)
+    except OSError as error:
+        where = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+        if error.errno == errno.EADDRINUSE:
+            reason = f"port {port} is in use (another joblife run or metrics serve?): {hint}"
+        else:
+            reason = error.strerror or str(error)
+        raise ConfigurationError(f"cannot serve the metrics on {where}: {reason}") from error
 
 
 def stats(
@@ -101,14 +136,22 @@ def stats(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Per job type over a period: jobs created, done, failed by error kind, attempts and
-    their success rate, p50/p90 duration of each worker step and of the whole job."""
-    now = utc_now()
-    start = parse_since(since, now)
-    end = parse_since(until, now) if until is not None else now
-    if end <= start:
-        raise ValueError(f"empty period: --until ({end.isoformat()}) is not after --since")
+    """Per job type over a period: jobs created, done and failed, attempts, step durations.
+
+    Jobs created, done, failed by error kind; attempts and their success rate; p50/p90
+    duration of each worker step and of the whole job.
+    """
+    from joblife.ops.stats import job_stats
+
+    now = datetime.now(UTC)
+    with usage("--since", ctx):
+        start = parse_since(since, now)
+    with usage("--until", ctx):
+        end = parse_since(until, now) if until is not None else now
+        if end <= start:
+            raise ValueError(f"empty period: {end.isoformat()} is not after --since")
     with get_state(ctx).session() as session:
+        check_job_type(ctx, session, job_type)
         rows = job_stats(session, start, end, job_type)
     if as_json:
         print_json({"since": start, "until": end, "job_types": [r.as_dict() for r in rows]})
@@ -138,6 +181,8 @@ def stats(
     if not rows:
         typer.echo("no status change in that period")
         return
+    from joblife.ops.stats import STEPS
+
     names = [*STEPS, "turnaround"]
     durations = make_table(["job type", *names], right=names, title="duration p50 / p90")
     for row in rows:
@@ -162,12 +207,19 @@ def stale(
     limit: Annotated[int, typer.Option(min=1, help="At most this many jobs.")] = 200,
     as_json: JsonOption = False,
 ) -> None:
-    """Jobs in a status for longer than its deadline, with the reason the monitor (or the
-    service that polices the status) gives, and what it will do."""
+    """List the jobs in a status for longer than its deadline, and why.
+
+    Each with the reason the monitor (or the service that polices the status) gives, and
+    what it will do.
+    """
+    from joblife.config import get_settings
+    from joblife.model import load_job_types
+    from joblife.ops.stale import stale_jobs
+
     settings = get_settings()
     job_types = load_job_types(settings)
     with get_state(ctx).session() as session:
-        rows = stale_jobs(session, settings, job_types, utc_now(), limit)
+        rows = stale_jobs(session, settings, job_types, datetime.now(UTC), limit)
     if as_json:
         print_json([row.as_dict() for row in rows])
         return
@@ -215,14 +267,21 @@ def cleanup(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Remove finished jobs (done or cancelled) older than a retention period, with their
-    history and outbox rows, in bounded batches; drop the months of history older than it
-    (the rows of jobs kept stay). A dry run unless --execute."""
+    """Remove the jobs done or cancelled longer ago than a retention period.
+
+    With their history and outbox rows, in bounded batches; the months of history older
+    than the period are dropped (the rows of jobs kept stay). A dry run unless --execute.
+    """
+    from joblife.config import get_settings
+    from joblife.ops.cleanup import cleanup as run_cleanup
+
+    with usage("--older-than", ctx):
+        retention = parse_duration(older_than)
     settings = get_settings()
     report = run_cleanup(
         get_state(ctx).engine(),
-        parse_duration(older_than),
-        utc_now(),
+        retention,
+        datetime.now(UTC),
         execute=execute,
         export=export,
         batch_size=batch_size or settings.cleanup_batch_size,

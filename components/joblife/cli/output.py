@@ -7,6 +7,9 @@ Every value printed, as a table cell or in JSON, passes :func:`joblife.logs.reda
 the configured secrets: a credentialed or presigned URL a job was discovered with
 (``jobs.input_path``), or a status message quoting one, is shown without its password,
 signature or token. (The database keeps what was discovered: a psql reader sees it all.)
+
+rich, the settings and the redaction are imported when first used, not with this module:
+every command module imports it, and ``joblife --version`` or ``--help`` needs none of them.
 """
 
 from __future__ import annotations
@@ -16,16 +19,16 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import typer
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
-from joblife.config import Settings, get_settings
-from joblife.logs import configured_secrets, redact
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from joblife.config import Settings
 
 #: Width of tables written to a pipe or a file (a terminal's own width is used otherwise).
 NON_TERMINAL_WIDTH = 200
@@ -37,6 +40,9 @@ def printed_secrets() -> list[str]:
     """The configured secret values (none if the configuration cannot be read), computed
     once per settings object: every printed value is searched for them."""
     global _secrets_of
+    from joblife.config import get_settings
+    from joblife.logs import configured_secrets
+
     try:
         settings = get_settings()
     except Exception:  # an invalid configuration: the command reports it itself
@@ -49,6 +55,8 @@ def printed_secrets() -> list[str]:
 def redacted(value: Any, secrets: list[str] | None = None) -> Any:
     """``value`` with every string in it (in mappings and lists too) passed through
     :func:`joblife.logs.redact`; other values unchanged."""
+    from joblife.logs import redact
+
     secrets = printed_secrets() if secrets is None else secrets
     if isinstance(value, str):
         return redact(value, secrets)
@@ -84,11 +92,15 @@ def print_json(data: Any) -> None:
 def print_line(text: str, *, err: bool = False) -> None:
     """Write one line of text (job data, a service's report) to stdout, or stderr with
     ``err``, secrets redacted."""
+    from joblife.logs import redact
+
     typer.echo(redact(text, printed_secrets()), err=err)
 
 
 def console() -> Console:
     """A console on the current stdout (tables wide enough when not on a terminal)."""
+    from rich.console import Console
+
     out = Console(highlight=False, soft_wrap=False)
     if not out.is_terminal and "COLUMNS" not in os.environ:
         out.width = NON_TERMINAL_WIDTH
@@ -133,6 +145,8 @@ def make_table(
     headers: Sequence[str], *, right: Iterable[str] = (), title: str | None = None
 ) -> Table:
     """A table with ``headers``; the columns named in ``right`` are right-aligned."""
+    from rich.table import Table
+
     table = Table(title=title, title_justify="left", header_style="bold")
     right_aligned = set(right)
     for header in headers:
@@ -142,6 +156,10 @@ def make_table(
 
 def add_row(table: Table, values: Iterable[Any], *, end_section: bool = False) -> None:
     """Add a row of raw values, formatted, secrets redacted, and never read as markup."""
+    from rich.text import Text
+
+    from joblife.logs import redact
+
     secrets = printed_secrets()
     cells = (Text(redact(format_value(v), secrets)) for v in values)
     table.add_row(*cells, end_section=end_section)

@@ -1,5 +1,6 @@
 """``joblife publish``, ``joblife publications list``, ``joblife jobs republish``,
-``joblife timeliness``: publication over RabbitMQ, for operators."""
+``joblife timeliness``: publication over RabbitMQ, for operators. The publication modules
+(pika, SQLAlchemy) are imported by the commands, not with this module."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from joblife.cli.actions import apply
+from joblife.cli.choices import PublicationState
 from joblife.cli.output import (
     add_row,
     format_duration,
@@ -23,12 +25,8 @@ from joblife.cli.output import (
 )
 from joblife.cli.parsing import parse_duration, parse_since
 from joblife.cli.state import get_state
-from joblife.config import get_settings
+from joblife.cli.usage import usage
 from joblife.errors import ConfigurationError
-from joblife.lifecycle.common import ServiceContext
-from joblife.publication.outbox import PUBLICATION_STATES, list_publications, republish
-from joblife.publication.relay import PublicationService
-from joblife.publication.timeliness import timeliness_summary
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
@@ -50,13 +48,21 @@ def publish(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Relay the outbox to RabbitMQ with publisher confirms (or, without a broker, to the
-    local publication spool), until SIGTERM or SIGINT."""
+    """Relay the outbox to RabbitMQ until SIGTERM or SIGINT.
+
+    With publisher confirms; without a broker, to the local publication spool.
+    """
+    from joblife.config import get_settings
+    from joblife.lifecycle.common import ServiceContext
+    from joblife.publication.relay import PublicationService
+    from joblife.publication.spool import effective_spool
+
     settings = get_settings()
-    if settings.amqp_url is None and not settings.publication_spool:
+    if settings.amqp_url is None and effective_spool(settings) is None:
         raise ConfigurationError(
-            "no broker (JOBLIFE_AMQP_URL) nor spool (JOBLIFE_PUBLICATION_SPOOL) configured: "
-            "the messages stay in the outbox (`joblife publications list`)"
+            "no broker (JOBLIFE_AMQP_URL) nor spool (JOBLIFE_PUBLICATION_SPOOL) configured "
+            "(publication_spool = none): the messages stay in the outbox "
+            "(`joblife publications list`)"
         )
     stop = threading.Event()
     service = PublicationService(ServiceContext(get_state(ctx).engine(), settings), stop_event=stop)
@@ -104,18 +110,24 @@ def list_command(
     job_ids: Annotated[
         list[int] | None, typer.Option("--job", "-j", help="Only this job's (repeatable).")
     ] = None,
-    state: Annotated[
-        str | None,
-        typer.Option(help=f"Only rows in this state ({', '.join(PUBLICATION_STATES)})."),
-    ] = None,
+    state: Annotated[PublicationState | None, typer.Option(help="Only rows in this state.")] = None,
     limit: Annotated[int, typer.Option(min=0, help="At most this many rows (0: all).")] = 50,
     as_json: JsonOption = False,
 ) -> None:
-    """Outbox rows, newest first: pending (waiting for the broker), published, failed
-    (returned, refused or reported failed: see the error), superseded (older attempt)."""
+    """List the outbox rows, newest first.
+
+    States: pending (waiting for the broker), published, failed (returned, refused or
+    reported failed: see the error), superseded (an older attempt's).
+    """
+    from joblife.config import get_settings
+    from joblife.publication.outbox import list_publications
+
     with get_state(ctx).session() as session:
         rows = list_publications(
-            session, job_ids=job_ids or (), state=state, limit=limit + 1 if limit else None
+            session,
+            job_ids=job_ids or (),
+            state=state.value if state is not None else None,
+            limit=limit + 1 if limit else None,
         )
     truncated = bool(limit) and len(rows) > limit
     rows = rows[:limit] if limit else rows
@@ -132,11 +144,13 @@ def list_command(
         typer.echo(f"showing the first {limit} rows; more match (raise --limit or filter)")
     else:
         typer.echo(f"{len(rows)} publication{'s' if len(rows) != 1 else ''}")
+    from joblife.publication.spool import publication_target
+
     settings = get_settings()
-    if settings.amqp_url is None and settings.publication_spool:
-        typer.echo(f"no broker configured: messages go to the spool {settings.publication_spool}")
-    elif settings.amqp_url is None:
-        typer.echo("no broker configured (JOBLIFE_AMQP_URL): pending messages stay here")
+    if settings.amqp_url is None:
+        typer.echo(
+            f"no broker configured (JOBLIFE_AMQP_URL): messages {publication_target(settings)}"
+        )
 
 
 def republish_command(
@@ -147,9 +161,13 @@ def republish_command(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Publish jobs' products again: done jobs get a new round of messages (new message
-    ids); failed jobs with products (e.g. returned unroutable) go back to processed and
-    their unconfirmed messages are sent. All or nothing."""
+    """Publish jobs' products again, all or nothing.
+
+    Done jobs get a new round of messages (new message ids); failed jobs with products
+    (e.g. returned unroutable) go back to processed and their unconfirmed messages are sent.
+    """
+    from joblife.publication.outbox import republish
+
     apply(ctx, republish, "republished", job_ids, message, as_json)
 
 
@@ -168,16 +186,22 @@ def timeliness(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Per job type: published jobs, p50/p90/p99/max from input publication to output
-    publication, and the share within the target (from the job_timeliness view)."""
-    settings = get_settings()
-    target_delta = (
-        parse_duration(target)
-        if target is not None
-        else parse_duration(f"{settings.timeliness_target_hours}h")
-    )
-    since_time = parse_since(since) if since is not None else None
-    until_time = parse_since(until) if until is not None else None
+    """Per job type: the time from input publication to output publication.
+
+    Published jobs, p50/p90/p99/max from input publication to output publication, and the
+    share within the target (from the job_timeliness view).
+    """
+    from joblife.config import get_settings
+    from joblife.publication.timeliness import timeliness_summary
+
+    with usage("--target", ctx):
+        target_delta = parse_duration(target) if target is not None else None
+    with usage("--since", ctx):
+        since_time = parse_since(since) if since is not None else None
+    with usage("--until", ctx):
+        until_time = parse_since(until) if until is not None else None
+    if target_delta is None:
+        target_delta = timedelta(hours=get_settings().timeliness_target_hours)
     with get_state(ctx).session() as session:
         rows = timeliness_summary(session, target_delta, since_time, until_time)
     if as_json:

@@ -152,16 +152,28 @@ def list_jobs(
     return [dict(row._mapping) for row in session.execute(statement, params)]
 
 
+#: Columns of ``jobs`` that :func:`get_job` adds to the ``jobs_overview`` row.
+JOB_DETAIL_COLUMNS = ("input_path", "output_path", "science_image", "due_at", "waiting_for")
+
+
 def get_job(session: Session, job_id: int) -> dict[str, Any] | None:
-    """The ``jobs_overview`` row of a job plus its input and output paths; None if no such job."""
+    """The ``jobs_overview`` row of a job plus :data:`JOB_DETAIL_COLUMNS` (its paths, the
+    science image its last attempt ran, when a configured job is due and what it waits
+    for); None if no such job."""
+    columns = ", ".join(f"j.{c}" for c in JOB_DETAIL_COLUMNS)
     row = session.execute(
         text(
-            "SELECT o.*, j.input_path, j.output_path FROM jobs_overview o "
+            f"SELECT o.*, {columns} FROM jobs_overview o "
             "JOIN jobs j ON j.id = o.id WHERE o.id = :id"
         ),
         {"id": job_id},
     ).first()
     return dict(row._mapping) if row is not None else None
+
+
+def present_job_types(session: Session) -> list[str]:
+    """The job types that have jobs, in name order (one index probe per type)."""
+    return list(session.execute(text(PRESENT_JOB_TYPES)).scalars())
 
 
 def get_type_fields(session: Session, job_class: type, job_id: int) -> dict[str, Any]:

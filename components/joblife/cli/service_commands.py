@@ -1,30 +1,30 @@
-"""``joblife create|configure|dispatch|monitor|run``: the life-cycle services."""
+"""``joblife create|configure|dispatch|monitor|run``: the life-cycle services (imported by
+the commands, not with this module)."""
 
 from __future__ import annotations
 
 import logging
 import signal
 import threading
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from joblife.cli.choices import SERVICES, parse_services
 from joblife.cli.output import print_json, print_line
 from joblife.cli.state import get_state
-from joblife.config import get_settings
-from joblife.executors import build_executor
-from joblife.lifecycle.common import ServiceContext
-from joblife.lifecycle.configuration import configure_jobs
-from joblife.lifecycle.creation import create_jobs
-from joblife.lifecycle.dispatch import dispatch_jobs
-from joblife.lifecycle.monitor import Monitor
-from joblife.lifecycle.orchestrator import SERVICES, Orchestrator
-from joblife.ops.metrics import start_metrics_server
+from joblife.cli.usage import usage
+
+if TYPE_CHECKING:
+    from joblife.lifecycle.common import ServiceContext
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
 def _context(ctx: typer.Context) -> ServiceContext:
+    from joblife.config import get_settings
+    from joblife.lifecycle.common import ServiceContext
+
     return ServiceContext(get_state(ctx).engine(), get_settings())
 
 
@@ -38,21 +38,31 @@ def _show(result: Any, as_json: bool) -> None:
 
 def create(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Discover new input products of every job type and create their jobs (one cycle)."""
+    from joblife.lifecycle.creation import create_jobs
+
     _show([r.as_dict() for r in create_jobs(_context(ctx))], as_json)
 
 
 def configure(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Configure initialized jobs and re-check those waiting for a dependency (one cycle)."""
+    from joblife.lifecycle.configuration import configure_jobs
+
     _show([r.as_dict() for r in configure_jobs(_context(ctx))], as_json)
 
 
 def dispatch(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Start ready jobs through the executor, within the in-flight caps (one cycle)."""
+    from joblife.executors import build_executor
+    from joblife.lifecycle.dispatch import dispatch_jobs
+
     _show(dispatch_jobs(_context(ctx), build_executor()).as_dict(), as_json)
 
 
 def monitor(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Reconcile running jobs with the executor and retry failed ones (one cycle)."""
+    from joblife.executors import build_executor
+    from joblife.lifecycle.monitor import Monitor
+
     _show(Monitor(_context(ctx), build_executor()).run_cycle().as_dict(), as_json)
 
 
@@ -69,11 +79,17 @@ def run(
     ] = ",".join(SERVICES),
     as_json: JsonOption = False,
 ) -> None:
-    """Run the life-cycle services in this process until SIGTERM or SIGINT. With
-    ``metrics_port`` set, also serves the Prometheus metrics (not with ``--once``)."""
+    """Run the life-cycle services in this process until SIGTERM or SIGINT.
+
+    With the metrics_port setting, also serves the Prometheus metrics (not with --once).
+    """
+    with usage("--services", ctx):
+        service_names = parse_services(services)
     stop = threading.Event()
-    service_names = [s.strip() for s in services.split(",") if s.strip()]
     if once:
+        from joblife.executors import build_executor
+        from joblife.lifecycle.orchestrator import Orchestrator
+
         orchestrator = Orchestrator(
             _context(ctx), build_executor(), services=service_names, stop_event=stop
         )
@@ -108,19 +124,29 @@ def _stop_on_signals(stop: threading.Event) -> None:
 def _run_forever(
     ctx: typer.Context, service_names: list[str], stop: threading.Event, interval: float | None
 ) -> None:
-    """Build the orchestrator and cycle until ``stop`` is set (at once if it already is)."""
-    orchestrator = Orchestrator(
-        _context(ctx), build_executor(), services=service_names, stop_event=stop
-    )
+    """Build the orchestrator and cycle until ``stop`` is set (at once if it already is).
+    The metrics server, if configured, starts first: a port in use ends the command before
+    any service runs."""
+    from joblife.cli.ops_commands import serve_metrics
+    from joblife.config import get_settings
+    from joblife.executors import build_executor
+    from joblife.lifecycle.orchestrator import Orchestrator
+
     settings = get_settings()
     metrics = (
-        start_metrics_server(
-            get_state(ctx).engine(), settings.metrics_port, settings.metrics_address
+        serve_metrics(
+            get_state(ctx).engine(),
+            settings.metrics_port,
+            settings.metrics_address,
+            "set another metrics_port (JOBLIFE_METRICS_PORT)",
         )
         if settings.metrics_port is not None
         else None
     )
     try:
+        orchestrator = Orchestrator(
+            _context(ctx), build_executor(), services=service_names, stop_event=stop
+        )
         orchestrator.run_forever(interval)
     finally:
         if metrics is not None:

@@ -1,24 +1,31 @@
 """What the commands of one ``joblife`` invocation share: the --debug flag and a lazily
-created engine on the job database (disposed when the command ends)."""
+created engine on the job database (disposed when the command ends).
+
+SQLAlchemy and the settings are imported when a command first needs them: ``joblife
+--version`` and ``--help`` import neither."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import typer
-from sqlalchemy import Engine
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-from sqlalchemy.orm import Session
 
-from joblife.config import get_settings
-from joblife.db.engine import create_joblife_engine, database_url
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlalchemy.orm import Session
+
+#: The drivers of the URLs joblife connects with (``postgresql://`` means psycopg2).
+SUPPORTED_DRIVERS = ("postgresql", "postgresql+psycopg2")
 
 
 def hide_password(url: str) -> str:
     """``url`` with its password replaced by ``***`` (an empty password is dropped)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -27,6 +34,23 @@ def hide_password(url: str) -> str:
         # URL.set(password=None) means "unchanged"; URL is a named tuple.
         parsed = parsed._replace(password=None)
     return parsed.render_as_string(hide_password=True)
+
+
+def check_driver(url: str) -> None:
+    """Refuse ``url`` (InvalidSettingError, exit status 2) unless its scheme is one of
+    :data:`SUPPORTED_DRIVERS`: a ``postgresql+asyncpg://`` URL passes the settings' check
+    but no engine of joblife's can use it."""
+    from sqlalchemy.engine import make_url
+
+    from joblife.config import InvalidSettingError
+
+    driver = make_url(url).drivername
+    if driver not in SUPPORTED_DRIVERS:
+        schemes = " or ".join(f"{d}://" for d in SUPPORTED_DRIVERS)
+        raise InvalidSettingError(
+            f"setting database_url={hide_password(url)}: unsupported scheme {driver}://: "
+            f"joblife connects to PostgreSQL with psycopg2, give a {schemes} URL"
+        )
 
 
 @dataclass
@@ -40,18 +64,26 @@ class CliState:
     def database_url(self) -> str:
         """The job database URL (the embedded server is started if that is the one)."""
         if self.url is None:
+            from joblife.db.engine import database_url
+
             self.url = database_url()
         return self.url
 
     def engine(self) -> Engine:
         """The engine on the job database, created on first use."""
         if self._engine is None:
-            self._engine = create_joblife_engine(self.database_url())
+            from joblife.db.engine import create_joblife_engine
+
+            url = self.database_url()
+            check_driver(url)
+            self._engine = create_joblife_engine(url)
         return self._engine
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session in one transaction: committed if the block succeeds, else rolled back."""
+        from sqlalchemy.orm import Session
+
         with Session(self.engine(), expire_on_commit=False) as session, session.begin():
             yield session
 
@@ -59,6 +91,8 @@ class CliState:
         """The database URL in use (or configured), password hidden; None if unknown."""
         if self.url is not None:
             return hide_password(self.url)
+        from joblife.config import get_settings
+
         configured = get_settings().database_url
         return hide_password(configured.get_secret_value()) if configured else None
 

@@ -75,9 +75,10 @@ def status(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Job counts by job type (rows) and status (columns), from the job_status_summary view:
-    the counts the database maintains as jobs change (checked by `joblife jobs
-    check-counts`), not a scan of the jobs; then where product messages go."""
+    """Job counts by type and status, and where product messages go.
+
+    From the job_status_summary view: the counts the database maintains as jobs change
+    (checked by `joblife jobs check-counts`), not a scan of the jobs."""
     from sqlalchemy.exc import DBAPIError
 
     from joblife.cli.queries import status_summary

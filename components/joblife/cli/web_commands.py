@@ -9,7 +9,6 @@ import typer
 
 from joblife.cli.output import add_row, make_table, print_table
 from joblife.cli.state import get_state
-from joblife.config import get_settings
 
 web_users_app = typer.Typer(
     name="web-users",
@@ -31,6 +30,7 @@ def web(
     operator 'admin' is created and its password printed once."""
     import uvicorn
 
+    from joblife.config import get_settings
     from joblife.web.app import create_app
     from joblife.web.users import UserStore, create_first_user, users_file
 
@@ -64,6 +64,7 @@ def web(
 
 
 def _store():
+    from joblife.config import get_settings
     from joblife.web.users import UserStore, users_file
 
     return UserStore(users_file(get_settings()))
