@@ -214,6 +214,39 @@ def test_parallel_creation_inserts_every_job_once(
     assert sum(again.values()) == 0 and len(_stored(engine)) == 35
 
 
+def _ids_drawn(engine: Engine) -> tuple[int, int]:
+    """(max(jobs.id), the last value the jobs' id sequence gave)."""
+    with engine.connect() as conn:
+        return conn.execute(
+            text(
+                "SELECT (SELECT max(id) FROM jobs), (SELECT last_value FROM pg_sequences "
+                "WHERE schemaname || '.' || sequencename = pg_get_serial_sequence('jobs', 'id'))"
+            )
+        ).one()
+
+
+def test_known_keys_draw_no_job_id(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The inserts leave known natural keys out before drawing ids (issue 17 item 4): an
+    ``ON CONFLICT DO NOTHING`` alone draws one per row, inserted or not. Here the insert
+    functions on their own (no creation cycle): over parallel ranges, and in the caller's
+    transaction (a key inserted earlier in it is known too)."""
+    monkeypatch.setattr(creation, "INSERT_BATCH", 4)
+    first = datetime(2026, 5, 1, tzinfo=UTC)
+    assert sum(creation.insert_discovered(engine, ExampleJob, _dated("D", 10, first), []).values())
+    for _ in range(3):
+        known_and_two_new = _dated("D", 12, first)
+        counts = creation.insert_discovered(engine, ExampleJob, known_and_two_new, [], None, 3)
+        assert sum(counts.values()) in (2, 0)
+    with Session(engine) as session:
+        contexts = [ExampleJob(input_product_id="D000", reprocessing_context=c) for c in "ab"]
+        assert insert_jobs(session, ExampleJob, contexts, JobStatus.INITIALIZED) == 2
+        assert insert_jobs(session, ExampleJob, contexts, JobStatus.CANCELLED) == 0
+        session.commit()
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM jobs")).scalar() == 14
+    assert _ids_drawn(engine) == (14, 14)
+
+
 @pytest.mark.parametrize("failing", [0, 1, 2])
 def test_a_failing_range_keeps_only_the_ranges_before_it(
     engine: Engine, monkeypatch: pytest.MonkeyPatch, failing: int

@@ -373,6 +373,8 @@ def test_an_image_stack_whose_frame_vanished_after_creation_ends_external_error(
         synthetic.make_image_stack(local / stack, frames=3, height=40, width=40, seed=1)
     pipeline.set(IMAGE_INGEST_INPUT_PREFIX="in/img", IMAGE_INGEST_FILTER=r"s\d/frame_\d{3}\.png")
     pipeline.upload(local, "in/img")
+    # Taken at once: the stacks were just written, within the settle time of discovery.
+    monkeypatch.setattr(ImageIngestJob, "DISCOVERY_SETTLE_SECONDS", 0)
     early = pipeline.orchestrator(["create", "configure"])
     try:
         early.run_once()

@@ -284,6 +284,23 @@ class Settings(BaseSettings):
     discovery_lookback_hours: float = Field(
         24.0, gt=0, le=DECADE_HOURS, description="First discovery window of a type with no job yet."
     )
+    discovery_settle_seconds: float = Field(
+        2.0,
+        ge=0,
+        le=DAY,
+        description="A discovered product dated less than this before the creation cycle is "
+        "left for a later cycle (a file may still be being written); a job type's "
+        "DISCOVERY_SETTLE_SECONDS overrides it. 0: take every product at once.",
+    )
+    discovery_overlap_seconds: float = Field(
+        0.0,
+        ge=0,
+        le=DECADE_HOURS * HOUR,
+        description="modified_since discovery: the window starts this long before the "
+        "discovery cursor, for a storage that lists an object after a newer one (an S3 "
+        "multipart upload is dated by its start); a job type's DISCOVERY_OVERLAP_SECONDS "
+        "overrides it. Rediscovered products cost a lookup, no job.",
+    )
     configure_recheck_seconds: float = Field(
         60.0, ge=0.01, le=DAY, description="How often a job waiting for a dependency is re-checked."
     )

@@ -13,6 +13,11 @@ for one object.
 A product made of many objects keeps what discovery found of it (:func:`input_listing`, in
 ``jobs.input_listing``): the worker fetches exactly those objects, or fails naming the
 ones that went missing or changed size since (a missing part is not a product).
+
+A type lists its location and keeps the products dated in the window it is given; creation
+chooses the window (``JobTemplate.DISCOVERY_MODE``), leaves the newest products settling,
+skips the known ones and, with ``REPROCESS_ON_CHANGE``, reprocesses a product whose date or
+listing changed (:mod:`joblife.lifecycle.discovery_modes`).
 """
 
 from __future__ import annotations

@@ -1,12 +1,19 @@
 """Creation: turn newly discovered input products into jobs.
 
-Per registered job type: the discovery window starts at the cursor read from the database
-(``get_last_inserted_job``: the newest job's input publication date, never an in-memory
-value) and ends now; ``get_jobs_to_create(start, end)`` returns the products to create and
-those to record as cancelled; ``job_pre_insertion_setup`` completes each; then the jobs are
-inserted in batches with ``ON CONFLICT DO NOTHING`` on the natural key (the database trigger
-writes their first history row in the same statement). A product discovered twice is
-counted as already known, never an error.
+Per registered job type: the discovery window ends now and starts, by the type's
+``DISCOVERY_MODE`` (:mod:`joblife.lifecycle.discovery_modes`), at the cursor read from the
+database (``get_last_inserted_job``: the newest job's input publication date, never an
+in-memory value) less an overlap, or at the beginning of time (``listing_diff``);
+``get_jobs_to_create(start, end)`` returns the products to create and those to record as
+cancelled; the newest ones, still settling, are left for a later cycle;
+``job_pre_insertion_setup`` completes each; the products whose natural key has a job are
+skipped (a changed input may be reprocessed under a new reprocessing context); then the
+jobs are inserted in batches (the database trigger writes their first history row in the
+same statement). A product discovered twice is counted as already known, never an error,
+and costs no job id nor any work: known natural keys are looked up (the unique index) and
+left out before anything is staged, by :func:`insert_jobs` and :func:`insert_discovered`
+too (``ON CONFLICT DO NOTHING`` stays for a concurrent writer of the same key). The counts
+are logged per cycle and type, what was skipped and why per product at debug level.
 
 A large discovery is inserted over ``creation_parallelism`` connections at once, each a
 contiguous range of the products in input publication order in its own transaction; the
@@ -38,7 +45,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import (
@@ -61,6 +69,14 @@ from sqlalchemy.types import Text
 from joblife.db.copy import copy_columns
 from joblife.db.text import NOT_UTF8_TEXT, storable_text, why_unstorable
 from joblife.lifecycle.common import ServiceContext, for_each_job_type, job_logger, utc_now
+from joblife.lifecycle.discovery_modes import (
+    discovery_policy,
+    hold_settling,
+    known_keys,
+    skip_known,
+    summary,
+    window_start,
+)
 from joblife.model import JobStatus, JobTemplate, Priority
 from joblife.ops.metrics import record_rejected_product
 from joblife.storage.keys import UnsafeKey, check_location, escape
@@ -94,12 +110,22 @@ class CreationReport:
     """What one creation cycle did for one job type."""
 
     job_type: str
+    #: The type's ``DISCOVERY_MODE``.
+    mode: str | None = None
     window_start: datetime | None = None
     window_end: datetime | None = None
+    #: Every product the type's discovery returned (the settling ones included).
     discovered: int = 0
     inserted: int = 0
     already_known: int = 0
     cancelled: int = 0
+    #: Products too recent to take (``DISCOVERY_SETTLE_SECONDS``): left for a later cycle.
+    settling: int = 0
+    #: Known products whose input changed, created again under a new reprocessing context
+    #: (``REPROCESS_ON_CHANGE``; counted in ``inserted`` or ``cancelled`` too).
+    reprocessed: int = 0
+    #: Known products whose input changed, skipped (counted in ``already_known`` too).
+    changed_not_reprocessed: int = 0
     #: Products refused (see rejected_products): not created, or created cancelled (an
     #: unsafe key: counted in ``cancelled`` too when inserted).
     rejected: int = 0
@@ -145,47 +171,71 @@ def _create_for_type(
             extra={"job_type": cls.JOB_NAME},
         )
         return
+    policy = discovery_policy(cls, context.settings)
+    report.mode = policy.mode
     cursor = cls.get_last_inserted_job(session)
-    if cursor is not None and cursor.input_publication_date is not None:
-        start = cursor.input_publication_date
-    else:
-        start = now - timedelta(hours=context.settings.discovery_lookback_hours)
+    start = window_start(
+        policy,
+        cursor.input_publication_date if cursor is not None else None,
+        now,
+        context.settings.discovery_lookback_hours,
+    )
     report.window_start, report.window_end = start, now
     found = cls.get_jobs_to_create(start, now)
+    report.discovered = len(found.to_create) + len(found.to_cancel)
+    report.settling = hold_settling(cls.JOB_NAME, found, now, policy.settle)
     for job in (*found.to_create, *found.to_cancel):
         job.job_pre_insertion_setup()
-    report.discovered = len(found.to_create) + len(found.to_cancel)
     screened = screen_discovered(cls, found.to_create, found.to_cancel)
     report.rejected = len(screened.rejected)
     record_rejections(context.engine, cls.JOB_NAME, screened.rejected, now)
+    unknown = skip_known(
+        session,
+        cls,
+        screened.to_create,
+        screened.to_cancel,
+        screened.messages,
+        policy.reprocess_on_change,
+    )
+    report.reprocessed = unknown.reprocessed
+    report.changed_not_reprocessed = unknown.changed_skipped
     committed: Counter[JobStatus] = Counter()
     try:
         insert_discovered(
             context.engine,
             cls,
-            screened.to_create,
-            screened.to_cancel,
+            unknown.to_create,
+            unknown.to_cancel,
             now,
             context.settings.creation_parallelism,
             committed,
-            screened.messages,
+            unknown.messages,
+            known_skipped=True,
         )
     finally:
         report.inserted = committed[JobStatus.INITIALIZED]
         report.cancelled = committed[JobStatus.CANCELLED]
     not_created = sum(r.reason_class != UNSAFE_KEY for r in screened.rejected)  # no job
-    report.already_known = report.discovered - report.inserted - report.cancelled - not_created
-    if report.inserted or report.cancelled:
-        log.info(
-            "%s: %d discovered, %d created, %d cancelled, %d already known, %d refused",
-            cls.JOB_NAME,
-            report.discovered,
-            report.inserted,
-            report.cancelled,
-            report.already_known,
-            report.rejected,
-            extra={"job_type": cls.JOB_NAME},
-        )
+    report.already_known = (
+        report.discovered - report.settling - report.inserted - report.cancelled - not_created
+    )
+    line = summary(
+        cls.JOB_NAME,
+        report.discovered,
+        report.inserted,
+        report.already_known,
+        report.settling,
+        reprocessed=report.reprocessed,
+        changed_skipped=report.changed_not_reprocessed,
+        cancelled=report.cancelled,
+        refused=report.rejected,
+    )
+    # At info level when the cycle did something for the type (or holds products back);
+    # a cycle that only saw known products is a debug line, one that saw nothing none.
+    if report.inserted or report.cancelled or report.settling:
+        log.info("%s", line, extra={"job_type": cls.JOB_NAME})
+    elif report.discovered:
+        log.debug("%s", line, extra={"job_type": cls.JOB_NAME})
 
 
 @dataclass(frozen=True)
@@ -350,8 +400,8 @@ def insert_jobs(
     now: datetime | None = None,
 ) -> int:
     """Insert ``jobs`` of type ``cls`` in ``status`` (a creation status), skipping those whose
-    natural key exists; return how many were inserted. Runs in the caller's transaction
-    (see :func:`insert_discovered` for creation's parallel ranges)."""
+    natural key exists (they draw no job id); return how many were inserted. Runs in the
+    caller's transaction (see :func:`insert_discovered` for creation's parallel ranges)."""
     rows = _unique_by_key([(job, status) for job in jobs])
     return sum(_insert_range(session, cls, rows, now or utc_now()).values())
 
@@ -365,11 +415,15 @@ def insert_discovered(
     parallelism: int = 1,
     committed: Counter[JobStatus] | None = None,
     messages: Mapping[tuple[str, str], str] | None = None,
+    *,
+    known_skipped: bool = False,
 ) -> Counter[JobStatus]:
     """Insert what a discovery found: ``to_create`` as initialized jobs, ``to_cancel`` as
-    cancelled ones (a key in both: created), skipping known natural keys; return the jobs
-    inserted by status. ``messages``: the first history message of cancelled jobs, by
-    natural key (input_product_id, reprocessing_context); the others say ``created``.
+    cancelled ones (a key in both: created), skipping known natural keys (looked up by every
+    range before any range inserts, unless ``known_skipped`` says the caller just did: they
+    draw no job id); return the jobs inserted by status. ``messages``: the first history message of
+    cancelled jobs, by natural key (input_product_id, reprocessing_context); the others say
+    ``created``.
 
     The jobs are ordered by input publication date and cut into at most ``parallelism``
     contiguous ranges (one per ``INSERT_BATCH`` jobs at most), never between two jobs of the
@@ -391,13 +445,18 @@ def insert_discovered(
     ranges = _ranges(rows, parallelism)
     if len(ranges) == 1:  # no thread, no lock timeout: the common small discovery
         with Session(engine) as session:
-            counts = _insert_range(session, cls, ranges[0], now, messages)
+            counts = _insert_range(session, cls, ranges[0], now, messages, not known_skipped)
             session.commit()
         committed.update(counts)
         return committed
     futures: list[Future[tuple[Session, Counter[JobStatus]]]] = []
     try:
         with ThreadPoolExecutor(len(ranges), thread_name_prefix="joblife-creation") as pool:
+            if not known_skipped:
+                # Every range's lookup ends before any range inserts: a lookup running while
+                # another range inserts may scan, once per product, a table that was empty
+                # when the lookup was planned.
+                ranges = list(pool.map(partial(_without_known_in, engine, cls), ranges))
             extra = {"messages": messages} if messages else {}  # most discoveries: none
             futures = [pool.submit(_open_range, engine, cls, part, now, **extra) for part in ranges]
         _commit_in_order(cls.JOB_NAME, futures, committed)
@@ -408,6 +467,37 @@ def insert_discovered(
     return committed
 
 
+def _without_known(
+    session: Session, cls: type[JobTemplate], rows: Sequence[tuple[JobTemplate, JobStatus]]
+) -> Sequence[tuple[JobTemplate, JobStatus]]:
+    """``rows`` (unique natural keys) without those whose natural key has a job, looked up
+    by probing the unique index once per product (:func:`known_keys`) before anything is
+    staged. Left to ``ON CONFLICT``, each would draw a job id (the column default is
+    evaluated before the conflict is found). An anti-join inside the insert statement is
+    at the planner's mercy: planned on a table that looks empty (a first creation), it
+    scans the rows the statement itself inserts once per staged row (quadratic), and on
+    stale statistics it hashes every job of the type per batch."""
+    if not rows:
+        return rows
+    products = [instance_dict(job)["input_product_id"] for job, _ in rows]
+    known = known_keys(session, cls.JOB_NAME or "", products)
+    if not known:
+        return rows
+    return [
+        row
+        for row, product in zip(rows, products, strict=True)
+        if (product, instance_dict(row[0]).get("reprocessing_context") or "") not in known
+    ]
+
+
+def _without_known_in(
+    engine: Engine, cls: type[JobTemplate], rows: Sequence[tuple[JobTemplate, JobStatus]]
+) -> Sequence[tuple[JobTemplate, JobStatus]]:
+    """:func:`_without_known` in a session of its own."""
+    with Session(engine) as session:
+        return _without_known(session, cls, rows)
+
+
 def _open_range(
     engine: Engine,
     cls: type[JobTemplate],
@@ -415,11 +505,12 @@ def _open_range(
     now: datetime,
     messages: Mapping[tuple[str, str], str] | None = None,
 ) -> tuple[Session, Counter[JobStatus]]:
-    """Insert one range in a new session, left uncommitted for :func:`_commit_in_order`."""
+    """Insert one range (its known keys left out already) in a new session, left
+    uncommitted for :func:`_commit_in_order`."""
     session = Session(engine)
     try:
         session.execute(text(f"SET LOCAL lock_timeout = '{RANGE_LOCK_TIMEOUT}'"))
-        return session, _insert_range(session, cls, rows, now, messages)
+        return session, _insert_range(session, cls, rows, now, messages, False)
     except BaseException as exc:
         session.close()  # rolls back
         if isinstance(exc, OperationalError) and (
@@ -504,14 +595,21 @@ def _insert_range(
     rows: Sequence[tuple[JobTemplate, JobStatus]],
     now: datetime,
     messages: Mapping[tuple[str, str], str] | None = None,
+    look_up_known: bool = True,
 ) -> Counter[JobStatus]:
     """Insert ``rows`` (unique natural keys) in batches, in ``session``'s transaction; return
     the jobs inserted by status.
 
-    The rows are ``COPY``-ed into temporary staging tables, then moved by one statement per
-    batch: ``INSERT INTO jobs ... SELECT ... ON CONFLICT DO NOTHING RETURNING`` feeding the
-    type's own table (the creation trigger writes the history rows of the whole batch, with
-    the batch's cancelled jobs' ``messages`` when there are some)."""
+    Known natural keys are left out first (:func:`_without_known`; ``look_up_known`` False:
+    the caller just did). The rows are ``COPY``-ed into temporary staging tables, then moved
+    by one statement per batch: ``INSERT INTO jobs ... SELECT ... ON CONFLICT DO NOTHING
+    RETURNING`` (the conflict: a concurrent writer of the same key) feeding the type's own
+    table (the creation trigger writes the history rows of the whole batch, with the
+    batch's cancelled jobs' ``messages`` when there are some)."""
+    if look_up_known:
+        rows = _without_known(session, cls, rows)
+    if not rows:
+        return Counter()
     child_columns = _own_columns(cls)
     _create_staging_tables(session, cls, child_columns)
     constants = {
