@@ -96,7 +96,7 @@ def window_start(
         return EVERYTHING
     if cursor is None:
         return now - timedelta(hours=lookback_hours)
-    return cursor - policy.overlap
+    return (cursor - policy.overlap).astimezone(UTC)  # the server may answer in its time zone
 
 
 def hold_settling(job_type: str, found: JobsToCreate, now: datetime, settle: timedelta) -> int:

@@ -74,8 +74,14 @@ class StoredObject:
     (UTC, from the listing)."""
 
     key: str
+    """The object's key: relative to the storage's root from :meth:`Storage.list` and
+    :meth:`Storage.find`, relative to the discovery location from
+    :func:`joblife.discovery.find`."""
     size: int
+    """Its size in bytes."""
     modified: datetime
+    """When it was last written: timezone-aware, in UTC (a file's modification time; S3's
+    ``LastModified``, in whole seconds)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,19 +101,26 @@ class Storage(ABC):
 
     @abstractmethod
     def url(self, key: str = "") -> str:
-        """The URL of ``key`` (for messages and the status details)."""
+        """The full URL of ``key`` (``""``: the storage's root), for messages and the status
+        details: ``file:///root/key``, ``s3://bucket/prefix/key``; an ``http(s)`` URL
+        without its credentials. It only formats ``key``: nothing is checked or contacted."""
 
     @abstractmethod
     def exists(self, key: str) -> bool:
-        """Whether the object ``key`` exists."""
+        """Whether the object ``key`` exists (file storage: a file; a folder is not an
+        object). :class:`KeyRefused` for an unsafe key; a storage that cannot answer
+        raises :class:`StorageError` rather than answering False."""
 
     @abstractmethod
     def list(self, prefix: str = "") -> list[StoredObject]:
-        """Every object whose key starts with ``prefix``, sorted by key."""
+        """Every object whose key starts with ``prefix`` (a string prefix: ``in`` lists
+        ``in2/x`` too; end it with ``/`` for a folder; ``""``: every object), sorted by
+        key, with keys relative to the storage's root and UTC-aware dates. The whole
+        listing: a backend whose listing comes in pages (S3) reads every page."""
 
     def modified_at(self, key: str) -> datetime:
-        """When the object ``key`` was last written (UTC). Listings carry it already
-        (:attr:`StoredObject.modified`); this asks about one object."""
+        """When the object ``key`` was last written, timezone-aware in UTC. Listings carry
+        it already (:attr:`StoredObject.modified`); this asks about one object."""
         raise StorageError(f"{type(self).__name__} cannot tell when {key!r} was written")
 
     @abstractmethod
@@ -132,8 +145,12 @@ class Storage(ABC):
         """Remove ``key``; no error if it does not exist."""
 
     def find(self, prefix: str = "", pattern: str | None = None) -> list[StoredObject]:
-        """The objects under ``prefix`` whose key relative to it fully matches the regular
-        expression ``pattern`` (all of them when None)."""
+        """The objects of :meth:`list` ``(prefix)`` whose key relative to ``prefix``
+        (``key[len(prefix):]``) fully matches the regular expression ``pattern``
+        (``re.fullmatch``: ``r"a"`` does not match ``a.h5``; all of them when None). The
+        keys returned are relative to the storage's root, sorted; dates are UTC-aware. The
+        whole listing is read and filtered here: a pattern does not narrow the listing,
+        a longer ``prefix`` does. ``re.error`` for an invalid pattern."""
         objects = self.list(prefix)
         if pattern is None:
             return objects
@@ -171,7 +188,10 @@ class Storage(ABC):
 
 
 def join_key(*parts: str) -> str:
-    """Join key parts with single slashes (empty parts skipped)."""
+    """Join key parts with single slashes: each part loses the ``/`` at its ends, empty
+    parts are skipped (``join_key("in/", "", "/a.h5")`` is ``in/a.h5``; no part: ``""``).
+    Nothing inside a part is changed or checked (``a//b``, ``..`` stay; a storage then
+    refuses the key): for a name from outside, use :func:`child_key`."""
     return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
 
 

@@ -54,8 +54,10 @@ def escape(name: str) -> str:
 
 
 def check_key(key: str) -> str:
-    """``key`` if it is a safe relative key (see the module docstring), else
-    :class:`UnsafeKey` saying why."""
+    """``key``, unchanged, if it is a safe relative key: not empty, at most
+    ``MAX_KEY_BYTES`` (1,024) bytes of UTF-8, no control character nor undecodable byte, no
+    leading ``/``, no empty, ``.`` or ``..`` segment (see the module docstring). Otherwise
+    :class:`UnsafeKey` saying why: nothing is repaired, stripped or normalised."""
     if not isinstance(key, str):
         raise UnsafeKey(str(key), f"a key is text, not {type(key).__name__}")
     if not key:

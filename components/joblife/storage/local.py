@@ -25,7 +25,10 @@ _COPY_BUFFER = 1 << 20
 
 
 class FileStorage(Storage):
-    """Objects are files under ``root``; a key is their path relative to it."""
+    """Objects are files under ``root`` (resolved when opened); a key is their path
+    relative to it. A key whose path leads out of the root through a symbolic link is a
+    :class:`StorageError`. An upload is written to a hidden temporary file next to its
+    target and renamed into place: listings never show a partial file."""
 
     def __init__(self, root: Path, concurrency: int = 4) -> None:
         self.root = Path(root).resolve()
@@ -46,6 +49,10 @@ class FileStorage(Storage):
         return self._path(key).is_file()
 
     def list(self, prefix: str = "") -> list[StoredObject]:
+        """Every file whose key starts with ``prefix``, sorted by key, dated by its
+        modification time (UTC-aware); an upload's temporary files are left out. Only the
+        deepest folder the prefix names is walked; under a folder that does not exist,
+        nothing (no error)."""
         # Walk only the deepest directory the prefix names, then filter by the rest.
         base = self._path(prefix.rsplit("/", 1)[0], prefix=True) if "/" in prefix else self.root
         if not base.is_dir():

@@ -32,7 +32,11 @@ _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 
 
 class S3Storage(Storage):
-    """Objects under ``prefix`` in ``bucket``; a key is relative to the prefix."""
+    """Objects under ``prefix`` in ``bucket``; a key is relative to the prefix. Opened by
+    :func:`joblife.storage.open_storage` from an ``s3://bucket/prefix`` URL and the
+    settings (``max_attempts`` counts every attempt of a request, the first included;
+    files from ``multipart_threshold`` bytes on move in parts). Dates are S3's
+    ``LastModified``: whole seconds, UTC; a multipart upload is dated by its start."""
 
     def __init__(
         self,
@@ -122,6 +126,10 @@ class S3Storage(Storage):
         return head["LastModified"].astimezone(UTC)
 
     def list(self, prefix: str = "") -> list[StoredObject]:
+        """Every object whose key starts with ``prefix``, sorted by key: boto3's
+        ``ListObjectsV2`` paginator reads every page (1,000 keys each) until S3 says the
+        listing is complete, so a listing of any length is whole (and held in memory).
+        A failed page fails the listing (:class:`StorageError`, after the retries)."""
         full = self._key(prefix, prefix=True)
         if prefix.endswith("/") or (self.prefix and not prefix):
             full += "/"

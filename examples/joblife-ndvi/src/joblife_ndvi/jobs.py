@@ -15,13 +15,15 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
+from joblife.discovery import find, get_settings, input_location, join_key
 from joblife.model import JobsToCreate, JobTemplate
-from joblife.storage import join_key, open_storage
 from sqlalchemy import Float, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 #: Where products are discovered: a key prefix of joblife's storage (JOBLIFE_STORAGE_URL).
 INPUT_LOCATION = os.environ.get("NDVI_INPUT_LOCATION", "ndvi/inputs")
+#: What makes a folder under INPUT_LOCATION a product: its metadata, next to its two bands.
+METADATA = r"[^/]+/metadata\.json"
 
 
 class NdviJob(JobTemplate):
@@ -55,15 +57,15 @@ class NdviJob(JobTemplate):
 
     @classmethod
     def get_jobs_to_create(cls, start: datetime, end: datetime) -> JobsToCreate:
-        """Every product whose ``published_at`` is in ``[start, end)``."""
-        storage = open_storage()
-        prefix = f"{INPUT_LOCATION.strip('/')}/"
+        """Every product whose ``published_at`` (with its UTC offset: ``start`` and ``end``
+        are timezone-aware) is in ``[start, end)``."""
+        storage, prefix, listed = find(INPUT_LOCATION, get_settings(), METADATA)
         found = JobsToCreate()
         with tempfile.TemporaryDirectory() as scratch:
-            for item in storage.find(prefix, r"[^/]+/metadata\.json"):
-                product_id = item.key[len(prefix) :].split("/")[0]
+            for item in listed:  # keys relative to INPUT_LOCATION, the whole listing
+                product_id = item.key.split("/")[0]
                 local = Path(scratch) / f"{product_id}.json"
-                storage.download(item.key, local)
+                storage.download(join_key(prefix, item.key), local)
                 metadata = json.loads(local.read_text())
                 published = datetime.fromisoformat(metadata["published_at"])
                 if start <= published < end:
@@ -72,7 +74,7 @@ class NdviJob(JobTemplate):
                             input_product_id=product_id,
                             tile_id=metadata["tile_id"],
                             input_publication_date=published,
-                            input_path=join_key(INPUT_LOCATION, product_id),
+                            input_path=input_location(INPUT_LOCATION, product_id),
                         )
                     )
         return found
