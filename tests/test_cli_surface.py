@@ -23,27 +23,14 @@ from joblife.config import get_settings
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 from tests.support.example_type import ExampleJob
+from tests.test_cli import _plain_terminal, run  # noqa: F401 - the autouse fixture
 
 JOBLIFE = [sys.executable, "-m", "joblife.cli.main"]
 #: A URL on which nothing listens: a command that reached for the database would fail.
 UNREACHABLE = "postgresql://postgres:pw@127.0.0.1:1/nowhere"
-
-
-@pytest.fixture(autouse=True)
-def _plain_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Output as a pipe gets it: no colours, no width from the environment."""
-    for name in ("COLUMNS", "LINES", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_COLOR", "1")
-    monkeypatch.delenv("JOBLIFE_DEBUG", raising=False)
-
-
-def run(*args: str) -> Result:
-    """Invoke ``joblife ARGS`` in-process."""
-    return CliRunner().invoke(app, list(args))
 
 
 def one_line(text_: str) -> str:

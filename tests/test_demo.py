@@ -137,9 +137,7 @@ def test_demo_web_serves_the_dashboard_on_the_demo_jobs(data_dir: Path) -> None:
     import re
     import socket
 
-    import requests
-
-    from tests.support.lifecycle import wait_for
+    from tests.support.web import login_over_http, wait_until_serving
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -162,23 +160,8 @@ def test_demo_web_serves_the_dashboard_on_the_demo_jobs(data_dir: Path) -> None:
         assert "every demo job is done" in output, output
         password = re.search(r"with password: (\S+)", output).group(1)
         base = f"http://127.0.0.1:{port}"
-
-        def login_page() -> requests.Response | None:
-            assert process.poll() is None, "joblife demo --web exited"
-            try:
-                return requests.get(f"{base}/login", timeout=5)
-            except requests.ConnectionError:
-                return None
-
-        page = wait_for(login_page, timeout=60, message="the dashboard to answer")
-        session = requests.Session()
-        session.cookies.update(page.cookies)
-        token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
-        session.post(
-            f"{base}/login",
-            data={"username": "admin", "password": password, "csrf_token": token},
-            timeout=10,
-        )
+        wait_until_serving(process, base)
+        session, _ = login_over_http(base, "admin", password)
         jobs = session.get(f"{base}/jobs", timeout=10)
         assert jobs.status_code == 200
         for job_type in ("h5repack", "image_ingest", "tile_series"):

@@ -10,12 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import requests
 from joblife.cli.main import app
 from joblife.web.users import Role, UserStore
 from typer.testing import CliRunner
 
-from tests.support.lifecycle import wait_for
+from tests.support.web import login_over_http, wait_until_serving
 
 
 def _free_port() -> int:
@@ -70,25 +69,10 @@ def test_joblife_web_serves_and_creates_a_first_operator(joblife_env: str, tmp_p
         assert f"http://127.0.0.1:{port}/" in listening
         base = f"http://127.0.0.1:{port}"
 
-        # The line is printed before uvicorn binds: wait for it to answer.
-        def answers() -> requests.Response | None:
-            assert process.poll() is None, "joblife web exited"
-            try:
-                return requests.get(f"{base}/healthz", timeout=5)
-            except requests.ConnectionError:
-                return None
-
-        response = wait_for(answers, timeout=60, message="joblife web to answer")
+        response = wait_until_serving(process, base)
         assert response.text == "ok\n"
-        session = requests.Session()
-        page = session.get(f"{base}/login", timeout=5)
-        token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
-        landed = session.post(
-            f"{base}/login",
-            data={"username": "admin", "password": match.group(1), "csrf_token": token},
-            timeout=10,
-        )
-        assert landed.status_code == 200 and "admin <small>(operator)" in landed.text
+        _, landed = login_over_http(base, "admin", match.group(1))
+        assert "admin <small>(operator)" in landed
     finally:
         process.terminate()
         process.wait(timeout=20)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 import uvicorn
 from joblife.config import Settings, get_settings
 from joblife.db.engine import create_joblife_engine
@@ -111,3 +113,31 @@ def live_web(web_app: WebApp) -> Iterator[str]:
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+def wait_until_serving(process: subprocess.Popen, base: str) -> requests.Response:
+    """``/healthz`` of a ``joblife web`` (or ``demo --web``) started as ``process``, once it
+    answers (its "listening" line comes before uvicorn binds); fails if the process ends."""
+    from tests.support.lifecycle import wait_for
+
+    def answers() -> requests.Response | None:
+        assert process.poll() is None, "the dashboard's process exited"
+        try:
+            return requests.get(f"{base}/healthz", timeout=5)
+        except requests.ConnectionError:
+            return None
+
+    return wait_for(answers, timeout=60, message="the dashboard to answer")
+
+
+def login_over_http(base: str, name: str, password: str) -> tuple[requests.Session, str]:
+    """Log in to a served dashboard as a browser would; the session and the page landed on."""
+    session = requests.Session()
+    token = csrf_from(session.get(f"{base}/login", timeout=10).text)
+    landed = session.post(
+        f"{base}/login",
+        data={"username": name, "password": password, "csrf_token": token},
+        timeout=10,
+    )
+    assert landed.status_code == 200, landed.text
+    return session, landed.text
