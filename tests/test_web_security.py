@@ -296,3 +296,36 @@ def _slow_read(read):
         return read(request, with_sleep, *args, **kwargs)
 
     return slow
+
+
+def test_behind_a_proxy_on_this_host_the_user_header_is_believed_as_served(
+    web_app: WebApp,
+) -> None:
+    """Served as `joblife web` serves it (uvicorn, no proxy-header rewriting), a proxy on
+    this host naming the user gets their pages, whatever X-Forwarded-For it adds; a client
+    naming a trusted address in X-Forwarded-For does not become the proxy."""
+    import requests
+
+    from tests.support.web import serve
+
+    def app_trusting(proxies: list[str]) -> WebApp:
+        settings = web_app.settings.model_copy(
+            update={"web_trusted_user_header": "X-Forwarded-User", "web_trusted_proxies": proxies}
+        )
+        return WebApp(create_app(settings, web_app.app.state.engine, web_app.users), settings,
+                      web_app.users)  # fmt: skip
+
+    for proxies, forwarded_for, expected in (
+        (["127.0.0.1"], "203.0.113.9", 200),  # the proxy on this host, a user elsewhere
+        (["10.0.0.1"], "10.0.0.1", 303),  # a client claiming to be the proxy: to the login
+    ):
+        with serve(app_trusting(proxies)) as base:
+            page = requests.get(
+                f"{base}/",
+                headers={"X-Forwarded-User": VIEWER, "X-Forwarded-For": forwarded_for},
+                allow_redirects=False,
+                timeout=10,
+            )
+        assert page.status_code == expected, (proxies, page.status_code)
+        if expected == 200:
+            assert f"{VIEWER} <small>(viewer)" in page.text

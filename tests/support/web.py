@@ -11,6 +11,7 @@ import socket
 import subprocess
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,26 +94,31 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def live_web(web_app: WebApp) -> Iterator[str]:
-    """The dashboard served by uvicorn in a thread, as ``joblife web`` serves it; its URL."""
+@contextmanager
+def serve(web: WebApp) -> Iterator[str]:
+    """Serve ``web`` with uvicorn in a thread, as ``joblife web`` serves it; its URL."""
+    from joblife.web.app import SERVER_OPTIONS
+
     port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(web_app.app, host="127.0.0.1", port=port, log_level="warning")
-    )
+    server = uvicorn.Server(uvicorn.Config(web.app, host="127.0.0.1", port=port, **SERVER_OPTIONS))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     started = threading.Event()
-
-    def wait_started() -> None:
-        while not server.started and thread.is_alive():
-            started.wait(0.02)
-
-    wait_started()
+    while not server.started and thread.is_alive():
+        started.wait(0.02)  # the server sets no event of its own; bounded by the thread
     assert server.started, "the dashboard did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def live_web(web_app: WebApp) -> Iterator[str]:
+    """The dashboard on the test database, served (see :func:`serve`); its URL."""
+    with serve(web_app) as url:
+        yield url
 
 
 def wait_until_serving(process: subprocess.Popen, base: str) -> requests.Response:

@@ -31,7 +31,7 @@ def web(
     import uvicorn
 
     from joblife.config import get_settings
-    from joblife.web.app import create_app
+    from joblife.web.app import SERVER_OPTIONS, create_app
     from joblife.web.users import UserStore, create_first_user, users_file
 
     settings = get_settings()
@@ -52,15 +52,7 @@ def web(
     typer.echo(
         f"joblife web: http://{shown}:{settings.web_port}/ on {state.display_url()} (Ctrl-C stops)"
     )
-    uvicorn.run(
-        app,
-        host=host,
-        port=settings.web_port,
-        log_level="warning",
-        proxy_headers=bool(settings.web_trusted_user_header),
-        forwarded_allow_ips=",".join(settings.web_trusted_proxies),
-        server_header=False,
-    )
+    uvicorn.run(app, host=host, port=settings.web_port, **SERVER_OPTIONS)
 
 
 def _store():

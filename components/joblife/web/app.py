@@ -27,6 +27,12 @@ from joblife.web.users import UserStore, users_file
 #: The dashboard's cookie key file under the data directory, when web_secret_key is unset.
 SECRET_KEY_FILE = "web-secret.key"
 SESSION_COOKIE = "joblife_session"
+#: How uvicorn serves the app. No proxy headers: the address the app sees is the peer's,
+#: so that web_trusted_proxies is checked against the proxy itself (uvicorn's default
+#: would replace it with X-Forwarded-For's client, and the user header would be believed
+#: of nobody, or of a client that names a trusted address); the login limit per address
+#: then counts the proxy's, the limit per user name still each user's.
+SERVER_OPTIONS = {"log_level": "warning", "proxy_headers": False, "server_header": False}
 #: SQLSTATE of a statement cancelled by statement_timeout.
 QUERY_CANCELED = "57014"
 
