@@ -10,7 +10,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from tests.support.factories import make_jobs, move_to
+from tests.support.lifecycle import wait_for
 from tests.test_demo import JOBLIFE, printed_command
 from tests.test_publication import processed_jobs
 
@@ -185,7 +185,18 @@ def test_an_interrupted_demo_says_what_it_left_and_how_to_finish_or_clean_it(dat
         assert process.stdout is not None
         head = [process.stdout.readline() for _ in range(2)]
         assert head[1].startswith("generated 9 input products"), head
-        time.sleep(1.0)  # some cycles of the orchestrator
+        demo_url = f"postgresql://postgres@/joblife_demo?host={data_dir / 'postgres'}"
+
+        def demo_jobs() -> int:  # interrupted once its services made jobs, not at a time
+            assert process.poll() is None, "the demo ended before it was interrupted"
+            try:
+                with psycopg2.connect(demo_url) as conn, conn.cursor() as cur:
+                    cur.execute("SELECT count(*) FROM jobs")
+                    return cur.fetchone()[0]
+            except psycopg2.Error:  # its database not made or migrated yet
+                return 0
+
+        wait_for(demo_jobs, timeout=60, message="the demo to create its jobs")
         process.send_signal(signal.SIGINT)
         rest, errors = process.communicate(timeout=60)
     finally:

@@ -5,7 +5,6 @@ through Chromium)."""
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -253,16 +252,22 @@ def test_shared_cache_computes_each_key_once_per_interval_for_concurrent_readers
     cache = SharedCache(ttl_seconds=60)
     gate = threading.Event()
     calls = []
+    # Every reader has asked before the first computation may end: without the
+    # per-key lock each would compute (and block on the gate) too.
+    asked = threading.Barrier(9)
 
     def compute() -> int:
         calls.append(1)
         gate.wait(5)
         return 42
 
+    def reader() -> int:
+        asked.wait(5)
+        return cache.get("page", compute)
+
     with ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(cache.get, "page", compute) for _ in range(8)]
-        while not calls:
-            time.sleep(0.001)
+        futures = [pool.submit(reader) for _ in range(8)]
+        asked.wait(5)
         gate.set()
         assert [f.result() for f in futures] == [42] * 8
     assert len(calls) == 1 and cache.computed == 1
