@@ -334,3 +334,43 @@ def test_behind_a_proxy_on_this_host_the_user_header_is_believed_as_served(
         assert page.status_code == expected, (proxies, page.status_code)
         if expected == 200:
             assert f"{VIEWER} <small>(viewer)" in page.text
+
+
+def test_the_login_page_keeps_every_filter_of_the_page_asked_for(web_client: TestClient) -> None:
+    response = web_client.get("/jobs?status=done&type=example", follow_redirects=False)
+    page = web_client.get(response.headers["location"])
+    assert 'name="next" value="/jobs?status=done&amp;type=example"' in page.text
+
+
+def test_job_ids_beyond_a_bigint_name_no_job(web_client: TestClient) -> None:
+    token = login(web_client, OPERATOR)
+    single = web_client.post(
+        "/jobs/99999999999999999999999/action",
+        data={"action": "retry", "csrf_token": token},
+        follow_redirects=False,
+    )
+    assert single.status_code == 404
+    bulk = web_client.post(
+        "/jobs/actions",
+        data={
+            "action": "retry",
+            "confirmed": "yes",
+            "ids": "9999999999999999999",
+            "csrf_token": token,
+        },
+        follow_redirects=False,
+    )
+    assert bulk.status_code == 303  # back to the list, with the refusal said
+    assert "not a job id" in web_client.get(bulk.headers["location"]).text
+
+
+def test_a_failed_computation_is_not_kept_and_its_key_can_be_computed_again() -> None:
+    cache = SharedCache(ttl_seconds=60)
+
+    def fails() -> int:
+        raise RuntimeError("statement timeout")
+
+    with pytest.raises(RuntimeError):
+        cache.get("page", fails)
+    assert cache.get("page", lambda: 7) == 7
+    assert cache._computing == {}

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 #: The most jobs one bulk action changes (one transaction); the confirmation says when a
 #: filter matches more.
 BULK_CAP = 10_000
+#: The largest job id (jobs.id is a bigint): a larger number names no job.
+JOB_ID_MAX = 2**63 - 1
 #: Ids shown on the confirmation page.
 CONFIRM_SHOWN = 50
 
@@ -114,6 +116,8 @@ def _flash_error(request: Request, text: str) -> None:
 async def job_action(request: Request) -> Response:
     """POST /jobs/{id}/action: one job, from its page."""
     job_id: int = request.path_params["job_id"]
+    if job_id > JOB_ID_MAX:
+        return render(request, "error.html", 404, message=f"no job {job_id}")
     form = await request.form()
     action = ACTIONS.get(str(form.get("action", "")))
     if action is None:
@@ -185,7 +189,7 @@ def _parse_ids(values: Sequence[object]) -> list[int]:
         text = str(value).strip()
         if not text:
             continue
-        if not text.isdigit() or len(text) > 19:
+        if not text.isdigit() or int(text) > JOB_ID_MAX:
             raise ValueError(f"not a job id: {text[:30]!r}")
         ids.add(int(text))
     if len(ids) > BULK_CAP:

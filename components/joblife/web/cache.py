@@ -35,7 +35,12 @@ class SharedCache:
             with self._lock:
                 if key in self._values:  # computed by the caller we waited for
                     return self._values[key]
-            value = compute()
+            try:
+                value = compute()
+            except BaseException:
+                with self._lock:
+                    self._computing.pop(key, None)
+                raise
             with self._lock:
                 self._values[key] = value
                 self._computing.pop(key, None)

@@ -15,6 +15,9 @@ from joblife.web.users import Role
 
 log = logging.getLogger(__name__)
 
+#: The longest password read from the form (a longer one is cut, so it cannot match).
+PASSWORD_MAX = 1024
+
 
 async def login_page(request: Request) -> Response:
     """The login form (also where anonymous page views are sent)."""
@@ -27,7 +30,7 @@ async def login_submit(request: Request) -> Response:
     auth: Authenticator = request.app.state.auth
     form = await request.form()
     name = str(form.get("username", ""))[:64]
-    password = str(form.get("password", ""))
+    password = str(form.get("password", ""))[:PASSWORD_MAX]  # argon2's time grows with it
     target = safe_next(form.get("next"))
     client = request.client.host if request.client else "unknown"
     if not await csrf_valid(request):

@@ -132,7 +132,7 @@ def requires(role: Role) -> Callable[[Endpoint], Endpoint]:
                         f"?{request.url.query}" if request.url.query else ""
                     )
                     return RedirectResponse(
-                        f"/login?next={quote(target, safe='/?=&')}", status_code=303
+                        f"/login?next={quote(target, safe='/')}", status_code=303
                     )
                 return _refuse(401, "log in first")
             if not reading and not await csrf_valid(request):
