@@ -282,3 +282,39 @@ def test_a_changed_listing_is_a_change_and_an_undated_product_gets_a_digest_cont
     [changed] = skip_known(session, ExampleJob, [undated], [], {}, True).to_create
     digest = hashlib.sha256(b'{"x": 2}').hexdigest()[:16]
     assert changed.reprocessing_context == f"changed-{digest}"
+
+
+def test_a_changed_product_whose_new_context_fails_is_rejected_alone(
+    context: ServiceContext,
+    engine: Engine,
+    folder: Path,
+    now: datetime,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A type's changed_input_context() that raises (or gives an unstorable context) for one
+    product rejects that product; the type's other products are created."""
+    write(folder, "bad.h5", now - 10 * MINUTE, b"version 1")
+    write(folder, "nul.h5", now - 10 * MINUTE, b"version 1")
+    assert cycle(context, now).inserted == 2
+    write(folder, "bad.h5", now - 2 * MINUTE, b"version 2")
+    write(folder, "nul.h5", now - 2 * MINUTE, b"version 2")
+    write(folder, "new.h5", now - 2 * MINUTE)
+
+    def context_of(job: H5RepackJob) -> str:
+        if job.input_product_id == "bad.h5":
+            raise ValueError("no context for you")
+        return "changed\x00"
+
+    monkeypatch.setattr(H5RepackJob, "REPROCESS_ON_CHANGE", True)
+    monkeypatch.setattr(H5RepackJob, "changed_input_context", context_of)
+    report = cycle(context, now + SECOND)
+    assert report.error is None
+    assert (report.inserted, report.rejected) == (1, 2)
+    assert set(jobs(engine)) == {("bad.h5", ""), ("nul.h5", ""), ("new.h5", "")}
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT name, reason FROM rejected_products")).all()
+        rejected = {row.name: row.reason for row in rows}
+    # Named as screening names its rejections (escaped, quoted).
+    assert set(rejected) == {"'bad.h5'", "'nul.h5'"}, rejected
+    assert "no context for you" in rejected["'bad.h5'"]
+    assert "changed_input_context() gave" in rejected["'nul.h5'"]

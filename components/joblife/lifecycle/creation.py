@@ -93,6 +93,8 @@ RANGE_LOCK_TIMEOUT = "60s"
 LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock_timeout
 #: Reason classes of a refused product (the label of joblife_rejected_products_total).
 UNSAFE_KEY, NUL, NOT_UTF8 = "unsafe_key", "nul", "not_utf8"
+#: A known product whose input change could not be judged or given a storable context.
+CHANGE_CHECK = "change_check"
 #: The transaction-local setting through which the creation trigger gets per-job first
 #: history messages (database/sql/v0012_rejected_products.sql).
 CREATION_MESSAGES_SETTING = "joblife.creation_messages"
@@ -197,6 +199,10 @@ def _create_for_type(
         screened.messages,
         policy.reprocess_on_change,
     )
+    if unknown.failed:  # each product alone, as screening's rejections
+        failed = [_rejection(values, CHANGE_CHECK, why) for values, why in unknown.failed]
+        report.rejected += len(failed)
+        record_rejections(context.engine, cls.JOB_NAME, failed, now)
     report.reprocessed = unknown.reprocessed
     report.changed_not_reprocessed = unknown.changed_skipped
     committed: Counter[JobStatus] = Counter()

@@ -36,6 +36,7 @@ from sqlalchemy.orm.attributes import instance_dict
 from sqlalchemy.types import Text
 
 from joblife.config import Settings
+from joblife.db.text import why_unstorable
 from joblife.lifecycle.common import job_logger
 from joblife.model import JobsToCreate, JobTemplate
 
@@ -146,6 +147,9 @@ class KnownSorted:
     reprocessed: int = 0
     #: Known products whose input changed, skipped (``REPROCESS_ON_CHANGE`` is off).
     changed_skipped: int = 0
+    #: Known products whose change could not be judged, or whose new context cannot be
+    #: stored: (the job's values, why). Each is that product's error, never its type's.
+    failed: list[tuple[Mapping[str, Any], str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -220,7 +224,11 @@ def skip_known(
                 kept.append(job)
                 continue
             last = latest[product]
-            change = _change(values, last)
+            try:
+                change = _change(values, last)
+            except Exception as exc:  # values the type set: its product's error alone
+                result.failed.append((values, f"its change could not be judged: {exc!r}"))
+                continue
             if change is None:
                 result.known += 1
                 if debug:
@@ -247,7 +255,16 @@ def skip_known(
                         extra={"job_type": job_type},
                     )
                 continue
-            new_context = job.changed_input_context()
+            try:
+                new_context = job.changed_input_context()
+            except Exception as exc:  # the type's hook: its product's error alone
+                result.failed.append((values, f"changed_input_context() failed: {exc!r}"))
+                continue
+            if not isinstance(new_context, str) or why_unstorable(new_context) is not None:
+                result.failed.append(
+                    (values, f"changed_input_context() gave {ascii(new_context)[:200]}")
+                )
+                continue
             if (product, new_context) in exact:  # that change has its job already
                 result.known += 1
                 if debug:
@@ -307,7 +324,11 @@ def _known(
 def _change(values: Mapping[str, Any], last: _Latest) -> str | None:
     """How a discovered product differs from its latest job (None: it does not)."""
     published = values.get("input_publication_date")
-    if published is not None and last.published is not None and published != last.published:
+    if (
+        isinstance(published, datetime)
+        and last.published is not None
+        and published != last.published
+    ):
         return f"dated {published.isoformat()}, was {last.published.isoformat()}"
     listing = values.get("input_listing")
     if listing is not None and last.listing is not None and listing != last.listing:
