@@ -49,14 +49,24 @@ def test_a_cycle_that_did_work_is_one_line_and_an_idle_one_none() -> None:
     assert cycle_work(idle) == ""
     busy = CycleReport(
         results={
-            "create": [{"inserted": 10, "cancelled": 1}, {"inserted": 2, "cancelled": 0}],
+            "create": [
+                {"inserted": 10, "cancelled": 1, "rejected": 2},
+                {"inserted": 2, "cancelled": 0, "rejected": 0},
+            ],
             "configure": [{"examined": 12}],
             "dispatch": {"dispatched": 4, "failed": 1},
-            "monitor": {"ended": 3, "stale": 0, "redispatched": 0, "retried": 1, "exhausted": 0},
+            "monitor": {
+                "ended": 3,
+                "stale": 0,
+                "never_started": 1,
+                "redispatched": 0,
+                "retried": 1,
+                "exhausted": 0,
+            },
         },
         errors={"publish": "BrokerUnavailable: refused"},
     )
     assert cycle_work(busy) == (
-        "created 12, rejected 1, configured 12, dispatched 4, dispatch failed 1, ended 3, "
-        "retried 1, publish failed"
+        "created 12, cancelled at creation 1, rejected 2, configured 12, dispatched 4, "
+        "dispatch failed 1, ended 3, never started 1, retried 1, publish failed"
     )

@@ -228,15 +228,17 @@ def cycle_work(report: CycleReport) -> str:
     results = report.results
     counts = {
         "created": sum(r["inserted"] for r in results.get("create") or []),
-        "rejected": sum(r["cancelled"] for r in results.get("create") or []),
+        "cancelled at creation": sum(r["cancelled"] for r in results.get("create") or []),
+        "rejected": sum(r.get("rejected", 0) for r in results.get("create") or []),
         "configured": sum(r["examined"] for r in results.get("configure") or []),
     }
     dispatch = results.get("dispatch") or {}
     counts["dispatched"] = dispatch.get("dispatched", 0)
     counts["dispatch failed"] = dispatch.get("failed", 0)
     monitor = results.get("monitor") or {}
-    for key in ("ended", "stale", "redispatched", "retried", "exhausted"):
-        counts[key if key != "exhausted" else "out of attempts"] = monitor.get(key, 0)
+    for key in ("ended", "stale", "never_started", "redispatched", "retried", "exhausted"):
+        name = {"exhausted": "out of attempts", "never_started": "never started"}.get(key, key)
+        counts[name] = monitor.get(key, 0)
     parts = [f"{name} {count}" for name, count in counts.items() if count]
     parts += [f"{name} failed" for name in report.errors]
     return ", ".join(parts)
