@@ -143,6 +143,9 @@ def test_last_log_line_picks_the_last_line_with_text():
     assert last_log_line(["a", "ValueError: x", "", "   ", "\x1b[0m"]) == "ValueError: x"
     assert last_log_line(["done 50%\rdone 100%\r"]) == "done 100%"
     assert last_log_line(["a\x00b\x07c"]) == "a b c"
+    # A window title (OSC) goes, and so do the marks that would reorder the text on a page.
+    line = "\x1b]0;title\x07error: \u202egnp.exe\u202c bad"
+    assert last_log_line([line]) == "error: gnp.exe bad"
     assert last_log_line(["", " \t"]) is None
     assert last_log_line([]) is None
 

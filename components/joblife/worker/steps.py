@@ -202,11 +202,6 @@ def output_prefix(job: JobTemplate, context: WorkerContext) -> tuple[Storage, st
     return context.storage_for(job.output_path)
 
 
-def outputs_exist(job: JobTemplate, context: WorkerContext) -> bool:
-    """Whether an earlier attempt uploaded every output (:func:`previous_outputs`)."""
-    return previous_outputs(job, context) is not None
-
-
 def previous_outputs(job: JobTemplate, context: WorkerContext) -> ProductOutputs | None:
     """The outputs an earlier attempt uploaded, if it uploaded every one: the manifest
     exists and each file it lists is there with its size (their SHA-256 as the manifest
@@ -269,8 +264,7 @@ def run_science_spec(job: JobTemplate, context: WorkerContext, kind: str, spec: 
         context.log_tail = result.log_tail
     if result.timed_out:
         raise ExternalJobError(
-            f"science step killed at its timeout ({spec.timeout:g} s); last log lines "
-            "in the status details"
+            f"science step killed at its timeout ({spec.timeout:g} s)" + _said(result.log_tail)
         )
     return result.return_code
 
@@ -372,9 +366,12 @@ def post_processing(job: JobTemplate, context: WorkerContext, return_code: int) 
         context.close()
 
 
-#: Terminal control sequences (colours, cursor moves) a log line may carry.
-_TERMINAL_SEQUENCE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+#: Terminal control sequences a log line may carry: CSI (colours, cursor moves) and OSC
+#: (window titles, links), ended by BEL or ST.
+_TERMINAL_SEQUENCE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?")
+#: Control characters, and the invisible ones that reorder or hide text on a page or a
+#: terminal (zero-width marks, bidirectional overrides and isolates).
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]+")
 
 
 def last_log_line(tail: Sequence[str]) -> str | None:
@@ -456,8 +453,10 @@ def upload_outputs(job: JobTemplate, context: WorkerContext) -> None:
 
 
 def _checksums(context: WorkerContext, tree: WorkTree, files: list[WorkFile]) -> dict[str, str]:
-    """The SHA-256 of each of ``files`` (by name), read as they are uploaded (from checked
-    descriptors); timed as the ``checksum`` figures."""
+    """The SHA-256 of each of ``files`` (by name), read from checked descriptors before
+    the upload, which opens them again (the manifest, with these sums, is written to the
+    work dir first: a full disk there stops the attempt before anything is uploaded);
+    timed as the ``checksum`` figures."""
     checksums: dict[str, str] = {}
     with context.measure("checksum") as figures:
         for file in files:
