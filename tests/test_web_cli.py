@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,13 +13,8 @@ from joblife.cli.main import app
 from joblife.web.users import Role, UserStore
 from typer.testing import CliRunner
 
+from tests.support.services import free_port
 from tests.support.web import login_over_http, wait_until_serving
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_web_users_add_list_remove(tmp_path: Path, monkeypatch) -> None:
@@ -47,7 +41,7 @@ def test_web_users_add_list_remove(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_joblife_web_serves_and_creates_a_first_operator(joblife_env: str, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "JOBLIFE_DATA_DIR": str(tmp_path / "data"),

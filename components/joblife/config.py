@@ -621,7 +621,7 @@ class Settings(BaseSettings):
         description="Address `joblife web` listens on: this host only by default; 0.0.0.0 "
         "behind a reverse proxy or in a Nomad allocation.",
     )
-    web_port: int = Field(8080, ge=0, le=65535, description="Port of `joblife web` (0: any).")
+    web_port: int = Field(8080, ge=1, le=65535, description="Port of `joblife web`.")
     web_users_file: Path | None = Field(
         default=None,
         description="The dashboard's users (`name:role:argon2 hash` lines, managed with "

@@ -33,7 +33,7 @@ import psycopg2
 import pytest
 from sqlalchemy.engine import URL, make_url
 
-from tests.support.services import unavailable
+from tests.support.services import free_port, unavailable
 
 #: Where Debian installs it (not on a non-root user's PATH).
 CANDIDATES = ("pgbouncer", "/usr/sbin/pgbouncer")
@@ -49,12 +49,6 @@ def pgbouncer_binary() -> str | None:
         if found:
             return found
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _run_as() -> pwd.struct_passwd | None:
@@ -237,7 +231,7 @@ def _start(
 ) -> PgBouncer:
     """Start PgBouncer on a free port (another free port if that one was taken meanwhile)."""
     for _ in range(5):
-        port = _free_port()
+        port = free_port()
         ini = directory / "pgbouncer.ini"
         ini.write_text(_config(server, port, directory, pool_size, max_client_conn, extra))
         ini.chmod(0o644)

@@ -5,7 +5,6 @@ slows down, times and fails chosen requests of a client."""
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 import uuid
@@ -17,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 from botocore.awsrequest import AWSPreparedRequest, AWSResponse
 
-from tests.support.services import unavailable
+from tests.support.services import free_port, unavailable
 
 #: Credentials moto accepts; set in the environment of the tests that use S3.
 TEST_CREDENTIALS = {
@@ -25,12 +24,6 @@ TEST_CREDENTIALS = {
     "AWS_SECRET_ACCESS_KEY": "joblife-test-secret-do-not-log",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +34,7 @@ def s3_endpoint() -> Iterator[str]:
     except ImportError as exc:
         unavailable(f"moto[server] is not installed: {exc}")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:

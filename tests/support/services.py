@@ -16,6 +16,15 @@ import pytest
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server that must be told its port)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def unavailable(reason: str) -> None:
     """Skip the test on a developer's machine; fail it in CI."""
     if IN_CI:

@@ -7,9 +7,9 @@ Users: ``olga`` (operator) and ``victor`` (viewer), password :data:`PASSWORD`.
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -88,25 +88,21 @@ def web_client(web_app: WebApp) -> Iterator[TestClient]:
         yield client
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def serve(web: WebApp) -> Iterator[str]:
-    """Serve ``web`` with uvicorn in a thread, as ``joblife web`` serves it; its URL."""
+    """Serve ``web`` with uvicorn in a thread, as ``joblife web`` serves it, on a port the
+    system picks (read back once bound); its URL."""
     from joblife.web.app import SERVER_OPTIONS
 
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(web.app, host="127.0.0.1", port=port, **SERVER_OPTIONS))
+    server = uvicorn.Server(uvicorn.Config(web.app, host="127.0.0.1", port=0, **SERVER_OPTIONS))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    started = threading.Event()
-    while not server.started and thread.is_alive():
-        started.wait(0.02)  # the server sets no event of its own; bounded by the thread
+    deadline = time.monotonic() + 30
+    # uvicorn sets no event of its own: its `started` flag, bounded by the thread and time.
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert server.started, "the dashboard did not start"
+    port = server.servers[0].sockets[0].getsockname()[1]
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
