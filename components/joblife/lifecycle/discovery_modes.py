@@ -164,12 +164,6 @@ class _Latest:
 # One probe of the unique index (job_type, input_product_id, reprocessing_context) per
 # product, whatever the statistics say: OFFSET 0 keeps the LATERAL subquery a parameterised
 # scan (pulled up into a join, the planner may scan every job of the type instead).
-_KNOWN_KEYS = text(
-    "SELECT p.product, k.reprocessing_context, k.id "
-    "FROM unnest(:products) AS p(product) CROSS JOIN LATERAL ("
-    "SELECT j.reprocessing_context, j.id FROM jobs j "
-    "WHERE j.job_type = :job_type AND j.input_product_id = p.product OFFSET 0) k"
-).bindparams(bindparam("products", type_=ARRAY(Text)))
 _KNOWN_JOBS = text(
     "SELECT p.product, k.reprocessing_context, k.id, k.input_publication_date, k.listing "
     "FROM unnest(:products) AS p(product) CROSS JOIN LATERAL ("
@@ -184,11 +178,20 @@ def known_keys(
 ) -> dict[tuple[str, str], int]:
     """The jobs of type ``job_type`` of ``products`` (product ids): their ids by natural
     key (product id, reprocessing context). One statement per ``LOOKUP_CHUNK`` products."""
-    known: dict[tuple[str, str], int] = {}
+    return {
+        (product, context): job_id
+        for product, context, job_id, _, _ in _known_rows(session, job_type, products, False)
+    }
+
+
+def _known_rows(
+    session: Session, job_type: str, products: Iterable[str], listings: bool
+) -> Iterator[Any]:
+    """Every job of ``job_type`` of ``products``: product, context, id, input publication
+    date, and the input listing if ``listings``; one index probe per product."""
     for chunk in _chunks(products):
-        rows = session.execute(_KNOWN_KEYS, {"job_type": job_type, "products": chunk})
-        known.update(((product, context), job_id) for product, context, job_id in rows)
-    return known
+        params = {"job_type": job_type, "products": chunk, "listings": listings}
+        yield from session.execute(_KNOWN_JOBS, params)
 
 
 def _chunks(products: Iterable[str]) -> Iterator[list[str]]:
@@ -309,15 +312,13 @@ def _known(
         listings = listings or values.get("input_listing") is not None
     exact: dict[tuple[str, str], int] = {}
     latest: dict[str, _Latest] = {}
-    for chunk in _chunks(products):
-        rows = session.execute(
-            _KNOWN_JOBS, {"job_type": job_type, "products": chunk, "listings": listings}
-        )
-        for product, context, job_id, published, listing in rows:
-            exact[(product, context)] = job_id
-            current = latest.get(product)
-            if current is None or job_id > current.job_id:
-                latest[product] = _Latest(job_id, published, listing)
+    for product, context, job_id, published, listing in _known_rows(
+        session, job_type, products, listings
+    ):
+        exact[(product, context)] = job_id
+        current = latest.get(product)
+        if current is None or job_id > current.job_id:
+            latest[product] = _Latest(job_id, published, listing)
     return exact, latest
 
 
