@@ -205,6 +205,37 @@ def test_each_task_gets_only_the_secrets_of_its_part(settings: Settings):
     assert web["JOBLIFE_WEB_SECRET_KEY"] == web_variable["web_secret_key"]
 
 
+#: A value an env file written as it is would cut or change (go-envparse: ``#`` starts a
+#: comment, quotes quote, ``\`` escapes in double quotes, a line ends at a newline, spaces
+#: at either end are trimmed), with what JSON escapes (``<>&``, U+2028, control
+#: characters) and what it leaves as it is (``$``, DEL, non-ASCII). No NUL: no environment
+#: variable can hold one.
+HOSTILE = (
+    '  p#ss"w\'rd\\ $HOME ${NOMAD_TOKEN} `id` \'single\' "double" \\" <b>&amp;'
+    "\nexport X=1 # not a comment\r\n\t\x01\x1f\x7f é ☃ 🔥 \u2028\u2029 \\u0041 \\ "
+)
+
+
+def test_values_reach_every_task_exactly_whatever_they_hold(settings: Settings):
+    """Nomad reads a template's environment with go-envparse: every value of both
+    variables, hostile as :data:`HOSTILE`, reaches each task that gets it unchanged
+    (checked through a port of envparse, tests/support/nomad_envfile.py)."""
+    keys = ("database_url", "worker_database_url", "amqp_url", "nomad_token")
+    keys += ("attempt_secret_key", "s3_access_key_id", "s3_secret_access_key", "storage_url")
+    # Each key its own value, so a value that lands under another key shows.
+    variable = {key: HOSTILE + key + HOSTILE for key in keys}
+    web_variable = {"web_secret_key": HOSTILE + "web", "web_trusted_proxies": '["10.0.0.5"]'}
+    expected = {f"JOBLIFE_{k.upper()}": v for k, v in {**variable, **web_variable}.items()}
+    seen = set()
+    for name, rendered in _task_environments(settings, variable, web_variable).items():
+        for key, value in rendered["env"].items():
+            if name.startswith("worker:") and key == "JOBLIFE_DATABASE_URL":
+                key = "JOBLIFE_WORKER_DATABASE_URL"  # the worker role's login
+            assert value == expected[key], (name, key)
+            seen.add(key)
+    assert seen == set(expected)  # every value was checked in some task
+
+
 def test_service_specs_are_periodic_without_overlap(settings: Settings):
     services = [s for s in render_specs(settings, {}) if s.kind == "service"]
     periodic = [parse_hcl(s.text) for s in services if s.job_id != "joblife-services"]

@@ -53,9 +53,9 @@ job "joblife-image-ingest" {
           {{- with nomadVar "nomad/jobs/joblife" -}}
           {{- range $key, $value := . }}
           {{- if eq $key "worker_database_url" }}
-          JOBLIFE_DATABASE_URL={{ $value }}
+          JOBLIFE_DATABASE_URL={{ $value.Value | toJSON }}
           {{- else if not (eq $key "amqp_url" "attempt_secret_key" "database_url" "nomad_token") }}
-          JOBLIFE_{{ $key | toUpper }}={{ $value }}
+          JOBLIFE_{{ $key | toUpper }}={{ $value.Value | toJSON }}
           {{- end }}
           {{- end }}
           {{- end }}

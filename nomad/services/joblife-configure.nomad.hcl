@@ -38,7 +38,7 @@ job "joblife-configure" {
           {{- with nomadVar "nomad/jobs/joblife" -}}
           {{- range $key, $value := . }}
           {{- if not (eq $key "amqp_url" "attempt_secret_key" "nomad_token" "worker_database_url") }}
-          JOBLIFE_{{ $key | toUpper }}={{ $value }}
+          JOBLIFE_{{ $key | toUpper }}={{ $value.Value | toJSON }}
           {{- end }}
           {{- end }}
           {{- end }}

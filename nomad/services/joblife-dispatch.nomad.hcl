@@ -38,7 +38,7 @@ job "joblife-dispatch" {
           {{- with nomadVar "nomad/jobs/joblife" -}}
           {{- range $key, $value := . }}
           {{- if not (eq $key "amqp_url" "s3_access_key_id" "s3_secret_access_key" "worker_database_url") }}
-          JOBLIFE_{{ $key | toUpper }}={{ $value }}
+          JOBLIFE_{{ $key | toUpper }}={{ $value.Value | toJSON }}
           {{- end }}
           {{- end }}
           {{- end }}

@@ -29,7 +29,7 @@ job "joblife-services" {
           {{- with nomadVar "nomad/jobs/joblife" -}}
           {{- range $key, $value := . }}
           {{- if not (eq $key "worker_database_url") }}
-          JOBLIFE_{{ $key | toUpper }}={{ $value }}
+          JOBLIFE_{{ $key | toUpper }}={{ $value.Value | toJSON }}
           {{- end }}
           {{- end }}
           {{- end }}

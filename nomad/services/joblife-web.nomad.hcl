@@ -49,7 +49,7 @@ job "joblife-web" {
           {{- with nomadVar "nomad/jobs/joblife" -}}
           {{- range $key, $value := . }}
           {{- if not (eq $key "amqp_url" "attempt_secret_key" "data_dir" "nomad_token" "s3_access_key_id" "s3_secret_access_key" "web_address" "web_cookie_secure" "web_port" "web_users" "web_users_file" "worker_database_url") }}
-          JOBLIFE_{{ $key | toUpper }}={{ $value }}
+          JOBLIFE_{{ $key | toUpper }}={{ $value.Value | toJSON }}
           {{- end }}
           {{- end }}
           {{- end }}
@@ -64,7 +64,7 @@ job "joblife-web" {
           {{- with nomadVar "nomad/jobs/joblife-web" -}}
           {{- range $key, $value := . }}
           {{- if not (eq $key "amqp_url" "attempt_secret_key" "data_dir" "database_url" "nomad_token" "s3_access_key_id" "s3_secret_access_key" "web_address" "web_cookie_secure" "web_port" "web_users" "web_users_file" "worker_database_url") }}
-          JOBLIFE_{{ $key | toUpper }}={{ $value }}
+          JOBLIFE_{{ $key | toUpper }}={{ $value.Value | toJSON }}
           {{- end }}
           {{- end }}
           {{- end }}

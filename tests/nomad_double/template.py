@@ -2,15 +2,19 @@
 joblife's rendered specs use, to know what a task's ``template`` block would put in its
 environment: ``with nomadVar "<path>"``, ``range $key, $value := .``, ``if`` / ``else if``
 / ``else`` / ``end``, the conditions ``eq $key "a" "b"...`` (true if equal to any),
-``not (...)`` and ``true``, the outputs ``$value`` and ``$key | toUpper``, and the ``{{-``
-/ ``-}}`` whitespace trimming. Anything else raises :class:`TemplateError`, so a spec
-that starts using more fails its tests instead of being misread."""
+``not (...)`` and ``true``, the outputs ``$value``, ``$value.Value | toJSON`` and
+``$key | toUpper``, and the ``{{-`` / ``-}}`` whitespace trimming. Anything else raises
+:class:`TemplateError`, so a spec that starts using more fails its tests instead of being
+misread. An env template's output is read as Nomad reads it, with go-envparse
+(:mod:`tests.support.nomad_envfile`)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from tests.support.nomad_envfile import EnvParseError, parse_env, to_json
 
 _ACTION = re.compile(r"\{\{(-\s)?(.*?)(\s-)?\}\}", re.DOTALL)
 
@@ -34,16 +38,25 @@ def render_template(text: str, variables: Mapping[str, Mapping[str, str]]) -> st
     return "".join(_render(nodes, variables, {}))
 
 
+@dataclass(frozen=True)
+class _Item:
+    """A Nomad variable's item as ``range`` binds it (consul-template's NomadVarItem):
+    printed, its value; ``.Value``, its value as a string."""
+
+    value: str
+
+    def __str__(self) -> str:
+        return self.value
+
+
 def template_environment(text: str, variables: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
-    """The environment an ``env = true`` template gives its task (``KEY=value`` lines)."""
-    environment = {}
-    for line in render_template(text, variables).splitlines():
-        if line.strip():
-            key, separator, value = line.partition("=")
-            if not separator:
-                raise TemplateError(f"not a KEY=value line: {line!r}")
-            environment[key.strip()] = value
-    return environment
+    """The environment an ``env = true`` template gives its task: its output read as Nomad
+    reads it (go-envparse: quotes, escapes, comments; a variable with an empty value is
+    left out)."""
+    try:
+        return parse_env(render_template(text, variables))
+    except EnvParseError as error:
+        raise TemplateError(f"Nomad cannot read the rendered environment: {error}") from None
 
 
 def _tokens(text: str) -> list[tuple[str, str]]:
@@ -126,7 +139,7 @@ def _render(
             if not isinstance(items, dict):
                 raise TemplateError("range outside a with block")
             for key in sorted(items):  # Go ranges over a map in key order
-                inner = {**scope, match.group(1): key, match.group(2): items[key]}
+                inner = {**scope, match.group(1): key, match.group(2): _Item(items[key])}
                 out += _render(node.body, variables, inner)
         elif node.kind == "if":
             for condition, body in node.branches:
@@ -152,11 +165,26 @@ def _condition(text: str, scope: Mapping[str, object]) -> bool:
 
 
 def _output(text: str, scope: Mapping[str, object]) -> str:
-    match = re.fullmatch(r"\$(\w+)(?: \| (toUpper))?", text)
+    match = re.fullmatch(r"\$(\w+)(\.Value)?(?: \| (toUpper|toJSON))?", text)
     if not match:
         raise TemplateError(f"unknown action {text!r}")
-    value = _variable(match.group(1), scope)
-    return value.upper() if match.group(2) else value
+    name, field_access, function = match.groups()
+    if name not in scope:
+        raise TemplateError(f"undefined variable ${name}")
+    value = scope[name]
+    if field_access:
+        if not isinstance(value, _Item):
+            raise TemplateError(f"${name} has no field Value")
+        value = value.value
+    if function and not isinstance(value, str):
+        # toUpper takes a string; toJSON of an item goes through its MarshalJSON, Go's %q,
+        # not JSON for every value: the spec must write $value.Value | toJSON.
+        raise TemplateError(f"{function} of a Nomad variable item: use ${name}.Value")
+    if function == "toUpper":
+        return value.upper()
+    if function == "toJSON":
+        return to_json(value)
+    return str(value)
 
 
 def _variable(name: str, scope: Mapping[str, object]) -> str:

@@ -361,17 +361,27 @@ def _service_resources(task: Block) -> None:
     task.block("resources").attr("cpu", SERVICE_CPU_MHZ).attr("memory", SERVICE_MEMORY_MIB)
 
 
+#: How an env template writes a value. Nomad reads an ``env = true`` template with
+#: go-envparse (``#`` comments, quotes, ``\`` escapes: a raw ``p#ss"w'rd\`` is mangled),
+#: which decodes every escape of a JSON string: with ``toJSON`` any value arrives exactly.
+#: ``.Value`` first: ``toJSON`` of the item itself uses its MarshalJSON, Go's ``%q``, whose
+#: ``\x01``, ``\a``... are not JSON and fail the render.
+ENV_VALUE = "{{ $value.Value | toJSON }}"
+
+
 def secrets_template(path: str, secrets: tuple[str, ...], withheld: tuple[str, ...] = ()) -> str:
     """The template putting the Nomad variable at ``path`` into a task's environment:
     each of its keys becomes ``JOBLIFE_<KEY>``, except the secret keys (:data:`SECRET_KEYS`)
     not in ``secrets`` and the keys ``withheld``, which are left out, and a secret key that
-    names another setting (``worker_database_url``), which becomes that setting's variable."""
+    names another setting (``worker_database_url``), which becomes that setting's variable.
+    Values are written as JSON strings (:data:`ENV_VALUE`), so Nomad reads them back as
+    they are, whatever characters they hold."""
     left_out = sorted((set(SECRET_KEYS) - set(secrets)) | set(withheld))
     renamed = sorted(k for k in secrets if SECRET_KEYS[k] != k)
     lines = [f'{{{{- with nomadVar "{path}" -}}}}', "{{- range $key, $value := . }}"]
     for index, key in enumerate(renamed):
         lines.append(f'{{{{- {"else " if index else ""}if eq $key "{key}" }}}}')
-        lines.append(f"JOBLIFE_{SECRET_KEYS[key].upper()}={{{{ $value }}}}")
+        lines.append(f"JOBLIFE_{SECRET_KEYS[key].upper()}={ENV_VALUE}")
     keyword = "else if" if renamed else "if"
     if left_out:
         listed = " ".join(f'"{k}"' for k in left_out)
@@ -379,7 +389,7 @@ def secrets_template(path: str, secrets: tuple[str, ...], withheld: tuple[str, .
     else:
         lines.append(f"{{{{- {keyword} true }}}}")
     lines += [
-        "JOBLIFE_{{ $key | toUpper }}={{ $value }}",
+        "JOBLIFE_{{ $key | toUpper }}=" + ENV_VALUE,
         "{{- end }}",
         "{{- end }}",
         "{{- end }}",
