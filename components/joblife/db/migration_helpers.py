@@ -12,7 +12,9 @@ A job type's migration creates its table and then its per-type procedure::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib.resources import files
+from typing import NamedTuple
 
 from alembic import op
 from sqlalchemy import text
@@ -38,6 +40,48 @@ def run_sql_file(name: str) -> None:
         cursor.execute(read_sql_file(name))
     finally:
         cursor.close()
+
+
+def previous_definition(name: str, sql_file: str) -> str:
+    """The ``CREATE OR REPLACE FUNCTION name(...) ... $$;`` statement of ``name`` in
+    ``database/sql/<sql_file>``, for a downgrade that puts back the definition a later
+    revision replaced (released SQL files are never edited, so their text is the previous
+    definition)."""
+    sql = read_sql_file(sql_file)
+    start = sql.index(f"CREATE OR REPLACE FUNCTION {name}(")
+    end = sql.index("\n$$;\n", start) + len("\n$$;\n")
+    return sql[start:end]
+
+
+class PreviousProcedure(NamedTuple):
+    """A SECURITY DEFINER procedure's argument types, and the SQL file that defined it
+    before the revision being downgraded."""
+
+    signature: str
+    sql_file: str
+
+
+def restore_definer_procedures(procedures: Mapping[str, PreviousProcedure]) -> None:
+    """Put back each procedure (by name) as its ``sql_file`` defined it, running with its
+    owner's rights and a fixed search_path again.
+
+    CREATE OR REPLACE keeps a function's owner and grants but resets it to SECURITY INVOKER
+    and drops its SET clauses: both are set again as ``joblife_grant_role_privileges()``
+    (0007) sets them, without calling it (it would also grant SELECT on every table again,
+    ``attempt_proof_keys`` included, which revision 0016 revoked).
+    """
+    for name, (signature, sql_file) in procedures.items():
+        op.execute(previous_definition(name, sql_file))
+        op.execute(
+            f"""
+            DO $$
+            BEGIN
+                EXECUTE format('ALTER FUNCTION {name}({signature}) SECURITY DEFINER '
+                               'SET search_path = %I, pg_temp', current_schema());
+            END;
+            $$
+            """
+        )
 
 
 def create_job_type_procedure(procedure_name: str, type_table: str, job_type: str) -> None:

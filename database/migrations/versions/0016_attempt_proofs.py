@@ -18,31 +18,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from alembic import op
-from joblife.db.migration_helpers import run_sql_file
+from joblife.db.migration_helpers import previous_definition, run_sql_file
 
 revision: str = "0016"
 down_revision: str | Sequence[str] | None = "0015"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
-
-#: worker_check_attempt_secret() as database/sql/v0011_worker_doors.sql defined it.
-_CHECK_0011 = """
-CREATE OR REPLACE FUNCTION worker_check_attempt_secret(p_job_id bigint, p_hash bytea)
-RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_secret text := current_setting('joblife.attempt_secret', true);
-BEGIN
-    IF p_hash IS NULL OR v_secret IS NULL OR v_secret = ''
-       OR sha256(convert_to(v_secret, 'UTF8')) IS DISTINCT FROM p_hash THEN
-        RAISE EXCEPTION USING
-            ERRCODE = 'insufficient_privilege',
-            MESSAGE = format('job %s: wrong or missing attempt secret (the session setting '
-                             'joblife.attempt_secret the executor gave this attempt)', p_job_id);
-    END IF;
-END;
-$$;
-"""
 
 
 def upgrade() -> None:
@@ -50,7 +31,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute(_CHECK_0011)
+    # worker_check_attempt_secret() as revision 0011 defined it (session setting only).
+    op.execute(previous_definition("worker_check_attempt_secret", "v0011_worker_doors.sql"))
     op.execute("DROP FUNCTION IF EXISTS joblife_store_attempt_secrets(bigint[], bytea[], bytea[])")
     op.execute("DROP FUNCTION IF EXISTS joblife_hmac_sha256(bytea, bytea)")
     op.execute("DROP TABLE IF EXISTS attempt_proof_keys")

@@ -19,31 +19,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from alembic import op
-from joblife.db.migration_helpers import read_sql_file, run_sql_file
+from joblife.db.migration_helpers import (
+    PreviousProcedure,
+    restore_definer_procedures,
+    run_sql_file,
+)
 
 revision: str = "0018"
 down_revision: str | Sequence[str] | None = "0017"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-#: Each door's signature, and the file that defined it before this revision (released SQL
-#: files are never edited, so their text is the previous definition).
+#: Each door's signature, and the file that defined it before this revision.
 _PREVIOUS = {
-    "set_job_status": ("bigint[], text, text[], text, jsonb", "v0013_status_door.sql"),
-    "worker_set_job_status": (
-        "bigint, integer, text, text[], text, jsonb",
-        "v0011_worker_doors.sql",
+    "set_job_status": PreviousProcedure(
+        "bigint[], text, text[], text, jsonb", "v0013_status_door.sql"
+    ),
+    "worker_set_job_status": PreviousProcedure(
+        "bigint, integer, text, text[], text, jsonb", "v0011_worker_doors.sql"
     ),
 }
-
-
-def _previous_definition(name: str) -> str:
-    """The ``CREATE OR REPLACE FUNCTION name(...) ... $$;`` statement of ``name`` in the
-    file that defined it before this revision."""
-    sql = read_sql_file(_PREVIOUS[name][1])
-    start = sql.index(f"CREATE OR REPLACE FUNCTION {name}(")
-    end = sql.index("\n$$;\n", start) + len("\n$$;\n")
-    return sql[start:end]
 
 
 def upgrade() -> None:
@@ -55,17 +50,5 @@ def downgrade() -> None:
         "ALTER TABLE job_status_changes DROP CONSTRAINT IF EXISTS "
         "ck_job_status_changes_details_object"
     )
-    for name, (signature, _) in _PREVIOUS.items():
-        op.execute(_previous_definition(name))
-        # CREATE OR REPLACE kept the grants but reset the owner's rights (see the SQL file).
-        op.execute(
-            f"""
-            DO $$
-            BEGIN
-                EXECUTE format('ALTER FUNCTION {name}({signature}) SECURITY DEFINER '
-                               'SET search_path = %I, pg_temp', current_schema());
-            END;
-            $$
-            """
-        )
+    restore_definer_procedures(_PREVIOUS)
     op.execute("DROP FUNCTION IF EXISTS joblife_details_object(jsonb)")
