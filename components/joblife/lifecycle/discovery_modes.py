@@ -164,12 +164,15 @@ class _Latest:
 # One probe of the unique index (job_type, input_product_id, reprocessing_context) per
 # product, whatever the statistics say: OFFSET 0 keeps the LATERAL subquery a parameterised
 # scan (pulled up into a join, the planner may scan every job of the type instead).
+# Only the latest job's listing is compared (_change), so only its listing is read and
+# sent: max() over the probe's rows (the product's jobs, no sort) picks it, and the CASE
+# leaves the older jobs' listings (TOASTed JSON, perhaps megabytes each) untouched.
 _KNOWN_JOBS = text(
     "SELECT p.product, k.reprocessing_context, k.id, k.input_publication_date, k.listing "
     "FROM unnest(:products) AS p(product) CROSS JOIN LATERAL ("
     "SELECT j.reprocessing_context, j.id, j.input_publication_date, "
-    "CASE WHEN :listings THEN j.input_listing END AS listing FROM jobs j "
-    "WHERE j.job_type = :job_type AND j.input_product_id = p.product OFFSET 0) k"
+    "CASE WHEN :listings AND j.id = max(j.id) OVER () THEN j.input_listing END AS listing "
+    "FROM jobs j WHERE j.job_type = :job_type AND j.input_product_id = p.product OFFSET 0) k"
 ).bindparams(bindparam("products", type_=ARRAY(Text)))
 
 
@@ -188,7 +191,8 @@ def _known_rows(
     session: Session, job_type: str, products: Iterable[str], listings: bool
 ) -> Iterator[Any]:
     """Every job of ``job_type`` of ``products``: product, context, id, input publication
-    date, and the input listing if ``listings``; one index probe per product."""
+    date, and, if ``listings``, the input listing of each product's latest job (None on
+    the other rows); one index probe per product."""
     for chunk in _chunks(products):
         params = {"job_type": job_type, "products": chunk, "listings": listings}
         yield from session.execute(_KNOWN_JOBS, params)
