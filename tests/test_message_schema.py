@@ -17,7 +17,7 @@ import hashlib
 import json
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,9 @@ from joblife.jobtypes.test_job import write_test_product
 from joblife.lifecycle.common import ServiceContext, utc_now
 from joblife.model import Job, JobStatus
 from joblife.publication.relay import PublicationService
+from joblife.publication.topology import encode_body
 from joblife.science import synthetic
+from joblife.worker.outputs import OutputFile, ProductOutputs, record_outputs
 from joblife.worker.runner import EXIT_DO_NOT_RELAUNCH
 from joblife.worker.steps import MANIFEST
 from jsonschema import Draft202012Validator
@@ -83,8 +85,10 @@ def _sha256(data: bytes) -> str:
 
 def assert_findable_on_disk(body: dict[str, Any]) -> None:
     """The message's output folder holds exactly its files, each with its size and SHA-256
-    (and joblife's manifest, which lists the same)."""
+    (and joblife's manifest, at its manifest_url, which lists the same)."""
     folder = _path(body["output_url"])
+    assert (body["files_listed"], body["files_total"]) == (True, len(body["files"]))
+    assert _path(body["manifest_url"]) == folder / MANIFEST
     stored = sorted(
         str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST
     )
@@ -122,8 +126,16 @@ def _valid_message() -> dict[str, Any]:
                 "url": "s3://bucket/data/h5repack/exp-1/rec_0.h5/rec_0.h5",
             }
         ],
+        "files_listed": True,
+        "files_total": 1,
+        "manifest_url": "s3://bucket/data/h5repack/exp-1/rec_0.h5/_joblife_manifest.json",
         "input_publication_date": "2026-11-22T10:00:00.123456+00:00",
     }
+
+
+def _unlisted_message() -> dict[str, Any]:
+    """A message of a job with more outputs than product_message_max_files."""
+    return {**_valid_message(), "files": None, "files_listed": False, "files_total": 100_000}
 
 
 @pytest.mark.parametrize(
@@ -132,7 +144,12 @@ def _valid_message() -> dict[str, Any]:
         (lambda m: m.pop("output_url"), "(message)"),
         (lambda m: m.pop("files"), "(message)"),
         (lambda m: m.update(output_url=None), "files"),  # files without a place
-        (lambda m: m.update(files=None), "files"),  # a place without its files
+        (lambda m: m.update(files=None), "files_listed"),  # a place without its files
+        (lambda m: m.update(files=None, files_listed=False, manifest_url=None), "manifest_url"),
+        (lambda m: m.update(files=None, files_listed=False, files_total=None), "files_total"),
+        (lambda m: m.update(files_listed=False), "files_listed"),  # listed, and says not
+        (lambda m: m.update(files_total=0), "files_total"),
+        (lambda m: m.update(manifest_url="_joblife_manifest.json"), "manifest_url"),
         (lambda m: m.update(files=[]), "files"),
         (lambda m: m["files"][0].update(sha256="ABC"), "files/0/sha256"),
         (lambda m: m["files"][0].pop("size"), "files/0"),
@@ -155,6 +172,38 @@ def test_the_schema_refuses_a_message_a_consumer_could_not_use(
     assert found and any(p.startswith(where) for p in found), found
 
 
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        (lambda m: m.pop("manifest_url"), "(message)"),  # no way to the list
+        (lambda m: m.pop("files_listed"), "(message)"),
+        (lambda m: m.update(files_listed=True), "files_listed"),
+        (lambda m: m.update(files_total=None), "files_total"),
+    ],
+)
+def test_an_unlisted_message_must_say_where_the_list_is(
+    validator: Draft202012Validator, change: Any, where: str
+):
+    """Past product_message_max_files, files is null: valid only with files_listed false,
+    the count and the manifest's URL."""
+    message = _unlisted_message()
+    assert problems(validator, message) == []
+    change(message)
+    found = problems(validator, message)
+    assert found and any(p.startswith(where) for p in found), found
+
+
+def test_a_message_of_joblife_before_the_file_cap_is_still_valid(
+    validator: Draft202012Validator,
+):
+    """Bodies written before files_listed existed (an operator may republish them) list
+    every file and lack the new fields: still valid."""
+    message = _valid_message()
+    for name in ("files_listed", "files_total", "manifest_url"):
+        del message[name]
+    assert problems(validator, message) == []
+
+
 def test_a_message_built_outside_a_worker_says_its_outputs_are_unknown(
     validator: Draft202012Validator, session: Session
 ):
@@ -167,7 +216,71 @@ def test_a_message_built_outside_a_worker_says_its_outputs_are_unknown(
     assert [m["product"] for m in messages] == ["mask", "quicklook"]
     for message in messages:
         assert (message["output_url"], message["files"]) == (None, None)
+        assert (message["files_listed"], message["files_total"], message["manifest_url"]) == (
+            False,
+            None,
+            None,
+        )
         assert problems(validator, message) == []
+
+
+@pytest.fixture
+def max_files(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[int | None], None]]:
+    """Set product_message_max_files as a worker reads it (its environment; None: the
+    default), settings re-read; the cache is cleared again after the test."""
+
+    def set_to(value: int | None) -> None:
+        if value is None:
+            monkeypatch.delenv("JOBLIFE_PRODUCT_MESSAGE_MAX_FILES", raising=False)
+        else:
+            monkeypatch.setenv("JOBLIFE_PRODUCT_MESSAGE_MAX_FILES", str(value))
+        get_settings.cache_clear()
+
+    yield set_to
+    get_settings.cache_clear()
+
+
+def _outputs(count: int) -> ProductOutputs:
+    url = "s3://products/data/example/P1"
+    return ProductOutputs(
+        url,
+        tuple(
+            OutputFile(f"tiles/{i:06d}.tif", 1000 + i, f"{i:064x}", f"{url}/tiles/{i:06d}.tif")
+            for i in range(count)
+        ),
+    )
+
+
+def test_a_hundred_thousand_outputs_make_a_small_message_pointing_at_the_manifest(
+    validator: Draft202012Validator,
+    session: Session,
+    max_files: Callable[[int | None], None],
+):
+    """A science step writing 100,000 files: listed, the message would be some 20 MB (over
+    RabbitMQ 4's 16 MiB default max_message_size). Past product_message_max_files (1,000
+    by default) it lists none, says so, and gives the manifest's URL; at the cap it still
+    lists them all."""
+    max_files(None)
+    job = ExampleJob(input_product_id="P1", output_path="example/P1", exit_code=0)
+    session.add(job)
+    session.commit()
+
+    record_outputs(job, _outputs(100_000))
+    for message in job.get_products_publication_jsons():
+        assert problems(validator, message) == []
+        assert len(encode_body(message)) < 2000
+        assert (message["files"], message["files_listed"], message["files_total"]) == (
+            None,
+            False,
+            100_000,
+        )
+        assert message["manifest_url"] == "s3://products/data/example/P1/_joblife_manifest.json"
+
+    record_outputs(job, _outputs(1000))
+    for message in job.get_products_publication_jsons():
+        assert problems(validator, message) == []
+        assert (message["files_listed"], message["files_total"]) == (True, 1000)
+        assert message["files"] == _outputs(1000).files_json()
 
 
 # -- the reference types and the test type, end to end ---------------------------------------
@@ -308,6 +421,59 @@ def test_the_example_type_s_messages_on_file_storage(
         assert after["output_url"] == before["output_url"]
 
 
+def test_a_job_with_more_files_than_the_cap_announces_them_through_its_manifest(
+    example: World,
+    validator: Draft202012Validator,
+    max_files: Callable[[int | None], None],
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """Through the worker and the relay: with product_message_max_files 3, a job writing 3
+    outputs lists them; one writing 4 lists none, and its manifest_url, followed, lists all
+    4 with their sizes and SHA-256."""
+    world = example
+    max_files(3)
+    monkeypatch.setattr(
+        WorkerJob,
+        "SCIENCE_COMMAND",
+        [
+            "sh",
+            "-c",
+            "n=$(cat {input_dir}/*); i=0; while [ $i -lt $n ]; do i=$((i+1)); "
+            "printf 'part %s of %s' $i {input_product_id} > {output_dir}/part-$i.txt; done",
+        ],
+    )
+    inputs = world.tmp / "storage" / "in"
+    inputs.mkdir(parents=True)
+    jobs = {}
+    for product, count in (("AT-CAP", 3), ("OVER", 4)):
+        (inputs / f"{product}.dat").write_text(str(count))
+        jobs[product] = world.job(product, input_path=f"in/{product}.dat", output_path=product)
+        assert world.run(jobs[product]) == EXIT_DO_NOT_RELAUNCH
+    bodies = _publish(world)
+    assert {world.load(job_id).status for job_id in jobs.values()} == {S.DONE}
+    assert len(bodies) == 4  # two products each
+    for body in bodies:
+        assert problems(validator, body) == [], body
+    at_cap = [b for b in bodies if b["input_product_id"] == "AT-CAP"]
+    for body in at_cap:
+        assert [f["name"] for f in body["files"]] == [f"part-{i}.txt" for i in (1, 2, 3)]
+        assert_findable_on_disk(body)
+
+    over = [b for b in bodies if b["input_product_id"] == "OVER"]
+    folder = world.tmp / "storage" / "OVER"
+    for body in over:
+        assert body["output_url"] == folder.as_uri()
+        assert (body["files"], body["files_listed"], body["files_total"]) == (None, False, 4)
+        assert body["manifest_url"] == (folder / MANIFEST).as_uri()
+        manifest = json.loads(_path(body["manifest_url"]).read_text())
+        names = [f"part-{i}.txt" for i in (1, 2, 3, 4)]
+        assert sorted(manifest["files"]) == names
+        for name in names:
+            data = (folder / name).read_bytes()
+            assert data == f"part {name[5]} of OVER".encode()
+            assert (manifest["files"][name], manifest["sha256"][name]) == (len(data), _sha256(data))
+
+
 def test_an_old_manifest_without_checksums_still_gives_a_valid_message(
     example: World, validator: Draft202012Validator
 ):
@@ -348,6 +514,10 @@ def test_the_example_type_s_messages_on_s3(
             stored = s3_bucket.get(f"data/worker_test/P1/{file['name']}")
             assert (len(stored), _sha256(stored)) == (file["size"], file["sha256"])
         assert [f["name"] for f in body["files"]] == ["mask.bin", "quick/look.png"]
+        assert body["manifest_url"] == f"{prefix}/{MANIFEST}"
+        assert json.loads(s3_bucket.get(f"data/worker_test/P1/{MANIFEST}"))["sha256"] == {
+            f["name"]: f["sha256"] for f in body["files"]
+        }
 
 
 def test_the_partner_guide_s_example_message_matches_the_schema(
@@ -357,7 +527,9 @@ def test_the_partner_guide_s_example_message_matches_the_schema(
     section = guide.split("### The product message", 1)[1]
     example = json.loads(section.split("```json\n", 1)[1].split("```", 1)[0])
     assert problems(validator, example) == []
-    assert set(example) == set(validator.schema["required"])
+    # Every field of the default message (the required ones and the file cap's), but
+    # tile_series' own.
+    assert set(example) == set(validator.schema["properties"]) - {"measurement_date"}
 
 
 # -- the partner guide's worked example --------------------------------------------------------

@@ -29,6 +29,7 @@ from joblife.errors import ConfigurationError
 from joblife.lifecycle.common import ServiceContext
 from joblife.lifecycle.orchestrator import Orchestrator
 from joblife.model import Job, JobStatus, JobStatusChange, Publication
+from joblife.publication import broker as broker_module
 from joblife.publication import relay as relay_module
 from joblife.publication.broker import (
     ConfirmingPublisher,
@@ -39,7 +40,7 @@ from joblife.publication.broker import (
 )
 from joblife.publication.outbox import claim, republication_message_id, republish
 from joblife.publication.relay import PublicationService
-from joblife.publication.topology import Topology
+from joblife.publication.topology import Topology, encode_body
 from joblife.worker.runner import message_id
 from sqlalchemy import Engine, select, text, update
 from sqlalchemy.exc import OperationalError
@@ -440,6 +441,73 @@ def test_unroutable_product_fails_the_job_then_republish_sends_only_it(
     assert [m.properties.message_id for m in amqp.drain(everything)] == [quicklook.message_id]
     assert amqp.drain(masks) == []
     assert statuses(session, [job_id]) == {job_id: S.DONE}
+
+
+def test_a_message_over_the_byte_cap_fails_its_job_alone_and_the_others_flow(
+    session: Session,
+    make_service: Callable[..., PublicationService],
+    amqp: AmqpTestBroker,
+    queue: str,
+    joblife_env: str,
+):
+    """A product message larger than the broker takes (RabbitMQ closes the channel on a
+    message over its max_message_size, losing the messages sent with it, and the relay
+    sent it again at every reconnection: the outbox stalled) is never sent: with
+    product_message_max_bytes 4096, the first job's 6 kB mask fails that job alone
+    (internal_error naming it), and every other message of the same batch is confirmed.
+    The operator raises the cap and republishes: only the large message is sent."""
+    first, *others = processed_jobs(session, 3)
+    big = next(r for r in rows(session, [first]) if r.product == "mask")
+    big.body = {**big.body, "padding": "x" * 6000}  # a type's own large field
+    session.commit()
+    service = make_service(recording=True, product_message_max_bytes=4096)
+
+    report = service.run_cycle(max_batches=0)
+
+    assert report.error is None and report.batches == 1 and report.connected
+    result = report.result
+    assert (result.messages, result.confirmed, result.too_large) == (6, 5, 1)
+    assert (result.failed_jobs, result.done, result.unconfirmed) == (1, 2, 0)
+    assert service.publisher.sent[big.message_id] == 0  # never sent: the channel stays open
+    received = by_id(amqp.drain(queue))
+    assert set(received) == {r.message_id for r in rows(session)} - {big.message_id}
+    assert statuses(session, [first, *others]) == {
+        first: S.INTERNAL_ERROR,
+        **dict.fromkeys(others, S.DONE),
+    }
+    _, message = history(session, first)[-1]
+    assert message is not None
+    assert "too large to publish (mask)" in message
+    assert f"{len(encode_body(big.body))} bytes, over product_message_max_bytes (4096)" in message
+    assert f"joblife jobs republish {first}" in message
+    mask, quicklook = sorted(rows(session, [first]), key=lambda r: r.product)
+    assert mask.published_at is None and "product_message_max_bytes" in (mask.error or "")
+    assert quicklook.published_at is not None
+    listed = json.loads(run("publications", "list", "--state", "failed", "--json").stdout)
+    assert [r["message_id"] for r in listed] == [big.message_id]
+
+    # The broker takes it (its max_message_size is larger): the cap raised, republished.
+    result = run("jobs", "republish", str(first))
+    assert result.exit_code == 0, result.output
+    again = make_service().run_cycle()
+    assert (again.result.confirmed, again.result.done) == (1, 1)
+    [delivered] = amqp.drain(queue)
+    assert delivered.properties.message_id == big.message_id
+    assert json.loads(delivered.body)["padding"] == "x" * 6000
+    assert statuses(session, [first]) == {first: S.DONE}
+
+
+def test_the_broker_s_own_size_refusal_says_which_setting_to_lower():
+    """Were product_message_max_bytes above the broker's max_message_size, the broker
+    closes the channel (the text is RabbitMQ's, from a real refusal): the lost
+    connection's reason says what to set."""
+    refusal = pika.exceptions.ChannelClosedByBroker(
+        406,
+        "PRECONDITION_FAILED - message size 134217729 is larger than configured max size 134217728",
+    )
+    assert "set product_message_max_bytes at or below" in broker_module._size_hint(refusal)
+    other = pika.exceptions.ChannelClosedByBroker(406, "PRECONDITION_FAILED - inequivalent arg")
+    assert broker_module._size_hint(other) == ""
 
 
 def test_no_broker_url_keeps_messages_in_the_outbox(

@@ -499,6 +499,22 @@ class Settings(BaseSettings):
     publication_batch_size: int = Field(
         1000, ge=1, le=100_000, description="Messages published per confirm window (whole jobs)."
     )
+    product_message_max_files: int = Field(
+        1000,
+        ge=0,
+        le=1_000_000,
+        description="Most output files the default product message lists (read by the "
+        "worker, which builds it): a job with more sends files null, files_listed false, "
+        "files_total and manifest_url (the manifest lists them all).",
+    )
+    product_message_max_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        le=512 * 1024 * 1024,
+        description="Largest product message body the relay sends (at most the broker's "
+        "max_message_size); a larger one is never sent: its job goes to internal_error "
+        "and the other messages flow.",
+    )
     timeliness_target_hours: float = Field(
         3.0,
         gt=0,

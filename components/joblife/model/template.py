@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 from sqlalchemy import BigInteger, ForeignKey, select
 from sqlalchemy.orm import Session, mapped_column
 
+from joblife.config import get_settings
 from joblife.model.job import Job
 from joblife.model.status import JobStatus
 from joblife.runners.base import DEFAULT_ISOLATION, ContainerIsolation
@@ -245,7 +246,10 @@ class JobTemplate(Job):
         Default: the job's identifying fields, ``output_path``, and where a consumer finds
         the product (:meth:`product_outputs`): ``output_url``, the storage URL of the
         output prefix, and ``files``, each output's ``name``, ``size``, ``sha256`` and
-        ``url`` (both null when the type uploads its outputs itself)."""
+        ``url`` (both null when the type uploads its outputs itself), with
+        ``files_listed``, ``files_total`` and ``manifest_url`` (:func:`files_fields`: past
+        ``product_message_max_files`` outputs, ``files`` is null and the manifest lists
+        them)."""
         outputs = self.product_outputs()
         return [
             {
@@ -257,7 +261,7 @@ class JobTemplate(Job):
                 "tile_id": self.tile_id,
                 "output_path": self.output_path,
                 "output_url": outputs.url if outputs is not None else None,
-                "files": outputs.files_json() if outputs is not None else None,
+                **files_fields(outputs),
                 "input_publication_date": _iso(self.input_publication_date),
             }
             for product in (type(self).OUTPUT_PRODUCTS_LIST or [])
@@ -325,3 +329,28 @@ class JobTemplate(Job):
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+def files_fields(outputs: ProductOutputs | None) -> dict[str, Any]:
+    """The default product message's fields about the output files: ``files`` (the
+    complete list, or null), ``files_listed`` (whether it is there), ``files_total`` (how
+    many outputs) and ``manifest_url`` (joblife's manifest, which lists them all); all null
+    (``files_listed`` false) when the outputs are not known.
+
+    Past ``product_message_max_files`` outputs the list is left out, not cut: a science
+    step writing 100,000 files would make a message of tens of MB, over what a broker
+    accepts, and a partial list would read as complete to a consumer that predates
+    ``files_listed``, where a null fails it loudly."""
+    from joblife.worker.steps import MANIFEST
+
+    if outputs is None:
+        return {"files": None, "files_listed": False, "files_total": None, "manifest_url": None}
+    listed = len(outputs.files) <= get_settings().product_message_max_files
+    return {
+        "files": outputs.files_json() if listed else None,
+        "files_listed": listed,
+        "files_total": len(outputs.files),
+        # The worker writes the manifest under the output prefix, next to the files (its
+        # name needs no escaping in a file:// URL).
+        "manifest_url": outputs.url + ("" if outputs.url.endswith("/") else "/") + MANIFEST,
+    }

@@ -53,6 +53,7 @@ class Outcome(enum.Enum):
     CONFIRMED = "confirmed"  # the broker took responsibility for it (routed, persisted)
     RETURNED = "returned"  # unroutable: no queue bound for its routing key
     NACKED = "nacked"  # the broker refused it (internal error): send it again later
+    TOO_LARGE = "too_large"  # over product_message_max_bytes: never sent (the relay's answer)
     UNCONFIRMED = "unconfirmed"  # no answer (connection lost, deadline): send it again
 
 
@@ -403,7 +404,8 @@ class ConfirmingPublisher:
         # the topology is not ours) or a protocol error: the connection is no use then.
         feedback = channel is self._feedback_channel
         what = "feedback channel" if feedback else "channel"
-        self._lost(f"{what} closed: {_describe(reason)}{self._declaration_hint(reason, feedback)}")
+        hints = self._declaration_hint(reason, feedback) + _size_hint(reason)
+        self._lost(f"{what} closed: {_describe(reason)}{hints}")
         connection = self._connection
         if connection is not None and connection.is_open:
             connection.close()
@@ -477,6 +479,20 @@ class ConfirmingPublisher:
             FeedbackMessage(method.delivery_tag, properties, body, channel.channel_number)
         )
         self._poke()
+
+
+def _size_hint(reason: BaseException) -> str:
+    """What to do when the broker closed the channel on a message over its
+    ``max_message_size`` (406 "message size … is larger than … max size …"): the relay
+    would send it again at every reconnection, losing the messages sent with it."""
+    refused = isinstance(reason, pika.exceptions.ChannelClosedByBroker)
+    if not refused or reason.reply_code != 406 or "max size" not in reason.reply_text:
+        return ""
+    return (
+        "; a product message is larger than the broker accepts: set "
+        "product_message_max_bytes at or below the broker's max_message_size (a larger "
+        "message then fails its job without being sent)"
+    )
 
 
 def _describe(error: BaseException | str) -> str:

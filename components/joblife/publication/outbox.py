@@ -150,6 +150,7 @@ class BatchResult:
     confirmed: int = 0
     returned: int = 0
     nacked: int = 0
+    too_large: int = 0  # over product_message_max_bytes: not sent, their jobs failed
     unconfirmed: int = 0
     done: int = 0
     failed_jobs: int = 0
@@ -240,15 +241,17 @@ def record(
     """Record the broker's answers (``deliveries`` in the order of the jobs' rows) and move
     the jobs: every product confirmed → published → done (the hook
     ``set_product_publication_date`` gets the last confirmation time); a product returned
-    unroutable → external_error naming it; otherwise the job waits in start_publication
-    and its unconfirmed rows are sent again. ``confirmed_by`` names what confirmed the
-    messages in the ``published`` status message (:data:`BY_THE_BROKER`,
+    unroutable → external_error naming it; a product message too large to send
+    (:attr:`Outcome.TOO_LARGE`) → internal_error naming it; otherwise the job waits in
+    start_publication and its unconfirmed rows are sent again. ``confirmed_by`` names what
+    confirmed the messages in the ``published`` status message (:data:`BY_THE_BROKER`,
     :func:`by_the_spool`)."""
     result = BatchResult(jobs=len(jobs))
     published: dict[str, list[Any]] = {"ids": [], "keys": [], "ats": []}
     failed: dict[str, list[Any]] = {"ids": [], "keys": [], "errors": [], "ats": []}
     complete: dict[int, tuple[str, datetime | None]] = {}  # job → (type, last confirmation)
     returned: dict[int, list[tuple[OutboxRow, Delivery]]] = defaultdict(list)
+    too_large: dict[int, list[tuple[OutboxRow, Delivery]]] = defaultdict(list)
     answers = iter(deliveries)
     for job in jobs:
         if job.status is not S.START_PUBLICATION:
@@ -277,6 +280,9 @@ def record(
             if delivery.outcome is Outcome.RETURNED:
                 result.returned += 1
                 returned[job.id].append((row, delivery))
+            elif delivery.outcome is Outcome.TOO_LARGE:
+                result.too_large += 1
+                too_large[job.id].append((row, delivery))
             else:
                 result.nacked += 1
         if all_confirmed:
@@ -286,9 +292,12 @@ def record(
     if failed["ids"]:
         session.execute(_MARK_FAILED, failed)
     claimed = {job.id: job for job in jobs}
+    for job_id, rows in too_large.items():
+        _fail_too_large(session, claimed[job_id], rows)
     for job_id, rows in returned.items():
-        _fail_unroutable(session, claimed[job_id], rows)
-        result.failed_jobs += 1
+        if job_id not in too_large:  # failed already, and republishing needs the fix first
+            _fail_unroutable(session, claimed[job_id], rows)
+    result.failed_jobs += len(too_large.keys() | returned.keys())
     if complete:
         result.done = finish(session, complete, job_types, confirmed_by)
     return result
@@ -397,6 +406,41 @@ def _fail_unroutable(
             **STAGE,
             "unroutable": [
                 {"product": row.product, "message_id": row.message.message_id} for row, _ in rows
+            ],
+        },
+    )
+
+
+def _fail_too_large(
+    session: Session, job: ClaimedJob, rows: list[tuple[OutboxRow, Delivery]]
+) -> None:
+    """start_publication → internal_error for a job with a product message over
+    ``product_message_max_bytes`` (never sent: the broker would refuse it, and the
+    messages sent with it)."""
+    products = ", ".join(row.product for row, _ in rows)
+    message = (
+        f"product message(s) too large to publish ({products}): {rows[0][1].reason}; make "
+        "the job type's message smaller, or raise product_message_max_bytes if the broker "
+        f"takes it (RabbitMQ's max_message_size), then `joblife jobs republish {job.id}`"
+    )
+    log.job(job.id, job_type=job.job_type, attempt=job.attempt, status=S.INTERNAL_ERROR).error(
+        "job %s: %s", job.id, message
+    )
+    set_job_status(
+        session,
+        job.id,
+        S.INTERNAL_ERROR,
+        expected=S.START_PUBLICATION,
+        message=message,
+        details={
+            **STAGE,
+            "too_large": [
+                {
+                    "product": row.product,
+                    "message_id": row.message.message_id,
+                    "bytes": len(row.message.body),
+                }
+                for row, _ in rows
             ],
         },
     )

@@ -6,7 +6,10 @@ Each batch is one database transaction: claim jobs and their unpublished rows
 start_publication, publish them as one confirm window, record the answers and move the
 jobs (:func:`~joblife.publication.outbox.record`), commit. Batches are pipelined (see
 :meth:`PublicationService._publish`). Any number of services can run at once: a job is
-published by the one that holds it.
+published by the one that holds it. A message over ``product_message_max_bytes`` is never
+sent (RabbitMQ closes the channel on a message over its ``max_message_size``, losing the
+messages sent with it, and the relay would send it again at every reconnection, holding up
+the outbox): its job goes to internal_error alone, the other messages are published.
 
 Without a broker URL, :class:`~joblife.publication.spool.SpoolPublisher` appends the
 messages to a local JSON-lines file (fsync = confirmation; ``publication_spool``, by default
@@ -37,7 +40,7 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
-from joblife.lifecycle.common import ServiceContext, job_logger
+from joblife.lifecycle.common import ServiceContext, job_logger, utc_now
 from joblife.logs import describe_jobs
 from joblife.ops.metrics import record_cycle
 from joblife.publication import outbox
@@ -45,6 +48,7 @@ from joblife.publication.broker import (
     ConfirmingPublisher,
     Delivery,
     Outcome,
+    OutgoingMessage,
     SentBatch,
     Settlement,
 )
@@ -280,11 +284,28 @@ class PublicationService:
                     for index, m in enumerate(messages)
                     if m.message_id in self._confirmed_unrecorded
                 }
+            known = {**self._too_large(messages), **known}
             sent = self.publisher.send([m for i, m in enumerate(messages) if i not in known])
         except BaseException:
             session.close()
             raise
         return _Batch(session, jobs, sent, known)
+
+    def _too_large(self, messages: list[OutgoingMessage]) -> dict[int, Delivery]:
+        """The answers for the messages over ``product_message_max_bytes`` (by index),
+        which are never sent: the broker would close the channel on such a message
+        (RabbitMQ's ``max_message_size``), losing the batch's other messages with it,
+        batch after batch. Recorded, they fail their job alone."""
+        limit = self.context.settings.product_message_max_bytes
+        return {
+            index: Delivery(
+                Outcome.TOO_LARGE,
+                utc_now(),
+                f"not sent: {len(message.body)} bytes, over product_message_max_bytes ({limit})",
+            )
+            for index, message in enumerate(messages)
+            if len(message.body) > limit
+        }
 
     def _record(self, batch: _Batch, deliveries: list[Delivery]) -> outbox.BatchResult:
         """Record the broker's answers for the batch, move its jobs, commit (runs in the
@@ -313,7 +334,7 @@ class PublicationService:
             with self._memo_lock:
                 for index in batch.known:
                     self._confirmed_unrecorded.pop(rows[index].message.message_id, None)
-        if result.unconfirmed or result.returned or result.nacked:
+        if result.unconfirmed or result.returned or result.nacked or result.too_large:
             ids = [job.id for job in batch.jobs]
             log.jobs(ids).warning("publication batch of %s: %s", describe_jobs(ids), asdict(result))
         return result
