@@ -13,8 +13,11 @@ import pytest
 from joblife.db.status import set_job_status
 from joblife.jobtypes.test_job import TestJob
 from joblife.model import JobStatus
+from joblife.web.filter_query import parse_filter
+from joblife.web.job_reads import JobFilter
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
+from starlette.datastructures import MultiDict
 from starlette.testclient import TestClient
 
 from tests.support.factories import make_jobs, move_to
@@ -235,8 +238,11 @@ def test_a_search_bounded_by_its_scan_says_so_and_pages_on(
         ("limit=x", "limit: &#39;x&#39;"),
         ("error=" + "x" * 201, "error_text is longer than 200 characters"),
         ("status=<script>", "&lt;script&gt;"),
-        ("product=a%00b", ""),  # PostgreSQL text cannot hold NUL: refused, never a 500
-        ("error=a%00b", ""),
+        # PostgreSQL text cannot hold NUL: refused by name before any read, never a 500.
+        ("product=a%00b", "product filter: must not contain a NUL character"),
+        ("product=a%00*", "product filter: must not contain a NUL character"),
+        ("error=a%00b", "error filter: must not contain a NUL character"),
+        ("status=ready&status=%00", "status filter: must not contain a NUL character"),
     ],
 )
 def test_bad_filter_values_are_refused_with_400_and_the_form(
@@ -258,6 +264,35 @@ def test_a_cursor_of_another_order_is_refused(viewer: TestClient, session: Sessi
     page = viewer.get(f"/jobs?limit=2&sort=id_asc&after={after[0]}")
     assert page.status_code == 400
     assert "the cursor is of the order" in page.text
+
+
+def test_a_filter_value_postgresql_cannot_store_is_refused_by_name_before_any_read() -> None:
+    # What a query string cannot carry (Starlette decodes bad UTF-8 as U+FFFD), a
+    # multi-dict or a plain mapping may: every value of every filter key is checked.
+    for params, message in (
+        ({"error": "a\udcffb"}, "error filter: must not contain a byte that is not valid UTF-8"),
+        ({"product": "ok", "type": "a\x00"}, "type filter: must not contain a NUL character"),
+        (MultiDict([("status", "ready"), ("status", "\x00")]), "status filter: must not"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            parse_filter(params)
+    assert parse_filter(MultiDict([("product", "AB*")])) == JobFilter(
+        product="AB", product_prefix=True
+    )
+
+
+def test_a_failing_read_is_not_passed_off_as_a_bad_filter(
+    viewer: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the request's values are answered 400: a ValueError of the read itself is a
+    fault of joblife's (a 500, logged), not the operator's."""
+
+    def broken(session: Session, flt: Any, **kwargs: Any) -> None:
+        raise ValueError("a bug in the read")
+
+    monkeypatch.setattr("joblife.web.pages_jobs.search_jobs", broken)
+    with pytest.raises(ValueError, match="a bug in the read"):
+        viewer.get("/jobs?product=ABC")
 
 
 # -- the Job page ---------------------------------------------------------------------------
@@ -473,6 +508,45 @@ def test_a_bulk_action_on_selected_rows(
         chosen[0]: S.READY,
         mixed["timeout"][1]: S.INTERNAL_ERROR,
     }
+
+
+@pytest.mark.parametrize(
+    ("field", "message"),
+    [
+        ("f_product", "product filter: must not contain a NUL character"),
+        ("f_error", "error filter: must not contain a NUL character"),
+    ],
+)
+def test_a_bulk_action_on_a_filter_with_a_nul_is_refused_by_name_before_any_read(
+    operator: TestClient,
+    engine: Engine,
+    mixed: dict[str, list[int]],
+    monkeypatch: pytest.MonkeyPatch,
+    field: str,
+    message: str,
+) -> None:
+    reads: list[Any] = []
+    monkeypatch.setattr("joblife.web.actions.matching_ids", lambda *args: reads.append(args))
+    token = csrf_from(operator.get("/jobs").text)
+    before = statuses(engine, mixed["disk"])
+    response = operator.post(
+        "/jobs/actions",
+        data={
+            "csrf_token": token,
+            "action": "retry",
+            "scope": "filter",
+            "f_status": "external_error",
+            field: "disk\x00full",
+        },
+        follow_redirects=False,
+    )
+    assert response.status_code == 303  # back to the list, which says why
+    assert reads == []
+    assert statuses(engine, mixed["disk"]) == before
+    page = operator.get(response.headers["location"])
+    assert page.status_code == 400  # the list of the same filter refuses it too
+    assert f"Retry: {message}" in by_testid(page.text, "flash")
+    assert message in by_testid(page.text, "filter-error")
 
 
 def test_a_viewer_sees_no_action_controls(

@@ -5,11 +5,15 @@ through Chromium)."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from joblife.model import JobStatus
 from joblife.web.app import SESSION_COOKIE, create_app
+from joblife.web.body_limit import MAX_BODY_BYTES
 from joblife.web.cache import SharedCache
 from joblife.web.users import Role, UserStore, create_first_user
 from sqlalchemy import Engine, text
@@ -374,3 +378,109 @@ def test_a_failed_computation_is_not_kept_and_its_key_can_be_computed_again() ->
         cache.get("page", fails)
     assert cache.get("page", lambda: 7) == 7
     assert cache._computing == {}
+
+
+# -- the request body cap -------------------------------------------------------------------
+
+
+def _too_large(response: Any) -> None:
+    """``response`` (the test client's or requests') is the 413 error page, with the
+    usual security headers."""
+    assert response.status_code == 413
+    assert "Request too large" in response.text
+    assert f"larger than {MAX_BODY_BYTES // 1024} KiB: nothing was done" in response.text
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+
+
+def test_a_body_declared_larger_than_the_cap_is_refused_before_the_app_reads_it(
+    web_client: TestClient, failed_jobs: list[int], engine: Engine
+) -> None:
+    token = csrf_from(web_client.get("/login").text)
+    fields = {"username": VIEWER, "csrf_token": token}
+    # A form of exactly the cap is read (a wrong password); one byte more is not.
+    base = len(urlencode({**fields, "password": ""}))
+    at_cap = web_client.post("/login", data={**fields, "password": "x" * (MAX_BODY_BYTES - base)})
+    assert at_cap.status_code == 401
+    over = {**fields, "password": PASSWORD + "x" * (MAX_BODY_BYTES - base)}
+    _too_large(web_client.post("/login", data=over, follow_redirects=False))
+    assert web_client.get("/", follow_redirects=False).status_code == 303  # not logged in
+    # An operator's action, and a logout whose token is in the header: the endpoint never
+    # runs (nothing retried, the session still open).
+    token = login(web_client, OPERATOR)
+    padding = "x" * MAX_BODY_BYTES
+    action = {"action": "retry", "confirmed": "yes", "ids": ",".join(map(str, failed_jobs))}
+    action.update(csrf_token=token, message=padding)
+    _too_large(web_client.post("/jobs/actions", data=action))
+    assert set(_statuses(engine, failed_jobs).values()) == {JobStatus.EXTERNAL_ERROR}
+    logout = web_client.post(
+        "/logout", data={"pad": padding}, headers={"X-CSRF-Token": token}, follow_redirects=False
+    )
+    _too_large(logout)
+    assert web_client.get("/", follow_redirects=False).status_code == 200
+
+
+def test_a_chunked_body_is_refused_once_it_passes_the_cap(
+    web_app: WebApp, failed_jobs: list[int], engine: Engine
+) -> None:
+    """Served by uvicorn, a body without Content-Length (chunked, as a generator is sent)
+    is read until it passes the cap, then refused with the error page; nothing is done."""
+    import requests
+
+    from tests.support.web import login_over_http, serve
+
+    def chunks(form: dict[str, str], pieces: int) -> Iterator[bytes]:
+        yield urlencode(form).encode() + b"&message="
+        for _ in range(pieces):
+            yield b"x" * (64 * 1024)
+
+    with serve(web_app) as base:
+        browser, landed = login_over_http(base, OPERATOR, PASSWORD)
+        form = {
+            "csrf_token": csrf_from(landed),
+            "action": "retry",
+            "confirmed": "yes",
+            "ids": ",".join(map(str, failed_jobs)),
+        }
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+
+        def post(pieces: int) -> requests.Response:
+            response = browser.post(
+                f"{base}/jobs/actions",
+                data=chunks(form, pieces),
+                headers=headers,
+                allow_redirects=False,
+                timeout=10,
+            )
+            assert response.request.headers["Transfer-Encoding"] == "chunked"
+            return response
+
+        _too_large(post(5))
+        assert set(_statuses(engine, failed_jobs).values()) == {JobStatus.EXTERNAL_ERROR}
+        # Under the cap, the same chunked form is read and acted on.
+        assert post(1).status_code == 303
+    assert set(_statuses(engine, failed_jobs).values()) == {JobStatus.READY}
+
+
+def test_the_largest_legitimate_form_fits_under_the_cap() -> None:
+    """A bulk action's confirmation of :data:`BULK_CAP` jobs whose ids have every digit a
+    bigint has, with the longest filter values (4-byte characters) and a long message."""
+    from joblife.web.actions import BULK_CAP, JOB_ID_MAX
+    from joblife.web.job_reads import MAX_TEXT
+
+    wide = "\U0001f600"  # 12 bytes once percent-encoded
+    form = {
+        "csrf_token": "t" * 43,
+        "action": "acknowledge",
+        "confirmed": "yes",
+        "ids": ",".join([str(JOB_ID_MAX)] * BULK_CAP),
+        "f_type": "t" * 63,
+        "f_status": ",".join(s.label for s in JobStatus),
+        "f_priority": "reprocessing",
+        "f_changed_from": "2026-11-01T08:00:00+01:00",
+        "f_changed_to": "2026-11-02T08:00:00+01:00",
+        "f_product": wide * MAX_TEXT,
+        "f_error": wide * MAX_TEXT,
+        "f_sort": "changed_asc",
+        "message": wide * 1024,  # the history keeps 4 KiB of it
+    }
+    assert len(urlencode(form)) < MAX_BODY_BYTES

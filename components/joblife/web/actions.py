@@ -27,6 +27,7 @@ from joblife.errors import JoblifeError
 from joblife.lifecycle.cancellation import cancel_and_stop
 from joblife.publication.outbox import republish
 from joblife.web.database import read, write
+from joblife.web.filter_query import parse_filter
 from joblife.web.job_reads import JobFilter, matching_ids
 from joblife.web.render import render
 from joblife.web.security import requires
@@ -147,19 +148,21 @@ async def bulk_action(request: Request) -> Response:
     ]
     query = MultiDict([(key[2:], value) for key, value in filter_fields])
     back = f"/jobs?{urlencode(query.multi_items())}" if query else "/jobs"
+    flt: JobFilter | None = None
+    ids: list[int] = []
     try:
         if form.get("confirmed") == "yes":  # exactly the jobs the confirmation showed
             ids = _parse_ids(str(form.get("ids", "")).split(","))
-            truncated = False
         elif form.get("scope") == "filter":
-            flt = JobFilter.from_query(query)
-            ids, truncated = await read(request, matching_ids, flt, BULK_CAP)
+            flt = parse_filter(query)
         else:
             ids = _parse_ids(form.getlist("job_id"))
-            truncated = False
-    except ValueError as error:
+    except ValueError as error:  # the form's ids or filter: refused before any read
         _flash_error(request, f"{action.title}: {error}")
         return RedirectResponse(back, status_code=303)
+    truncated = False
+    if flt is not None:  # outside the try: a ValueError of the read is a bug, not the form's
+        ids, truncated = await read(request, matching_ids, flt, BULK_CAP)
     if not ids:
         _flash_error(request, f"{action.title}: no job selected")
         return RedirectResponse(back, status_code=303)

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from joblife.config import Settings
 from joblife.keyfiles import read_key_file
 from joblife.web import actions, login, pages
+from joblife.web.body_limit import BodySizeLimit, too_large_page
 from joblife.web.cache import SharedCache
 from joblife.web.render import STATIC_DIR, make_templates
 from joblife.web.security import Authenticator, is_loopback
@@ -136,7 +137,7 @@ def create_app(settings: Settings, engine: Engine, users: UserStore | None = Non
     """The dashboard on ``engine``'s database."""
     app = Starlette(
         routes=list(routes()),
-        exception_handlers={OperationalError: database_trouble},
+        exception_handlers={OperationalError: database_trouble, 413: too_large_page},
         middleware=[
             Middleware(SecurityHeaders),
             Middleware(
@@ -147,6 +148,7 @@ def create_app(settings: Settings, engine: Engine, users: UserStore | None = Non
                 same_site="strict",
                 https_only=cookie_secure(settings),
             ),
+            Middleware(BodySizeLimit),  # inside the session: its 413 page needs it
         ],
     )
     app.state.settings = settings

@@ -31,6 +31,7 @@ from joblife.model.priority import Priority
 from joblife.model.status import ERROR_STATUSES, FINAL_STATUSES, JobStatus, is_allowed
 from joblife.web.actions import ACTIONS
 from joblife.web.database import cached_read, read
+from joblife.web.filter_query import parse_filter
 from joblife.web.job_reads import (
     MAX_PAGE,
     PRODUCT_CANDIDATES,
@@ -40,6 +41,7 @@ from joblife.web.job_reads import (
     JobDetail,
     JobFilter,
     JobPage,
+    decode_cursor,
     job_detail,
     search_jobs,
 )
@@ -119,11 +121,14 @@ async def jobs_page(request: Request) -> Response:
     limit = PAGE_SIZE
     after = (params.get("after") or "").strip() or None
     try:
-        flt = JobFilter.from_query(params)
+        flt = parse_filter(params)
         limit = _limit(params)
-        page = await read(request, search_jobs, flt, after=after, limit=limit)
+        if after is not None:
+            decode_cursor(after, flt.sort)  # refused here, not from inside the read
     except ValueError as problem:  # a bad filter value, cursor or limit
         error = str(problem)
+    else:  # outside the try: a ValueError of the read itself is a bug, not a bad request
+        page = await read(request, search_jobs, flt, after=after, limit=limit)
     if flt is not None and page is not None:
         query = flt.to_query()
         form = _form_values(query, [s.label for s in flt.statuses])
