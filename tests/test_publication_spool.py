@@ -151,3 +151,26 @@ def test_publish_command_relays_to_the_spool(
     assert len(_lines(tmp_path / "spool" / "publications.jsonl")) == 4
     listed = run("publications", "list")
     assert "messages go to the spool" in listed.stdout
+
+
+def test_publish_once_exits_1_when_a_message_is_too_large(
+    session: Session, joblife_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A message over product_message_max_bytes fails its job: a failure of the run, as a
+    returned message is (the cron job that runs `publish --once` must see it)."""
+    from joblife.config import get_settings
+
+    from tests.test_cli import run
+
+    big, small = processed_jobs(session, 2)
+    row = next(r for r in rows(session, [big]) if r.product == "mask")
+    row.body = {**row.body, "padding": "x" * 2000}
+    session.commit()
+    monkeypatch.delenv("JOBLIFE_AMQP_URL", raising=False)
+    monkeypatch.setenv("JOBLIFE_PUBLICATION_SPOOL", str(tmp_path / "spool"))
+    monkeypatch.setenv("JOBLIFE_PRODUCT_MESSAGE_MAX_BYTES", "1024")
+    get_settings.cache_clear()
+    result = run("publish", "--once", "--json")
+    assert result.exit_code == 1, result.output
+    assert json.loads(result.stdout)["too_large"] == 1
+    assert statuses(session, [big, small]) == {big: S.INTERNAL_ERROR, small: S.DONE}

@@ -76,7 +76,9 @@ def publish(
             print_json(data)
         else:
             print_line(", ".join(f"{k}={v}" for k, v in data.items() if v not in (None, 0)))
-        if report.error or report.result.unconfirmed or report.result.returned:
+        result = report.result
+        failed = result.unconfirmed or result.returned or result.nacked or result.too_large
+        if report.error or failed:
             raise typer.Exit(1)
         return
 
