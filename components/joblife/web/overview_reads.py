@@ -748,7 +748,8 @@ def failure_groups(
 
 @dataclass(frozen=True, slots=True)
 class FailedPublication:
-    """An outbox row the broker refused (returned unroutable, or nacked), not superseded."""
+    """An outbox row that failed (returned unroutable, nacked, or too large to send: error
+    set), not superseded."""
 
     id: int
     job_id: int
@@ -779,7 +780,7 @@ class PublicationState:
     pending_by_job_status: dict[JobStatus, int]
     #: Age of the oldest pending row; None without any.
     oldest_pending_age_seconds: float | None
-    #: Rows the broker refused (returned unroutable, nacked: error set), current attempt.
+    #: Rows that failed (returned unroutable, nacked, too large: error set), current attempt.
     failed: int
     #: Rows of an earlier attempt of their job: never sent again.
     superseded: int
