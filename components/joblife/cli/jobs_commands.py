@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from joblife.cli.output import add_row, make_table, print_json, print_table
-from joblife.cli.parsing import parse_since, parse_statuses
+from joblife.cli.parsing import PageCursor, parse_page_cursor, parse_since, parse_statuses
 from joblife.cli.state import get_state
 from joblife.cli.usage import check_job_type, usage
 from joblife.errors import JobNotFound
@@ -56,18 +56,21 @@ def list_command(
     ] = None,
     limit: Annotated[int, typer.Option(min=0, help="At most this many jobs (0: all).")] = 50,
     before: Annotated[
-        int | None,
+        str | None,
         typer.Option(
-            metavar="ID",
-            help="The next page: only the jobs after job ID (the last one of the previous "
-            "page) in this order.",
+            metavar="ID[@TIME]",
+            help="The next page: only the jobs after this point in this order. ID@TIME, "
+            "as the previous page's hint prints it, continues exactly after that page's "
+            "last job; a bare job ID starts after that job's current place (which moves "
+            "when its status changes).",
         ),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """List jobs, the most recent status change first (the jobs_overview view).
 
-    An unknown status or job type, or a malformed --since, is a usage error (exit status 2).
+    An unknown status or job type, or a malformed --since or --before, is a usage error
+    (exit status 2).
     """
     from joblife.cli.queries import list_jobs
 
@@ -75,6 +78,8 @@ def list_command(
         statuses = parse_statuses(status)
     with usage("--since", ctx):
         since_time = parse_since(since) if since is not None else None
+    with usage("--before", ctx):
+        cursor = parse_page_cursor(before) if before is not None else None
     with get_state(ctx).session() as session:
         check_job_type(ctx, session, job_type)
         rows = list_jobs(
@@ -83,7 +88,7 @@ def list_command(
             statuses=statuses,
             since=since_time,
             limit=limit + 1 if limit else None,
-            before=before,
+            before=cursor,
         )
     truncated = bool(limit) and len(rows) > limit
     rows = rows[:limit] if limit else rows
@@ -99,8 +104,10 @@ def list_command(
     if not rows:
         typer.echo("no matching jobs")
     elif truncated:
+        # The last row's key, not its id: that job may change status before the next page.
+        last = PageCursor(rows[-1]["id"], rows[-1]["status_changed_at"])
         typer.echo(
-            f"showing the first {limit} jobs; more match (next page: --before {rows[-1]['id']}, "
+            f"showing the first {limit} jobs; more match (next page: --before {last}, "
             "or raise --limit or narrow the filters)"
         )
     else:

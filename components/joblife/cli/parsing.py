@@ -1,11 +1,12 @@
 """Parsing of option values: status names, durations, points in time (a date/time or a
-duration back from now). Errors are ValueErrors saying what is expected; the commands make
-them usage errors (:func:`joblife.cli.usage.usage`)."""
+duration back from now), ``jobs list`` page cursors. Errors are ValueErrors saying what is
+expected; the commands make them usage errors (:func:`joblife.cli.usage.usage`)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,9 @@ if TYPE_CHECKING:
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])", re.IGNORECASE)
 _DURATION = re.compile(r"^\s*(?:\d+(?:\.\d+)?\s*[smhdw]\s*)+$", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+#: ``ID`` or ``ID@TIME``: what --before accepts (TIME checked by datetime.fromisoformat).
+_PAGE_CURSOR = re.compile(r"^([0-9]{1,19})(?:@(\S+))?$")
+_MAX_JOB_ID = 2**63 - 1  # jobs.id is a bigint
 
 
 def parse_statuses(values: Iterable[str] | None) -> list[JobStatus]:
@@ -58,3 +62,43 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
             "2026-11-01T08:00+00:00) or a duration back from now (30m, 2h, 3d, 1w)"
         ) from None
     return moment if moment.tzinfo is not None else moment.astimezone()
+
+
+@dataclass(frozen=True, slots=True)
+class PageCursor:
+    """Where a page of ``jobs list`` ended, for the next page (``--before``): the list's
+    key, (status_changed_at, id), of the last job printed. ``status_changed_at`` None (a
+    bare job id) stands for that job's current status change time, read when the next
+    page is: it moves when the job changes status."""
+
+    job_id: int
+    status_changed_at: datetime | None = None
+
+    def __str__(self) -> str:
+        """``ID@TIME``, TIME in UTC to the microsecond (PostgreSQL's precision, so the key
+        is exact): ``1234@2026-12-05T14:48:30.123456Z``, nothing the shell interprets."""
+        if self.status_changed_at is None:
+            return str(self.job_id)
+        moment = self.status_changed_at.astimezone(UTC).isoformat(timespec="microseconds")
+        return f"{self.job_id}@{moment.replace('+00:00', 'Z')}"
+
+
+def parse_page_cursor(text: str) -> PageCursor:
+    """``ID@TIME`` (the next-page hint of ``jobs list``; TIME an ISO 8601 date-time with
+    its offset, ``Z`` for UTC) or a bare job ``ID``."""
+    problem = (
+        f"invalid page cursor {text[:80]!r}: give the ID@TIME the previous page printed "
+        "(1234@2026-12-05T14:48:30.123456Z) or a job ID"
+    )
+    match = _PAGE_CURSOR.match(text.strip())
+    if match is None or int(match[1]) > _MAX_JOB_ID:
+        raise ValueError(problem)
+    if match[2] is None:
+        return PageCursor(int(match[1]))
+    try:
+        moment = datetime.fromisoformat(match[2])
+    except ValueError:
+        raise ValueError(problem) from None
+    if moment.tzinfo is None:  # a local time would shift the key by the offset: refuse
+        raise ValueError(f"{problem} (the time needs its offset, Z for UTC)")
+    return PageCursor(int(match[1]), moment)

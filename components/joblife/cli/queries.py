@@ -13,6 +13,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 from sqlalchemy.types import BigInteger, SmallInteger
 
+from joblife.cli.parsing import PageCursor
 from joblife.db.reads import PRESENT_JOB_TYPES
 from joblife.errors import JobNotFound
 from joblife.model.status import JobStatus
@@ -82,13 +83,14 @@ def list_jobs(
     statuses: Sequence[JobStatus] = (),
     since: datetime | None = None,
     limit: int | None = None,
-    before: int | None = None,
+    before: int | PageCursor | None = None,
 ) -> list[dict[str, Any]]:
     """Rows of ``jobs_overview`` matching every given filter, the most recent status change
     first. ``since`` keeps jobs whose status changed at or after that time (a job's
     creation is its first status change); ``limit`` None returns them all; ``before``
-    (a job id) starts after that job in this order (the next page after a page that ended
-    with it). JobNotFound if ``before`` names no job.
+    starts after a key in this order (the next page): a cursor with its time, exactly
+    after the job a page ended with, whatever that job did since; a job id (or a cursor
+    without time), after that job's current key. JobNotFound if a job id names no job.
 
     With a limit, the page is found without reading every matching job: the newest
     ``limit`` of each (type, status) pair from ``ix_jobs_type_status_changed`` (one short
@@ -99,14 +101,13 @@ def list_jobs(
         conditions.append("j.status_changed_at >= :since")
         params["since"] = since
     if before is not None:
-        conditions.append(
-            "(j.status_changed_at, j.id) < (SELECT b.status_changed_at, b.id FROM jobs b "
-            "WHERE b.id = :before)"
-        )
-        params["before"] = before
-        found = session.execute(text("SELECT 1 FROM jobs WHERE id = :id"), {"id": before})
-        if found.first() is None:
-            raise JobNotFound(f"job {before} not found (--before)", [before])
+        # The key as parameters (the dashboard's keyset condition): an index condition on
+        # each (type, status) range of ix_jobs_type_status_changed, as the job-id subquery
+        # this replaces was.
+        conditions.append("(j.status_changed_at, j.id) < (:before_changed_at, :before_id)")
+        cursor = before if isinstance(before, PageCursor) else PageCursor(before)
+        params["before_id"] = cursor.job_id
+        params["before_changed_at"] = _cursor_time(session, cursor)
     order = "ORDER BY {0}status_changed_at DESC, {0}id DESC"
     if limit is None:
         if job_type is not None:
@@ -150,6 +151,19 @@ def list_jobs(
     if "statuses" in params:
         statement = statement.bindparams(bindparam("statuses", type_=ARRAY(SmallInteger)))
     return [dict(row._mapping) for row in session.execute(statement, params)]
+
+
+def _cursor_time(session: Session, cursor: PageCursor) -> datetime:
+    """The status change time of ``cursor``'s key: its own, else its job's current one.
+    JobNotFound if it has none and names no job."""
+    if cursor.status_changed_at is not None:
+        return cursor.status_changed_at
+    found = session.execute(
+        text("SELECT status_changed_at FROM jobs WHERE id = :id"), {"id": cursor.job_id}
+    ).first()
+    if found is None:
+        raise JobNotFound(f"job {cursor.job_id} not found (--before)", [cursor.job_id])
+    return found.status_changed_at
 
 
 #: Columns of ``jobs`` that :func:`get_job` adds to the ``jobs_overview`` row.
