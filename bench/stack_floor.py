@@ -5,19 +5,13 @@ and one query, and a rich table printed. ``bench/startup.py`` runs it beside the
 commands (the ``stack floor`` row): what is above it is joblife's own.
 
     JOBLIFE_DATABASE_URL=postgresql://... python bench/stack_floor.py jobs show 1
-
-The cyclic collector is off during start-up, as ``joblife`` does.
 """
 
 from __future__ import annotations
 
-import gc
+from typing import Annotated
 
-gc.disable()
-
-from typing import Annotated  # noqa: E402 - after the collector is off, as in joblife
-
-import typer  # noqa: E402
+import typer
 
 app = typer.Typer(add_completion=False)
 jobs = typer.Typer()
@@ -36,7 +30,6 @@ def root(debug: Annotated[bool, typer.Option("--debug")] = False) -> None:
 
     url = Settings().database_url  # type: ignore[call-arg] - read from the environment
     state["dsn"] = url.replace("postgresql+psycopg2://", "postgresql://", 1)
-    gc.enable()
 
 
 @jobs.command("show")

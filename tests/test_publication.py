@@ -497,6 +497,41 @@ def test_a_message_over_the_byte_cap_fails_its_job_alone_and_the_others_flow(
     assert statuses(session, [first]) == {first: S.DONE}
 
 
+def test_a_job_with_a_too_large_and_an_unroutable_message_names_both(
+    session: Session,
+    make_service: Callable[..., PublicationService],
+    amqp: AmqpTestBroker,
+    joblife_env: str,
+):
+    """One job, its mask over the byte cap and its quicklook bound to no queue: the job
+    fails once (internal_error) and its message and details name both problems, so the
+    operator fixes both before republishing instead of meeting the second one after."""
+    [job_id] = processed_jobs(session, 1)
+    exchange = amqp.exchange("products")
+    amqp.queue("masks", exchange, "example.mask")  # no queue for quicklook
+    big = next(r for r in rows(session, [job_id]) if r.product == "mask")
+    big.body = {**big.body, "padding": "x" * 6000}
+    session.commit()
+
+    result = make_service(product_message_max_bytes=4096).run_cycle().result
+
+    assert (result.too_large, result.returned, result.failed_jobs) == (1, 1, 1)
+    assert statuses(session, [job_id]) == {job_id: S.INTERNAL_ERROR}
+    _, message = history(session, job_id)[-1]
+    assert message is not None
+    assert "too large to publish (mask)" in message
+    assert "not routed to any queue (quicklook)" in message and "NO_ROUTE" in message
+    with session.get_bind().connect() as conn:
+        details = conn.execute(
+            text(
+                "SELECT details FROM job_status_changes WHERE job_id = :id ORDER BY id DESC LIMIT 1"
+            ),
+            {"id": job_id},
+        ).scalar_one()
+    assert [d["product"] for d in details["too_large"]] == ["mask"]
+    assert [d["product"] for d in details["unroutable"]] == ["quicklook"]
+
+
 def test_the_broker_s_own_size_refusal_says_which_setting_to_lower():
     """Were product_message_max_bytes above the broker's max_message_size, the broker
     closes the channel (the text is RabbitMQ's, from a real refusal): the lost

@@ -263,8 +263,8 @@ class Publication(Base):
 
     ``republication`` is 0 for the messages the worker wrote, n for the n-th republication
     an operator asked for (new rows, new message ids). ``error`` keeps the last reason the
-    message was not delivered (returned unroutable, refused by the broker, reported failed
-    by a consumer); ``routing_key`` is the key it was published with.
+    message was not delivered (returned unroutable, refused by the broker, too large to send,
+    reported failed by a consumer); ``routing_key`` is the key it was published with.
     """
 
     __tablename__ = "publications"

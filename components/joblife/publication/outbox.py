@@ -292,11 +292,10 @@ def record(
     if failed["ids"]:
         session.execute(_MARK_FAILED, failed)
     claimed = {job.id: job for job in jobs}
-    for job_id, rows in too_large.items():
-        _fail_too_large(session, claimed[job_id], rows)
+    for job_id, rows in too_large.items():  # its returned messages named with them
+        _fail_too_large(session, claimed[job_id], rows, returned.pop(job_id, []))
     for job_id, rows in returned.items():
-        if job_id not in too_large:  # failed already, and republishing needs the fix first
-            _fail_unroutable(session, claimed[job_id], rows)
+        _fail_unroutable(session, claimed[job_id], rows)
     result.failed_jobs += len(too_large.keys() | returned.keys())
     if complete:
         result.done = finish(session, complete, job_types, confirmed_by)
@@ -387,12 +386,7 @@ def _fail_unroutable(
     session: Session, job: ClaimedJob, rows: list[tuple[OutboxRow, Delivery]]
 ) -> None:
     """start_publication → external_error for a job whose messages the broker returned."""
-    products = ", ".join(row.product for row, _ in rows)
-    reason = rows[0][1].reason
-    message = (
-        f"product message(s) not routed to any queue ({products}): {reason}; bind a queue "
-        f"for the routing key, then `joblife jobs republish {job.id}`"
-    )
+    message = f"{_unroutable_problem(rows)}, then `joblife jobs republish {job.id}`"
     log.job(job.id, job_type=job.job_type, attempt=job.attempt, status=S.EXTERNAL_ERROR).error(
         "job %s: %s", job.id, message
     )
@@ -402,27 +396,46 @@ def _fail_unroutable(
         S.EXTERNAL_ERROR,
         expected=S.START_PUBLICATION,
         message=message,
-        details={
-            **STAGE,
-            "unroutable": [
-                {"product": row.product, "message_id": row.message.message_id} for row, _ in rows
-            ],
-        },
+        details={**STAGE, **_unroutable_details(rows)},
     )
 
 
+def _unroutable_problem(rows: list[tuple[OutboxRow, Delivery]]) -> str:
+    """What is wrong with the returned messages ``rows`` and what to do about it."""
+    products = ", ".join(row.product for row, _ in rows)
+    return (
+        f"product message(s) not routed to any queue ({products}): {rows[0][1].reason}; "
+        "bind a queue for the routing key"
+    )
+
+
+def _unroutable_details(rows: list[tuple[OutboxRow, Delivery]]) -> dict[str, Any]:
+    return {
+        "unroutable": [
+            {"product": row.product, "message_id": row.message.message_id} for row, _ in rows
+        ]
+    }
+
+
 def _fail_too_large(
-    session: Session, job: ClaimedJob, rows: list[tuple[OutboxRow, Delivery]]
+    session: Session,
+    job: ClaimedJob,
+    rows: list[tuple[OutboxRow, Delivery]],
+    returned: list[tuple[OutboxRow, Delivery]],
 ) -> None:
     """start_publication → internal_error for a job with a product message over
     ``product_message_max_bytes`` (never sent: the broker would refuse it, and the
-    messages sent with it)."""
+    messages sent with it). Messages of the job the broker ``returned`` are named too:
+    both must be fixed before it is republished."""
     products = ", ".join(row.product for row, _ in rows)
     message = (
         f"product message(s) too large to publish ({products}): {rows[0][1].reason}; make "
         "the job type's message smaller, or raise product_message_max_bytes if the broker "
-        f"takes it (RabbitMQ's max_message_size), then `joblife jobs republish {job.id}`"
+        "takes it (RabbitMQ's max_message_size)"
     )
+    if returned:
+        message += f"; also {_unroutable_problem(returned)}"
+    message += f"; then `joblife jobs republish {job.id}`"
     log.job(job.id, job_type=job.job_type, attempt=job.attempt, status=S.INTERNAL_ERROR).error(
         "job %s: %s", job.id, message
     )
@@ -442,6 +455,7 @@ def _fail_too_large(
                 }
                 for row, _ in rows
             ],
+            **(_unroutable_details(returned) if returned else {}),
         },
     )
 
