@@ -186,20 +186,39 @@ def test_an_interrupted_demo_says_what_it_left_and_how_to_finish_or_clean_it(dat
         head = [process.stdout.readline() for _ in range(2)]
         assert head[1].startswith("generated 9 input products"), head
         demo_url = f"postgresql://postgres@/joblife_demo?host={data_dir / 'postgres'}"
+        outbox: list[Any] = []
+
+        def hold_the_outbox() -> bool:
+            """Once the demo's database is migrated, lock its outbox against writes: no
+            job can reach processed, so the demo cannot end before it is interrupted."""
+            assert process.poll() is None, "the demo ended before it was interrupted"
+            try:
+                conn = psycopg2.connect(demo_url)
+            except psycopg2.Error:  # its database not made yet
+                return False
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("LOCK TABLE publications IN EXCLUSIVE MODE")
+            except psycopg2.Error:  # not migrated yet
+                conn.close()
+                return False
+            outbox.append(conn)
+            return True
 
         def demo_jobs() -> int:  # interrupted once its services made jobs, not at a time
             assert process.poll() is None, "the demo ended before it was interrupted"
-            try:
-                with psycopg2.connect(demo_url) as conn, conn.cursor() as cur:
-                    cur.execute("SELECT count(*) FROM jobs")
-                    return cur.fetchone()[0]
-            except psycopg2.Error:  # its database not made or migrated yet
-                return 0
+            with psycopg2.connect(demo_url) as conn, conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM jobs")
+                return cur.fetchone()[0]
 
+        wait_for(hold_the_outbox, timeout=60, message="the demo to migrate its database")
         wait_for(demo_jobs, timeout=60, message="the demo to create its jobs")
         process.send_signal(signal.SIGINT)
+        outbox.pop().close()  # its workers may go on while the demo stops
         rest, errors = process.communicate(timeout=60)
     finally:
+        for conn in outbox:
+            conn.close()
         if process.poll() is None:
             process.kill()
     out = "".join(head) + rest
