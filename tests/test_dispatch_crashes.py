@@ -244,3 +244,26 @@ def test_two_starts_of_one_token_run_one_worker(make_lifecycle: Callable[..., Li
     wait_for(lambda: lc.executor.change_marker() >= 1, timeout=5)  # counted after the file
     assert lc.executor.change_marker() == 1  # one exit, not two
     assert lc.executor.dispatch(request, lc.token(job_id, 1)) == f"local:{lc.token(job_id, 1)}"
+
+
+def test_an_interrupt_while_starting_a_worker_is_not_a_dispatch_failure(
+    make_lifecycle: Callable[..., Lifecycle],
+):
+    """Ctrl-C (or a stop) landing while a worker is started interrupts the dispatch: it
+    was read as "could not start the worker" with an empty reason, and the interrupted
+    command went on (a demo interrupted there ran to its end and exited 0). The claim is
+    removed as for a failed start, so the next dispatch starts the attempt once."""
+    lc = make_lifecycle()
+    [job_id] = lc.add_jobs({"behaviour": "succeed", "max_attempts": 1})
+
+    def interrupted(request: ExecutionRequest, paths: Any) -> tuple[int, int]:
+        raise KeyboardInterrupt
+
+    lc.executor._start = interrupted  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        lc.dispatch(lc.executor)
+    assert not lc.state_file(job_id, 1, "claim").exists()
+    del lc.executor._start  # the class's own again
+    ended = lc.wait_status(job_id, ENDED, monitor=True)
+    assert ended is S.DONE, lc.describe(job_id)
+    assert len(started_rows(lc, job_id)) == 1, lc.describe(job_id)

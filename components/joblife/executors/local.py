@@ -149,6 +149,8 @@ class LocalExecutor:
         except BaseException as exc:
             if not paths.record.exists():
                 paths.claim.unlink(missing_ok=True)  # nothing runs: the token may be used again
+            if not isinstance(exc, Exception):
+                raise  # an interrupt (Ctrl-C, a stop) of this process, not a failed start
             raise ExecutorError(
                 f"could not start the worker of job {request.job_id}: {exc}"
             ) from exc
