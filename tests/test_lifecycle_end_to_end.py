@@ -394,8 +394,7 @@ def test_worker_killed_mid_processing_is_retried(
         data_dir / "test-products",
         "KILLED",
         datetime.now(UTC) - timedelta(minutes=5),
-        behaviour="sleep",
-        sleep_seconds=5,
+        behaviour="hang",  # attempt 1 is still processing when it is killed, however late
         behaviour_attempts=1,
     )
     env = joblife_env(db_url, data_dir)

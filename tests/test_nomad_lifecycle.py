@@ -313,7 +313,8 @@ def test_queued_deadline_stops_a_child_that_never_starts(
 def test_lost_allocation_is_retried(make_nomad_world: Callable[..., NomadWorld]):
     world = make_nomad_world()
     lc, cluster = world.lifecycle, world.double.cluster
-    [job_id] = lc.add_jobs({"behaviour": "sleep", "sleep_seconds": 30, "behaviour_attempts": 1})
+    # Attempt 1 hangs until its allocation is lost; attempt 2 succeeds at once.
+    [job_id] = lc.add_jobs({"behaviour": "hang", "behaviour_attempts": 1})
     lc.dispatch()
     lc.wait_status(job_id, S.PROCESSING, timeout=30)
     first = child_of(world, job_id)

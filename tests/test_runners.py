@@ -164,7 +164,8 @@ def test_process_runs_in_the_work_dir_with_its_environment(tmp_path: Path):
 
 def test_process_timeout_kills_the_whole_process_group(tmp_path: Path):
     pid_file = tmp_path / "child.pid"
-    spec = _spec(tmp_path, ["sh", "-c", f"sleep 60 & echo $! > {pid_file}; wait"], timeout=1)
+    # 3 s: the shell has written the pid file by then, even on a loaded machine.
+    spec = _spec(tmp_path, ["sh", "-c", f"sleep 60 & echo $! > {pid_file}; wait"], timeout=3)
     result = ProcessRunner().run(spec)
     assert result.timed_out and result.return_code == TIMEOUT_RETURN_CODE
     child = int(pid_file.read_text())

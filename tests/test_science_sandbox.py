@@ -167,7 +167,7 @@ def test_a_setsid_daemon_does_not_outlive_a_step_that_ends(tmp_path: Path, daemo
 def test_a_setsid_daemon_does_not_outlive_a_step_killed_at_its_timeout(
     tmp_path: Path, daemon_pid: Path
 ):
-    spec = _spec(tmp_path, _daemon_step(daemon_pid, "sleep 1000"), timeout=2)
+    spec = _spec(tmp_path, _daemon_step(daemon_pid, "sleep 1000"), timeout=3)
     result = ProcessRunner().run(spec)
     assert result.timed_out and result.return_code == TIMEOUT_RETURN_CODE
     assert _gone(int(daemon_pid.read_text()))

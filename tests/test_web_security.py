@@ -5,6 +5,7 @@ through Chromium)."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -256,22 +257,26 @@ def test_shared_cache_computes_each_key_once_per_interval_for_concurrent_readers
     cache = SharedCache(ttl_seconds=60)
     gate = threading.Event()
     calls = []
-    # Every reader has asked before the first computation may end: without the
-    # per-key lock each would compute (and block on the gate) too.
-    asked = threading.Barrier(9)
+    asked = threading.Semaphore(0)
 
     def compute() -> int:
         calls.append(1)
-        gate.wait(5)
+        gate.wait(10)
         return 42
 
     def reader() -> int:
-        asked.wait(5)
+        asked.release()
         return cache.get("page", compute)
 
     with ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(reader) for _ in range(8)]
-        asked.wait(5)
+        for _ in range(8):
+            assert asked.acquire(timeout=10)
+        # Every reader has asked and the first computation is held: without the per-key
+        # lock the others compute too (and block on the gate), which this second shows.
+        deadline = time.monotonic() + 1
+        while len(calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
         gate.set()
         assert [f.result() for f in futures] == [42] * 8
     assert len(calls) == 1 and cache.computed == 1
