@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import tempfile
 import threading
 import time
@@ -367,6 +368,22 @@ def _settled(rows: list[tuple[str, int, JobStatus, int, int]], expected: int) ->
     )
 
 
+@contextmanager
+def _interrupt_sets(stop: threading.Event) -> Iterator[None]:
+    """While the block runs in the main thread, Ctrl-C (SIGINT) sets ``stop`` instead of
+    raising KeyboardInterrupt wherever that thread is, as in ``joblife run``: the loop ends
+    after its current cycle, and no library can swallow the interrupt (one raised in a
+    fork handler is only printed, and the demo ran on to its end)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda _signum, _frame: stop.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run_demo(
     settings: Settings,
     inputs: DemoInputs,
@@ -386,25 +403,28 @@ def run_demo(
         orchestrator = Orchestrator(context, executor, stop_event=stop)
         timed_out, errors = False, []
         try:
-            while True:
-                marker = executor.change_marker()  # before dispatch counts what runs
-                report = orchestrator.run_once()
-                errors = _creation_errors(report.results.get("create") or [])
-                with context.session() as session:
-                    rows = demo_jobs(session, inputs)
-                    counts = status_counts(session, inputs)
-                elapsed = time.monotonic() - started
-                if on_progress is not None:
-                    on_progress(counts, elapsed)
-                if _settled(rows, inputs.total) or errors:
-                    break
-                if elapsed > timeout:
-                    timed_out = True
-                    break
-                if not report.busy:
-                    executor.wait_for_change(settings.loop_interval, stop, marker)
+            with _interrupt_sets(stop):
+                while not stop.is_set():
+                    marker = executor.change_marker()  # before dispatch counts what runs
+                    report = orchestrator.run_once()
+                    errors = _creation_errors(report.results.get("create") or [])
+                    with context.session() as session:
+                        rows = demo_jobs(session, inputs)
+                        counts = status_counts(session, inputs)
+                    elapsed = time.monotonic() - started
+                    if on_progress is not None:
+                        on_progress(counts, elapsed)
+                    if _settled(rows, inputs.total) or errors:
+                        break
+                    if elapsed > timeout:
+                        timed_out = True
+                        break
+                    if not report.busy:
+                        executor.wait_for_change(settings.loop_interval, stop, marker)
         finally:
             orchestrator.close()
+        if stop.is_set():  # Ctrl-C: the caller says what the demo left and how to go on
+            raise KeyboardInterrupt
         elapsed = time.monotonic() - started
         with context.session() as session:
             job_ids: dict[str, list[int]] = {}
