@@ -12,6 +12,7 @@ A job type's migration creates its table and then its per-type procedure::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from importlib.resources import files
 from typing import NamedTuple
@@ -33,24 +34,38 @@ def run_sql_file(name: str) -> None:
     SQL files are named after the revision that installs them (``v0001_*.sql``) and never
     edited once released: a later change ships a new file with ``CREATE OR REPLACE``.
     """
-    # Through the DB-API cursor without parameters, so that '%' in the SQL (format())
-    # is not taken for a placeholder; same connection, same transaction.
+    execute_raw(read_sql_file(name))
+
+
+def execute_raw(sql: str) -> None:
+    """Execute ``sql`` in the migration's transaction through the DB-API cursor, without
+    parameters: neither a '%' (format()) nor a ':name' in a function body is taken for a
+    placeholder, as through ``op.execute``."""
     cursor = op.get_bind().connection.cursor()
     try:
-        cursor.execute(read_sql_file(name))
+        cursor.execute(sql)
     finally:
         cursor.close()
 
 
+# The dollar-quote tag opening a function's body: ``AS $$`` or ``AS $body$``.
+_BODY_TAG = re.compile(r"\bAS\s+(\$\w*\$)", re.IGNORECASE)
+
+
 def previous_definition(name: str, sql_file: str) -> str:
-    """The ``CREATE OR REPLACE FUNCTION name(...) ... $$;`` statement of ``name`` in
-    ``database/sql/<sql_file>``, for a downgrade that puts back the definition a later
-    revision replaced (released SQL files are never edited, so their text is the previous
-    definition)."""
+    """The ``CREATE OR REPLACE FUNCTION name(...) ... AS $$ ... $$ ...;`` statement of
+    ``name`` in ``database/sql/<sql_file>``, for a downgrade that puts back the definition
+    a later revision replaced (the file that installed it is its text). ValueError unless
+    the file defines ``name`` exactly once."""
     sql = read_sql_file(sql_file)
-    start = sql.index(f"CREATE OR REPLACE FUNCTION {name}(")
-    end = sql.index("\n$$;\n", start) + len("\n$$;\n")
-    return sql[start:end]
+    starts = [m.start() for m in re.finditer(re.escape(f"CREATE OR REPLACE FUNCTION {name}("), sql)]
+    if len(starts) != 1:
+        raise ValueError(f"{sql_file} defines {name} {len(starts)} times, not once")
+    tag = _BODY_TAG.search(sql, starts[0])
+    if tag is None:
+        raise ValueError(f"{sql_file}: the definition of {name} has no dollar-quoted body")
+    body_end = sql.index(tag.group(1), tag.end()) + len(tag.group(1))
+    return sql[starts[0] : sql.index(";", body_end) + 1] + "\n"
 
 
 class PreviousProcedure(NamedTuple):
@@ -71,7 +86,7 @@ def restore_definer_procedures(procedures: Mapping[str, PreviousProcedure]) -> N
     ``attempt_proof_keys`` included, which revision 0016 revoked).
     """
     for name, (signature, sql_file) in procedures.items():
-        op.execute(previous_definition(name, sql_file))
+        execute_raw(previous_definition(name, sql_file))
         op.execute(
             f"""
             DO $$

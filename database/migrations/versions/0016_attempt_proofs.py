@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from alembic import op
-from joblife.db.migration_helpers import previous_definition, run_sql_file
+from joblife.db.migration_helpers import execute_raw, previous_definition, run_sql_file
 
 revision: str = "0016"
 down_revision: str | Sequence[str] | None = "0015"
@@ -32,7 +32,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     # worker_check_attempt_secret() as revision 0011 defined it (session setting only).
-    op.execute(previous_definition("worker_check_attempt_secret", "v0011_worker_doors.sql"))
+    execute_raw(previous_definition("worker_check_attempt_secret", "v0011_worker_doors.sql"))
     op.execute("DROP FUNCTION IF EXISTS joblife_store_attempt_secrets(bigint[], bytea[], bytea[])")
     op.execute("DROP FUNCTION IF EXISTS joblife_hmac_sha256(bytea, bytea)")
     op.execute("DROP TABLE IF EXISTS attempt_proof_keys")
