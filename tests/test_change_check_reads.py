@@ -91,3 +91,20 @@ def test_only_the_latest_jobs_listing_is_fetched(
     assert {row.id for row in seen} == set(history.values())
     with_listing = {row.id: row.listing for row in seen if row.listing is not None}
     assert with_listing == {history[CONTEXTS[-1]]: listing(len(CONTEXTS))}
+
+
+def test_the_latest_job_is_each_products_own(
+    session: Session, history: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two products looked up together: each one's latest job carries its listing (not
+    only the latest of all), so an older listing of ``s1`` is still seen as a change."""
+    seen = spy_rows(session, monkeypatch)
+    jobs = [
+        ExampleJob(input_product_id="s1", input_publication_date=DATED, input_listing=listing(1)),
+        ExampleJob(input_product_id="s2", input_publication_date=DATED, input_listing={"x": 1}),
+    ]
+    result = skip_known(session, ExampleJob, jobs, [], {}, False)
+    assert (result.known, result.changed_skipped) == (2, 2)
+    [s2_id] = {row.id for row in seen} - set(history.values())
+    with_listing = {row.id for row in seen if row.listing is not None}
+    assert with_listing == {history[CONTEXTS[-1]], s2_id}
