@@ -138,6 +138,12 @@ def test_parse_line_passes_envparse_own_cases(line: str, key: str, value: str):
     assert parse_line(line.encode()) == (key.encode(), value.encode())
 
 
+def test_a_comment_after_a_multibyte_character_cuts_as_go_does():
+    """envparse.go 256-258 marks a multibyte byte significant before storing it: the last
+    byte of ``é`` before a comment is cut (not a case joblife renders; the port keeps it)."""
+    assert parse_line("K=é # c".encode()) == (b"K", "é".encode()[:1])
+
+
 @pytest.mark.parametrize(("line", "error"), PARSE_LINE_ERR)
 def test_parse_line_fails_as_envparse_does(line: str, error: str):
     with pytest.raises(LineError) as raised:

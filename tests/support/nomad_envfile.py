@@ -161,8 +161,11 @@ def _unquote(value: bytes) -> bytes:
         if byte > 127:  # part of a multibyte character: no special meaning
             if mode == _ESCAPE:
                 raise LineError("multibyte characters disallowed in escape sequences")
-            out.append(byte)
+            # As envparse.go 256-258: lastSig is taken before the byte is stored, so a
+            # comment right after a multibyte character cuts its last byte (Go's quirk,
+            # kept: rendered templates never have comments).
             last_significant = len(out)
+            out.append(byte)
         elif mode == _NORMAL:
             if byte == ord('"'):
                 mode = _DOUBLE
