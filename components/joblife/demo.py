@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import tempfile
 import threading
 import time
@@ -56,6 +55,7 @@ from joblife.model import Job, JobStatus
 from joblife.ops.stats import TypeStats, job_stats
 from joblife.publication.spool import DEFAULT_SPOOL_DIR, effective_spool, spool_disabled
 from joblife.publication.timeliness import TimelinessRow, timeliness_summary
+from joblife.signals import stop_on_signals
 from joblife.storage import Transfer, open_storage
 
 S = JobStatus
@@ -368,22 +368,6 @@ def _settled(rows: list[tuple[str, int, JobStatus, int, int]], expected: int) ->
     )
 
 
-@contextmanager
-def _interrupt_sets(stop: threading.Event) -> Iterator[None]:
-    """While the block runs in the main thread, Ctrl-C (SIGINT) sets ``stop`` instead of
-    raising KeyboardInterrupt wherever that thread is, as in ``joblife run``: the loop ends
-    after its current cycle, and no library can swallow the interrupt (one raised in a
-    fork handler is only printed, and the demo ran on to its end)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, lambda _signum, _frame: stop.set())
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def run_demo(
     settings: Settings,
     inputs: DemoInputs,
@@ -403,7 +387,8 @@ def run_demo(
         orchestrator = Orchestrator(context, executor, stop_event=stop)
         timed_out, errors = False, []
         try:
-            with _interrupt_sets(stop):
+            # Ctrl-C ends the loop after its cycle (twice: at once), as `joblife run`.
+            with stop_on_signals(stop, "stopping the demo", second_interrupt_aborts=True):
                 while not stop.is_set():
                     marker = executor.change_marker()  # before dispatch counts what runs
                     report = orchestrator.run_once()

@@ -5,7 +5,6 @@ not with this module)."""
 from __future__ import annotations
 
 import errno
-import signal
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -92,12 +91,13 @@ def metrics_serve(
         address or settings.metrics_address,
         "choose another with --port",
     )
+    from joblife.signals import stop_on_signals
+
     stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
     typer.echo(f"serving metrics on http://{server.address}:{server.port}/metrics")
     try:
-        stop.wait()
+        with stop_on_signals(stop):
+            stop.wait()
     finally:
         server.stop()
 

@@ -4,12 +4,10 @@
 
 from __future__ import annotations
 
-import logging
-import signal
 import threading
 from dataclasses import asdict
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -82,13 +80,10 @@ def publish(
             raise typer.Exit(1)
         return
 
-    def request_stop(signum: int, _frame: Any) -> None:
-        logging.getLogger("joblife").info("%s: stopping", signal.Signals(signum).name)
-        stop.set()
+    from joblife.signals import stop_on_signals
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    service.run_forever(interval)
+    with stop_on_signals(stop):
+        service.run_forever(interval)
 
 
 LIST_COLUMNS = {

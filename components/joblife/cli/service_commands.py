@@ -3,8 +3,6 @@ the commands, not with this module)."""
 
 from __future__ import annotations
 
-import logging
-import signal
 import threading
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -101,24 +99,13 @@ def run(
         if report.errors:
             raise typer.Exit(1)
         return
+    from joblife.signals import stop_on_signals
+
     # Before anything is built (job types imported, executor): a supervisor's SIGTERM
     # while the command starts must end it as cleanly as one in the loop, not kill it.
-    # Kept until the process exits: a second signal during shutdown must not kill it.
-    _stop_on_signals(stop)
-    _run_forever(ctx, service_names, stop, interval)
-
-
-def _stop_on_signals(stop: threading.Event) -> None:
-    """Make SIGTERM and SIGINT set ``stop``."""
-
-    def request_stop(signum: int, _frame: Any) -> None:
-        logging.getLogger("joblife").info(
-            "%s: stopping after the current service", signal.Signals(signum).name
-        )
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    # Kept through the shutdown: a second signal then must not cut it short.
+    with stop_on_signals(stop, "stopping after the current service"):
+        _run_forever(ctx, service_names, stop, interval)
 
 
 def _run_forever(
