@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from joblife.cli.parsing import PageCursor
 from joblife.cli.queries import list_jobs
 from joblife.config import get_settings
 from joblife.db import migrate
@@ -120,6 +121,16 @@ def test_jobs_list_pages_are_the_plain_querys(engine: Engine, session: Session, 
                 break
             before = page[-1]
         assert pages == expected, filters
+        # The same with the printed hint's cursor, the last row's key (ties included).
+        keyed: list[int] = []
+        cursor = None
+        while True:
+            rows = list_jobs(session, **filters, limit=7, before=cursor)
+            keyed += [row["id"] for row in rows]
+            if len(rows) < 7:
+                break
+            cursor = PageCursor(rows[-1]["id"], rows[-1]["status_changed_at"])
+        assert keyed == expected, filters
         if expected:
             middle = expected[len(expected) // 2]
             after = expected[len(expected) // 2 + 1 :]

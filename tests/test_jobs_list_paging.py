@@ -94,6 +94,10 @@ def test_the_json_rows_give_the_cursor(listed: list[int]) -> None:
         "1 2",
         "99999999999999999999",  # beyond bigint
         "١٢",  # not ASCII digits
+        # Offsets Python reads and PostgreSQL would refuse (the database's error, exit 1)
+        "12@2026-12-05T14:48:30+01:00:00.5",
+        "12@2026-12-05T14:48:30+16:00",
+        "12@0001-01-01T00:00+01:00",  # before year 1 in UTC
     ],
 )
 def test_a_malformed_cursor_is_a_usage_error(joblife_env: str, value: str) -> None:

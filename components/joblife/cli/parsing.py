@@ -101,4 +101,12 @@ def parse_page_cursor(text: str) -> PageCursor:
         raise ValueError(problem) from None
     if moment.tzinfo is None:  # a local time would shift the key by the offset: refuse
         raise ValueError(f"{problem} (the time needs its offset, Z for UTC)")
-    return PageCursor(int(match[1]), moment)
+    offset = moment.utcoffset()
+    # PostgreSQL's offsets are whole seconds within ±15:59:59 (a wider one Python reads
+    # would be the database's error, not a usage error).
+    if offset is None or abs(offset) >= timedelta(hours=16) or offset.microseconds:
+        raise ValueError(f"{problem} (an offset between -15:59 and +15:59)")
+    try:
+        return PageCursor(int(match[1]), moment.astimezone(UTC))
+    except OverflowError:  # out of range in UTC
+        raise ValueError(problem) from None
