@@ -61,3 +61,20 @@ def test_outside_the_main_thread_it_installs_nothing() -> None:
     worker.start()
     worker.join(10)
     assert seen == [before]
+
+
+def test_a_forked_child_does_not_hold_the_watcher() -> None:
+    """Workers are forked while the block runs: nothing they inherit (a pipe's end, with
+    signal.set_wakeup_fd, kept the watcher from ending for as long as they lived: every
+    demo took 5 s more) keeps the block from ending at once."""
+    stop = threading.Event()
+    with stop_on_signals(stop):
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child
+            time.sleep(30)
+            os._exit(0)
+    try:
+        assert not [t for t in threading.enumerate() if t.name == "joblife-signals"]
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)

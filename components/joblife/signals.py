@@ -1,19 +1,19 @@
 """Stopping a long-running command on SIGTERM or SIGINT, without doing anything in the
-signal handler itself.
+signal handler that could block.
 
 A Python signal handler runs in the main thread between two bytecodes, wherever that
 thread was. Setting a ``threading.Event`` there can deadlock: ``Event.set()`` takes the
 event's lock, which the main thread may hold at that moment inside ``Event.wait()`` (the
 services' idle waits), and the handler then waits for its own thread forever; a log line
-written there can interleave with one being written. So the handler does nothing: the
-interpreter writes the signal's number to a pipe (``signal.set_wakeup_fd``) and a thread
-of its own reads it, logs, and sets the stop event.
+written there can interleave with one being written. So the handler only records the
+signal, and a thread of its own notices it within :data:`POLL_SECONDS`, logs, and sets
+the stop event. (Not a pipe and ``signal.set_wakeup_fd``: the workers this process forks
+would inherit both, and a worker's SIGTERM would then reach this process's pipe.)
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -23,6 +23,8 @@ from types import FrameType
 log = logging.getLogger("joblife")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: How soon the watcher notices a recorded signal (seconds).
+POLL_SECONDS = 0.05
 
 
 @contextmanager
@@ -38,35 +40,33 @@ def stop_on_signals(
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    received: list[int] = []  # list.append is atomic: nothing in the handler can block
 
     def handler(signum: int, _frame: FrameType | None) -> None:
-        # Lock-free: Event.is_set() reads a flag. The pipe wakes the watcher.
         if second_interrupt_aborts and signum == signal.SIGINT and stop.is_set():
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt  # is_set() reads a flag, without the event's lock
+        received.append(signum)
 
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(write_fd, False)
+    done = threading.Event()
     watcher = threading.Thread(
-        target=_watch, args=(read_fd, stop, what), name="joblife-signals", daemon=True
+        target=_watch, args=(received, stop, what, done), name="joblife-signals", daemon=True
     )
     watcher.start()
-    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
     previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
     try:
         yield
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)
-        signal.set_wakeup_fd(previous_fd)
-        os.close(write_fd)  # the watcher reads the end of the pipe and returns
+        done.set()
         watcher.join(timeout=5)
-        os.close(read_fd)
 
 
-def _watch(read_fd: int, stop: threading.Event, what: str) -> None:
-    """Set ``stop`` for each stop signal written to ``read_fd``, until its writer closes."""
-    while data := os.read(read_fd, 64):
-        for number in data:
-            if number in STOP_SIGNALS:
-                log.info("%s: %s", signal.Signals(number).name, what)
-                stop.set()
+def _watch(received: list[int], stop: threading.Event, what: str, done: threading.Event) -> None:
+    """Set ``stop`` (once per signal, logged) as signals are appended to ``received``."""
+    seen = 0
+    while not done.wait(POLL_SECONDS):
+        while seen < len(received):
+            log.info("%s: %s", signal.Signals(received[seen]).name, what)
+            seen += 1
+            stop.set()
