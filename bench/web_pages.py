@@ -801,47 +801,6 @@ def discover(browser: Browser, engine: Engine, deep: int) -> list[Page]:
             job_id = conn.execute(text(f"SELECT id FROM jobs WHERE {where}")).scalar_one()
         pages.append(Page(f"/jobs/<id> {label} (from the database)", f"/jobs/{job_id}"))
     return pages
-    missing = [n for n in ("type", "status", "product", "error") if f'name="{n}"' not in jobs.body]
-    if missing:
-        print(f"warning: the Jobs page's form has no field {', '.join(missing)}")
-    pages.append(Page("/jobs page 1", "/jobs"))
-    following = _next_link(jobs.body)
-    pages.append(Page("/jobs page 2 (Next link)", following, note="no Next link"))
-    if following:
-        deeper = following
-        for _ in range(20):  # 20 pages down by the links
-            deeper = _next_link(browser.get(deeper).body) or deeper
-        pages.append(Page("/jobs page 22 (Next links)", deeper))
-        with step(f"the Jobs page's cursor {deep:,} jobs down"):
-            cursor = deep_cursor(engine, deep)
-        query = re.sub(r"after=[^&]*", f"after={cursor}", urlsplit(following).query)
-        pages.append(Page(f"/jobs {deep:,} down (cursor)", f"/jobs?{query}"))
-    for label, query in (
-        ("status=ready", {"status": "ready"}),
-        ("status=internal_error,external_error", {"status": "internal_error,external_error"}),
-        ("type=bench_3&status=done", {"type": "bench_3", "status": "done"}),
-        ("product=P12345* (prefix)", {"product": "P12345*"}),
-        ("product=P1234567 (equal)", {"product": "P1234567"}),
-        ("error=connection reset", {"error": "connection reset"}),
-        ("error=no such failure (no match)", {"error": "no such failure"}),
-    ):
-        pages.append(Page(f"/jobs {label}", _jobs_url(**query)))
-    group = re.search(r'<a href="([^"]+)" data-testid="failure-group-jobs"', failures_body)
-    pages.append(
-        Page(
-            "/jobs from a 7d failure group's link",
-            html.unescape(group.group(1)) if group else None,
-            note="no failure group link",
-        )
-    )
-    for label, query in (
-        ("/jobs/<id> old (first of sort=id_asc)", {"sort": "id_asc"}),
-        ("/jobs/<id> recent done (first of status=done)", {"status": "done"}),
-        ("/jobs/<id> recent failed (first of status=external_error)", {"status": "external_error"}),
-    ):
-        links = _JOB_LINK.findall(browser.get(_jobs_url(**query)).body)
-        pages.append(Page(label, links[0] if links else None, note="no job link"))
-    return pages
 
 
 @dataclass
