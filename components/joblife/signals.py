@@ -63,10 +63,14 @@ def stop_on_signals(
 
 
 def _watch(received: list[int], stop: threading.Event, what: str, done: threading.Event) -> None:
-    """Set ``stop`` (once per signal, logged) as signals are appended to ``received``."""
+    """Set ``stop`` (once per signal, logged) as signals are appended to ``received``,
+    and for those still unread once ``done`` (a signal just before the block ended)."""
     seen = 0
-    while not done.wait(POLL_SECONDS):
+    while True:
+        finished = done.wait(POLL_SECONDS)
         while seen < len(received):
             log.info("%s: %s", signal.Signals(received[seen]).name, what)
             seen += 1
             stop.set()
+        if finished:
+            return

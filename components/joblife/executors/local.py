@@ -386,8 +386,10 @@ def _zygote_main(connection: Connection) -> None:
     """The zygote's loop: one start request at a time, until the pipe closes."""
     try:
         # Ctrl-C in a terminal reaches the whole process group: the orchestrator stops,
-        # then closes the pipe. Children reaped by _fork_supervisor.
+        # then closes the pipe. Children reaped by _fork_supervisor. SIGTERM ends it (the
+        # handler inherited from the parent's joblife.signals block has no watcher here).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         set_process_title("joblife zygote (starts the local workers)")
         while True:
             try:
