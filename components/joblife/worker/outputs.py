@@ -13,14 +13,11 @@ never stored in a column.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 #: The job object's attribute holding its recorded outputs (not a column).
 _ATTRIBUTE = "_joblife_outputs"
-#: Bytes read at a time when hashing an output.
-_HASH_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +58,3 @@ def recorded_outputs(job: object) -> ProductOutputs | None:
     """The outputs recorded on ``job`` by :func:`record_outputs`, else None."""
     outputs = getattr(job, _ATTRIBUTE, None)
     return outputs if isinstance(outputs, ProductOutputs) else None
-
-
-def sha256_of(file: BinaryIO) -> str:
-    """The SHA-256 (hex) of what is left to read in ``file``, read to its end."""
-    digest = hashlib.sha256()
-    for chunk in iter(lambda: file.read(_HASH_CHUNK), b""):
-        digest.update(chunk)
-    return digest.hexdigest()

@@ -22,6 +22,7 @@ disk keeps the class of its return code, and its message names the disk.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -48,7 +49,7 @@ from joblife.storage import (
 )
 from joblife.storage.keys import UnsafeKey, check_key, check_location, escape
 from joblife.worker.context import WorkerContext
-from joblife.worker.outputs import OutputFile, ProductOutputs, record_outputs, sha256_of
+from joblife.worker.outputs import OutputFile, ProductOutputs, record_outputs
 from joblife.worker.workfiles import UnsafeWorkFile, WorkFile, WorkTree
 
 if TYPE_CHECKING:
@@ -462,7 +463,7 @@ def _checksums(context: WorkerContext, tree: WorkTree, files: list[WorkFile]) ->
         for file in files:
             try:
                 with tree.open(file.name) as opened:
-                    checksums[file.name] = sha256_of(opened)
+                    checksums[file.name] = hashlib.file_digest(opened, "sha256").hexdigest()
             except UnsafeWorkFile as exc:  # swapped for a link or a FIFO since the walk
                 raise InternalJobError(f"refused to read the output {exc}") from None
             figures.files += 1
