@@ -310,6 +310,7 @@ def test_a_changed_product_whose_new_context_fails_is_rejected_alone(
     report = cycle(context, now + SECOND)
     assert report.error is None
     assert (report.inserted, report.rejected) == (1, 2)
+    assert report.already_known == 0  # the two refused are counted as refused only
     assert set(jobs(engine)) == {("bad.h5", ""), ("nul.h5", ""), ("new.h5", "")}
     with engine.connect() as conn:
         rows = conn.execute(text("SELECT name, reason FROM rejected_products")).all()

@@ -11,6 +11,7 @@ creation, untrusted science output at the status door.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -206,6 +207,40 @@ def test_unsafe_keys_become_cancelled_jobs_naming_the_reason(
     again = _cycle(context, "example", now + timedelta(seconds=1))
     assert (again.inserted, again.cancelled) == (0, 0)
     assert {r.times_seen for r in _rejected(engine, "example")} == {2}
+
+
+def test_a_product_name_too_long_for_the_index_is_rejected_alone(
+    context: ServiceContext, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name or reprocessing context over 1,024 bytes: the unique index on the natural
+    key refuses an entry over 2,704 bytes, which failed the whole insert range (every new
+    product of the type, at every cycle). It is rejected alone; the others are created."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    # Incompressible (PostgreSQL compresses an index entry before it measures it).
+    long_name, long_context = (
+        "".join(hashlib.sha512(f"{s}{i}".encode()).hexdigest() for i in range(40)) for s in "nc"
+    )
+    products = [("A", ""), (long_name, ""), ("C", long_context), ("B", "")]
+
+    def discover(cls: type[ExampleJob], start: datetime, end: datetime) -> JobsToCreate:
+        return JobsToCreate(
+            to_create=[
+                cls(
+                    input_product_id=product,
+                    reprocessing_context=context_,
+                    input_publication_date=now - timedelta(minutes=10 - index),
+                )
+                for index, (product, context_) in enumerate(products)
+            ]
+        )
+
+    monkeypatch.setattr(ExampleJob, "get_jobs_to_create", classmethod(discover))
+    report = _cycle(context, "example", now)
+    assert (report.inserted, report.cancelled, report.rejected) == (2, 0, 2)
+    assert set(_jobs(engine, "example")) == {"A", "B"}
+    rejected = _rejected(engine, "example")
+    assert len(rejected) == 2
+    assert all("longer than 1024 bytes" in r.reason for r in rejected), rejected
 
 
 # -- item 6: one poison product never stops a job type ---------------------------------------

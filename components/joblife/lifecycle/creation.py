@@ -79,7 +79,7 @@ from joblife.lifecycle.discovery_modes import (
 )
 from joblife.model import JobStatus, JobTemplate, Priority
 from joblife.ops.metrics import record_rejected_product
-from joblife.storage.keys import UnsafeKey, check_location, escape
+from joblife.storage.keys import MAX_KEY_BYTES, UnsafeKey, check_location, escape
 
 log = job_logger("creation")
 
@@ -92,7 +92,11 @@ CREATION_LOCK_CLASS = 0x4A4C4352  # "JLCR"
 RANGE_LOCK_TIMEOUT = "60s"
 LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock_timeout
 #: Reason classes of a refused product (the label of joblife_rejected_products_total).
-UNSAFE_KEY, NUL, NOT_UTF8 = "unsafe_key", "nul", "not_utf8"
+UNSAFE_KEY, NUL, NOT_UTF8, TOO_LONG = "unsafe_key", "nul", "not_utf8", "too_long"
+#: The natural key's texts (input_product_id, reprocessing_context) the unique index
+#: takes: PostgreSQL refuses an index entry over 2,704 bytes, which would fail the whole
+#: insert of a type's products, not this one's.
+NATURAL_KEY_MAX_BYTES = MAX_KEY_BYTES
 #: A known product whose input change could not be judged or given a storable context.
 CHANGE_CHECK = "change_check"
 #: The transaction-local setting through which the creation trigger gets per-job first
@@ -221,7 +225,10 @@ def _create_for_type(
     finally:
         report.inserted = committed[JobStatus.INITIALIZED]
         report.cancelled = committed[JobStatus.CANCELLED]
-    not_created = sum(r.reason_class != UNSAFE_KEY for r in screened.rejected)  # no job
+    # Refused without a job: screening's rejections but unsafe keys (created cancelled),
+    # and the known products whose change could not be judged.
+    not_created = sum(r.reason_class != UNSAFE_KEY for r in screened.rejected)
+    not_created += len(unknown.failed)
     report.already_known = (
         report.discovered - report.settling - report.inserted - report.cancelled - not_created
     )
@@ -281,7 +288,11 @@ def screen_discovered(
     for jobs, kept in ((to_create, screened.to_create), (to_cancel, screened.to_cancel)):
         for job in jobs:
             values = instance_dict(job)
-            rejection = (examine and _unstorable(values, columns)) or _unsafe_key(values)
+            rejection = (
+                (examine and _unstorable(values, columns))
+                or _too_long_key(values)
+                or _unsafe_key(values)
+            )
             if rejection is None:
                 kept.append(job)
                 continue
@@ -322,6 +333,18 @@ def _unstorable(values: Mapping[str, Any], columns: Sequence[str]) -> Rejection 
                 values,
                 NOT_UTF8 if problem == NOT_UTF8_TEXT else NUL,
                 f"{column} {_cut(quoted)} contains {problem}",
+            )
+    return None
+
+
+def _too_long_key(values: Mapping[str, Any]) -> Rejection | None:
+    for column in ("input_product_id", "reprocessing_context"):
+        value = values.get(column)
+        if isinstance(value, str) and len(value.encode("utf-8", "surrogatepass")) > (
+            NATURAL_KEY_MAX_BYTES
+        ):
+            return _rejection(
+                values, TOO_LONG, f"{column} is longer than {NATURAL_KEY_MAX_BYTES} bytes"
             )
     return None
 

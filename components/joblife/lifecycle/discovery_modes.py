@@ -39,6 +39,7 @@ from joblife.config import Settings
 from joblife.db.text import why_unstorable
 from joblife.lifecycle.common import job_logger
 from joblife.model import JobsToCreate, JobTemplate
+from joblife.storage.keys import MAX_KEY_BYTES
 
 log = job_logger("creation")
 
@@ -267,7 +268,11 @@ def skip_known(
             except Exception as exc:  # the type's hook: its product's error alone
                 result.failed.append((values, f"changed_input_context() failed: {exc!r}"))
                 continue
-            if not isinstance(new_context, str) or why_unstorable(new_context) is not None:
+            if (
+                not isinstance(new_context, str)
+                or why_unstorable(new_context) is not None
+                or len(new_context.encode()) > MAX_KEY_BYTES  # the unique index's limit
+            ):
                 result.failed.append(
                     (values, f"changed_input_context() gave {ascii(new_context)[:200]}")
                 )
