@@ -428,14 +428,16 @@ def _fail_too_large(
     messages sent with it). Messages of the job the broker ``returned`` are named too:
     both must be fixed before it is republished."""
     products = ", ".join(row.product for row, _ in rows)
-    message = (
-        f"product message(s) too large to publish ({products}): {rows[0][1].reason}; make "
-        "the job type's message smaller, or raise product_message_max_bytes if the broker "
-        "takes it (RabbitMQ's max_message_size)"
-    )
+    message = f"product message(s) too large to publish ({products}): {rows[0][1].reason}"
     if returned:
         message += f"; also {_unroutable_problem(returned)}"
-    message += f"; then `joblife jobs republish {job.id}`"
+    # Republishing sends the stored messages again: a type that makes smaller ones needs
+    # the job processed again (new messages).
+    message += (
+        "; raise product_message_max_bytes if the broker takes it (RabbitMQ's "
+        f"max_message_size), then `joblife jobs republish {job.id}`; or make the job type's "
+        f"message smaller, then `joblife jobs retry {job.id}`"
+    )
     log.job(job.id, job_type=job.job_type, attempt=job.attempt, status=S.INTERNAL_ERROR).error(
         "job %s: %s", job.id, message
     )
