@@ -234,6 +234,13 @@ def test_a_search_bounded_by_its_scan_says_so_and_pages_on(
         ("product=*", "product: give at least one character before *"),
         ("sort=random", "unknown sort &#39;random&#39;"),
         ("after=garbage", "invalid cursor &#39;garbage&#39;"),
+        # Positions the database would refuse (an offset past ±16 h, an id past a bigint).
+        ("after=WyJjaGFuZ2VkX2Rlc2MiLDEsIjIwMjYtMDEtMDFUMDA6MDA6MDArMjA6MDAiXQ", "invalid cursor"),
+        (
+            "after=WyJjaGFuZ2VkX2Rlc2MiLDkyMjMzNzIwMzY4NTQ3NzU4MDgsIjIwMjYtMDEtMDFUMDA6MDA6MD"
+            "ArMDA6MDAiXQ",
+            "invalid cursor",
+        ),
         ("limit=0", "limit: &#39;0&#39; is not a whole number from 1 to 500"),
         ("limit=x", "limit: &#39;x&#39;"),
         ("error=" + "x" * 201, "error_text is longer than 200 characters"),

@@ -91,22 +91,34 @@ def parse_page_cursor(text: str) -> PageCursor:
         "(1234@2026-12-05T14:48:30.123456Z) or a job ID"
     )
     match = _PAGE_CURSOR.match(text.strip())
-    if match is None or int(match[1]) > _MAX_JOB_ID:
+    if match is None:
         raise ValueError(problem)
-    if match[2] is None:
-        return PageCursor(int(match[1]))
     try:
-        moment = datetime.fromisoformat(match[2])
+        moment = datetime.fromisoformat(match[2]) if match[2] else None
     except ValueError:
         raise ValueError(problem) from None
-    if moment.tzinfo is None:  # a local time would shift the key by the offset: refuse
-        raise ValueError(f"{problem} (the time needs its offset, Z for UTC)")
-    offset = moment.utcoffset()
-    # PostgreSQL's offsets are whole seconds within ±15:59:59 (a wider one Python reads
-    # would be the database's error, not a usage error).
-    if offset is None or abs(offset) >= timedelta(hours=16) or offset.microseconds:
-        raise ValueError(f"{problem} (an offset between -15:59 and +15:59)")
     try:
-        return PageCursor(int(match[1]), moment.astimezone(UTC))
+        return page_key(int(match[1]), moment)
+    except ValueError as exc:
+        raise ValueError(f"{problem} ({exc})" if str(exc) else problem) from None
+
+
+def page_key(job_id: int, moment: datetime | None) -> PageCursor:
+    """The list position (job id, status change time in UTC) of a page cursor, as the
+    database can take it: ValueError (saying why, or empty) for an id beyond a bigint, a
+    time without its offset (a local time would shift the key), an offset PostgreSQL
+    refuses (whole seconds within ±15:59:59) or a time out of range in UTC. Shared by
+    ``jobs list --before`` and the dashboard's Jobs page cursor."""
+    if not 0 <= job_id <= _MAX_JOB_ID:
+        raise ValueError("")
+    if moment is None:
+        return PageCursor(job_id)
+    if moment.tzinfo is None:
+        raise ValueError("the time needs its offset, Z for UTC")
+    offset = moment.utcoffset()
+    if offset is None or abs(offset) >= timedelta(hours=16) or offset.microseconds:
+        raise ValueError("an offset between -15:59 and +15:59")
+    try:
+        return PageCursor(job_id, moment.astimezone(UTC))
     except OverflowError:  # out of range in UTC
-        raise ValueError(problem) from None
+        raise ValueError("") from None

@@ -37,7 +37,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 from sqlalchemy.types import BigInteger
 
-from joblife.cli.parsing import parse_statuses
+from joblife.cli.parsing import page_key, parse_statuses
 from joblife.cli.queries import get_job, get_type_fields, status_history
 from joblife.config import Settings
 from joblife.db.counts import job_counts
@@ -266,15 +266,13 @@ def decode_cursor(cursor: str, sort: str) -> dict[str, Any]:
     changed = sort.startswith("changed")
     if len(key) != (3 if changed else 2) or type(key[1]) is not int or key[1] < 0:
         raise ValueError(problem)
-    position: dict[str, Any] = {"after_id": key[1]}
+    try:  # a position the database takes (the CLI's --before check)
+        key_ = page_key(key[1], datetime.fromisoformat(key[2]) if changed else None)
+    except (TypeError, ValueError):
+        raise ValueError(problem) from None
+    position: dict[str, Any] = {"after_id": key_.job_id}
     if changed:
-        try:
-            moment = datetime.fromisoformat(key[2])
-        except (TypeError, ValueError):
-            raise ValueError(problem) from None
-        if moment.tzinfo is None:
-            raise ValueError(problem)
-        position["after_time"] = moment
+        position["after_time"] = key_.status_changed_at
     return position
 
 
