@@ -571,3 +571,21 @@ def test_a_viewer_sees_no_action_controls(
             assert (marker in job) is acts, (name, marker)
         assert failed in row_ids(listing)
         csrf_from(job)  # the logout form still carries the token
+
+
+def test_a_bulk_action_with_a_huge_filter_field_redirects_to_the_bare_list(
+    operator: TestClient, engine: Engine, mixed: dict[str, list[int]]
+) -> None:
+    """A 200 KB filter field is not echoed in the redirect's Location (a proxy or browser
+    refuses such a header): the bare list, with the refusal flashed."""
+    token = csrf_from(operator.get("/jobs").text)
+    before = statuses(engine, mixed["disk"])
+    response = operator.post(
+        "/jobs/actions",
+        data={"csrf_token": token, "action": "retry", "scope": "filter", "f_error": "x" * 200_000},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303
+    assert response.headers["location"] == "/jobs"
+    assert statuses(engine, mixed["disk"]) == before
+    assert "Retry:" in by_testid(operator.get("/jobs").text, "flash")

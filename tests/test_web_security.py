@@ -469,7 +469,8 @@ def test_a_chunked_body_is_refused_once_it_passes_the_cap(
 def test_the_largest_legitimate_form_fits_under_the_cap() -> None:
     """A bulk action's confirmation of :data:`BULK_CAP` jobs whose ids have every digit a
     bigint has, with the longest filter values (4-byte characters) and a long message."""
-    from joblife.web.actions import BULK_CAP, JOB_ID_MAX
+    from joblife.cli.parsing import JOB_ID_MAX
+    from joblife.web.actions import BULK_CAP
     from joblife.web.job_reads import MAX_TEXT
 
     wide = "\U0001f600"  # 12 bytes once percent-encoded

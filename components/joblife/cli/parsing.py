@@ -18,7 +18,8 @@ _DURATION = re.compile(r"^\s*(?:\d+(?:\.\d+)?\s*[smhdw]\s*)+$", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 #: ``ID`` or ``ID@TIME``: what --before accepts (TIME checked by datetime.fromisoformat).
 _PAGE_CURSOR = re.compile(r"^([0-9]{1,19})(?:@(\S+))?$")
-_MAX_JOB_ID = 2**63 - 1  # jobs.id is a bigint
+#: The largest job id (jobs.id is a bigint): a larger number names no job.
+JOB_ID_MAX = 2**63 - 1
 
 
 def parse_statuses(values: Iterable[str] | None) -> list[JobStatus]:
@@ -109,7 +110,7 @@ def page_key(job_id: int, moment: datetime | None) -> PageCursor:
     time without its offset (a local time would shift the key), an offset PostgreSQL
     refuses (whole seconds within ±15:59:59) or a time out of range in UTC. Shared by
     ``jobs list --before`` and the dashboard's Jobs page cursor."""
-    if not 0 <= job_id <= _MAX_JOB_ID:
+    if not 0 <= job_id <= JOB_ID_MAX:
         raise ValueError("")
     if moment is None:
         return PageCursor(job_id)

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from joblife.cli.parsing import JOB_ID_MAX
 from joblife.db.status import StatusChange, acknowledge_jobs, retry_jobs
 from joblife.errors import JoblifeError
 from joblife.lifecycle.cancellation import cancel_and_stop
@@ -38,10 +39,10 @@ log = logging.getLogger(__name__)
 #: The most jobs one bulk action changes (one transaction); the confirmation says when a
 #: filter matches more.
 BULK_CAP = 10_000
-#: The largest job id (jobs.id is a bigint): a larger number names no job.
-JOB_ID_MAX = 2**63 - 1
 #: Ids shown on the confirmation page.
 CONFIRM_SHOWN = 50
+#: The longest Jobs page URL a bulk action redirects back to (else the bare list).
+MAX_BACK_URL = 4096
 
 Operation = Callable[..., list[StatusChange]]
 
@@ -147,7 +148,7 @@ async def bulk_action(request: Request) -> Response:
         if key.startswith("f_") and isinstance(value, str) and value
     ]
     query = MultiDict([(key[2:], value) for key, value in filter_fields])
-    back = f"/jobs?{urlencode(query.multi_items())}" if query else "/jobs"
+    back = _list_url(query)
     flt: JobFilter | None = None
     ids: list[int] = []
     try:
@@ -183,6 +184,15 @@ async def bulk_action(request: Request) -> Response:
     if refusal is not None:
         _flash_error(request, f"{action.title} refused, nothing changed: {refusal}")
     return RedirectResponse(back, status_code=303)
+
+
+def _list_url(query: MultiDict) -> str:
+    """The Jobs page of the filter the form carried (which says why, if it refuses it),
+    or the bare list when that URL would be longer than :data:`MAX_BACK_URL`: the posted
+    fields are echoed in the redirect's Location, which a proxy or browser refuses past a
+    few kilobytes."""
+    url = f"/jobs?{urlencode(query.multi_items())}" if query else "/jobs"
+    return url if len(url) <= MAX_BACK_URL else "/jobs"
 
 
 def _parse_ids(values: Sequence[object]) -> list[int]:
