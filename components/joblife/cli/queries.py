@@ -170,11 +170,12 @@ def _cursor_time(session: Session, cursor: PageCursor) -> datetime:
 JOB_DETAIL_COLUMNS = ("input_path", "output_path", "science_image", "due_at", "waiting_for")
 
 
-def get_job(session: Session, job_id: int) -> dict[str, Any] | None:
+def get_job(session: Session, job_id: int, extra: Sequence[str] = ()) -> dict[str, Any] | None:
     """The ``jobs_overview`` row of a job plus :data:`JOB_DETAIL_COLUMNS` (its paths, the
     science image its last attempt ran, when a configured job is due and what it waits
-    for); None if no such job."""
-    columns = ", ".join(f"j.{c}" for c in JOB_DETAIL_COLUMNS)
+    for) and the ``extra`` columns of ``jobs`` (names from the caller's code, never from
+    input); None if no such job."""
+    columns = ", ".join(f"j.{c}" for c in (*JOB_DETAIL_COLUMNS, *extra))
     row = session.execute(
         text(
             f"SELECT o.*, {columns} FROM jobs_overview o "

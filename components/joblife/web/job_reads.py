@@ -796,8 +796,8 @@ class JobDetail:
         return []
 
 
-#: Columns of jobs the Job page shows besides :func:`get_job`'s (read only if it lacks them).
-_DETAIL_COLUMNS = ("due_at", "waiting_for", "science_image", "input_listing")
+#: Columns of jobs the Job page shows besides :func:`get_job`'s own.
+_EXTRA_COLUMNS = ("input_listing",)
 
 
 def job_detail(
@@ -807,15 +807,9 @@ def job_detail(
     of the current status's duration (default: the present). Bounded: a few primary-key
     and index probes, the job's history (one probe per history partition) and at most
     :data:`PUBLICATIONS_SHOWN` outbox rows."""
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, _EXTRA_COLUMNS)
     if job is None:
         return None
-    missing = [c for c in _DETAIL_COLUMNS if c not in job]
-    if missing:
-        extra = session.execute(
-            text(f"SELECT {', '.join(missing)} FROM jobs WHERE id = :id"), {"id": job_id}
-        ).one()
-        job.update(extra._mapping)
     type_fields, type_error = _type_fields(session, job, settings)
     now = now or utc_now()
     timeline = _timeline(status_history(session, job_id), now)
